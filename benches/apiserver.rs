@@ -1,0 +1,236 @@
+//! `make bench`: API server throughput and latency over HTTPS against raw sled, measured in
+//! the same run, plus start-to-ready time, idle memory and binary size.
+//!
+//! Every figure that depends on the machine is reported with a baseline from the same run
+//! (raw sled flushed writes), because these machines are noisy.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+
+const PHASE: Duration = Duration::from_secs(3);
+
+struct Stats {
+    ops: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Stats {
+    fn from(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
+        lat.sort();
+        let pick = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
+        Stats { ops: lat.len(), elapsed, p50: pick(0.5), p99: pick(0.99) }
+    }
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Raw sled: insert + flush per write, `threads` writers.
+fn raw_sled(threads: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let start = Instant::now();
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let db = &db;
+            let count = &count;
+            s.spawn(move || {
+                let mut i = 0u64;
+                while start.elapsed() < PHASE {
+                    db.insert(format!("/k/{t}/{i}"), vec![b'x'; 300]).unwrap();
+                    db.flush().unwrap();
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    i += 1;
+                }
+            });
+        }
+    });
+    count.into_inner() as f64 / start.elapsed().as_secs_f64()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn cm(name: String) -> ConfigMap {
+    let mut c = ConfigMap::default();
+    c.metadata.name = Some(name);
+    c.data = Some([("payload".to_string(), "x".repeat(200))].into());
+    c
+}
+
+async fn run_phase<F, Fut>(clients: usize, f: F) -> Stats
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let f = Arc::new(f);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0;
+            while start.elapsed() < PHASE {
+                let t = Instant::now();
+                f(c, i).await;
+                lat.push(t.elapsed());
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    Stats::from(all, start.elapsed())
+}
+
+struct ServerProc(Child);
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bin = env!("CARGO_BIN_EXE_kaji");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let t0 = Instant::now();
+    let child = Command::new(bin)
+        .args(["server", "--disable-agent", "--bind-address=127.0.0.1"])
+        .arg(format!("--https-listen-port={port}"))
+        .arg(format!("--data-dir={}", dir.path().join("data").display()))
+        .arg(format!("--write-kubeconfig={}", kubeconfig.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = ServerProc(child);
+    let pid = server.0.id();
+    loop {
+        let ok = Command::new("curl").args(["-sk", "--max-time", "1", &format!("https://127.0.0.1:{port}/readyz")]).output().map(|o| o.stdout == b"ok").unwrap_or(false);
+        if ok && kubeconfig.exists() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "server did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let start_to_ready = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_rss = rss_kib(pid);
+    let ticks0 = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_cpu = (cpu_ticks(pid) - ticks0) as f64 / 100.0 / 5.0 * 100.0;
+    let binary = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
+
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let client = kube::Client::try_from(cfg).unwrap();
+
+    println!("kaji benchmark (phases of {PHASE:?}; HTTPS over loopback; kube-rs client)");
+    println!();
+    println!("{:>8} | {:>12} | {:>12} | {:>9} {:>9} | {:>10} | {:>10} | {:>10} | {:>10}", "clients", "raw sled w/s", "creates/s", "p50", "p99", "ratio", "gets/s", "get p99", "lists/s");
+    for clients in [1usize, 16, 64] {
+        let raw = raw_sled(clients);
+        let ns = format!("bench{clients}");
+        let nsapi: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let mut n = k8s_openapi::api::core::v1::Namespace::default();
+        n.metadata.name = Some(ns.clone());
+        nsapi.create(&PostParams::default(), &n).await.unwrap();
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let a = api.clone();
+        let creates = run_phase(clients, move |c, i| {
+            let a = a.clone();
+            async move {
+                a.create(&PostParams::default(), &cm(format!("c{c}-{i}"))).await.unwrap();
+            }
+        })
+        .await;
+        let a = api.clone();
+        let gets = run_phase(clients, move |c, _i| {
+            let a = a.clone();
+            async move {
+                a.get(&format!("c{c}-0")).await.unwrap();
+            }
+        })
+        .await;
+        let a = api.clone();
+        let lists = run_phase(clients, move |_c, _i| {
+            let a = a.clone();
+            async move {
+                a.list(&ListParams::default().limit(100)).await.unwrap();
+            }
+        })
+        .await;
+        println!(
+            "{:>8} | {:>12.0} | {:>12.0} | {:>7.2}ms {:>7.2}ms | {:>9.2}x | {:>10.0} | {:>8.2}ms | {:>10.0}",
+            clients,
+            raw,
+            creates.rate(),
+            creates.p50.as_secs_f64() * 1e3,
+            creates.p99.as_secs_f64() * 1e3,
+            creates.rate() / raw,
+            gets.rate(),
+            gets.p99.as_secs_f64() * 1e3,
+            lists.rate(),
+        );
+        let _ = (gets.p50, lists.p99);
+    }
+
+    // Watch delivery latency: from sending a create to receiving its ADDED event.
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let rv = api.list(&ListParams::default().limit(1)).await.unwrap().metadata.resource_version.unwrap();
+    let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        let t = Instant::now();
+        api.create(&PostParams::default(), &cm(format!("watch-{i}"))).await.unwrap();
+        loop {
+            match stream.next().await {
+                Some(Ok(WatchEvent::Added(_))) => break,
+                Some(Ok(_)) => continue,
+                other => panic!("watch ended: {other:?}"),
+            }
+        }
+        lat.push(t.elapsed());
+    }
+    let w = Stats::from(lat, Duration::from_secs(1));
+    println!();
+    println!("watch delivery (create sent → ADDED received, 200 events): p50 {:.2}ms  p99 {:.2}ms", w.p50.as_secs_f64() * 1e3, w.p99.as_secs_f64() * 1e3);
+    println!("server start → ready: {:.0}ms", start_to_ready.as_secs_f64() * 1e3);
+    println!("idle RSS: {:.1} MiB   idle CPU: {:.2}%", idle_rss as f64 / 1024.0, idle_cpu);
+    println!("binary size ({}): {:.1} MiB", if bin.contains("/release/") { "release" } else { "debug" }, binary as f64 / 1048576.0);
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kaji's build and tests need. Idempotent; run as root.
+set -euo pipefail
+packages=(curl ca-certificates protobuf-compiler)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+command -v kubectl >/dev/null || echo "warning: kubectl not found on PATH; the kubectl integration tests need it" >&2

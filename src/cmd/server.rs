@@ -1,0 +1,167 @@
+//! `kaji server`: PKI, store, API server, in-process controllers and the admin kubeconfig.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::apiserver::{self, TlsConfig, TokenAuthenticator};
+use crate::config::ServerArgs;
+use crate::pki;
+use crate::store::{SledStore, Store};
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server_dir = args.data_dir.join("server");
+    std::fs::create_dir_all(&server_dir).with_context(|| format!("creating {}", server_dir.display()))?;
+
+    let token = ensure_token(&server_dir, args.token.as_deref())?;
+    let _ = token;
+
+    let hostname = hostname();
+    let mut hostnames = vec![hostname.clone()];
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for san in &args.tls_san {
+        match san.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => hostnames.push(san.clone()),
+        }
+    }
+    if let Some(a) = args.advertise_address {
+        ips.push(a);
+    }
+    if !args.bind_address.is_unspecified() {
+        ips.push(args.bind_address);
+    }
+    if let Some(ip) = args.first_service_ip() {
+        ips.push(ip);
+    }
+    let material = pki::ensure(&pki::PkiConfig {
+        dir: server_dir.join("tls"),
+        hostnames,
+        ips,
+        cluster_domain: args.cluster_domain.clone(),
+    })
+    .context("preparing certificates")?;
+
+    let db = server_dir.join("db");
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&db).with_context(|| format!("opening store at {}", db.display()))?);
+
+    let tokens = match &args.token_auth_file {
+        Some(p) => TokenAuthenticator::from_file(p)?,
+        None => TokenAuthenticator::default(),
+    };
+    let shutdown = CancellationToken::new();
+    let bind = SocketAddr::new(args.bind_address, args.https_listen_port);
+    let advertise_ip = args.advertise_address.unwrap_or(if args.bind_address.is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        args.bind_address
+    });
+    let running = apiserver::start(
+        apiserver::Config {
+            bind,
+            tls: TlsConfig {
+                client_ca_pem: material.ca_cert_pem.clone(),
+                cert_pem: material.serving_cert_pem.clone(),
+                key_pem: material.serving_key_pem.clone(),
+            },
+            tokens,
+            advertise: format!("{advertise_ip}:{}", args.https_listen_port),
+            compaction_interval: Duration::from_secs(args.store_compaction_interval.max(1)),
+            compaction_retain: args.store_compaction_retain,
+        },
+        store.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the API server")?;
+
+    let local = if args.bind_address.is_unspecified() || args.bind_address.is_loopback() {
+        format!("https://127.0.0.1:{}", running.addr.port())
+    } else {
+        format!("https://{}", running.addr)
+    };
+    pki::write_kubeconfig(
+        &args.write_kubeconfig,
+        args.write_kubeconfig_mode,
+        &local,
+        &material.ca_cert_pem,
+        &material.admin_cert_pem,
+        &material.admin_key_pem,
+        "default",
+    )
+    .with_context(|| format!("writing kubeconfig {}", args.write_kubeconfig.display()))?;
+    tracing::info!(kubeconfig = %args.write_kubeconfig.display(), "wrote admin kubeconfig");
+
+    let controllers = crate::controllers::start(
+        crate::client::ClientConfig {
+            url: local.clone(),
+            ca_pem: material.ca_cert_pem.clone(),
+            ca_key_pem: material.ca_key_pem.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .context("starting controllers")?;
+
+    if !args.disable_agent {
+        tracing::warn!("the node agent is not part of this build yet; running the control plane only (as with --disable-agent)");
+    }
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, url = %local, "kaji server is ready");
+
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), running.done).await;
+    controllers.stop().await;
+    drop(store);
+    tracing::info!("kaji server stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Keeps the cluster join token in `<data-dir>/server/token`, generating one on first start.
+fn ensure_token(server_dir: &std::path::Path, given: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = server_dir.join("token");
+    if let Some(t) = given {
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            if existing.trim() != t {
+                anyhow::bail!("--token does not match the token this server was initialised with ({})", path.display());
+            }
+            return Ok(t.to_string());
+        }
+    } else if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().to_string());
+    }
+    let token = match given {
+        Some(t) => t.to_string(),
+        None => {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+        }
+    };
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(token)
+}

@@ -1,0 +1,274 @@
+//! Configuration: the command line (clap), `KAJI_*` environment variables and the YAML
+//! config file (`/etc/kaji/config.yaml` or `--config FILE`, keys = flag names), merged
+//! with the precedence k3s users expect: command line, then environment, then file.
+//!
+//! Depends on: nothing else in the crate. Must not depend on: any runtime component.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// Default config file.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/kaji/config.yaml";
+
+/// Errors reading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The config file is not a YAML mapping of flag names to values.
+    #[error("config file {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// kaji: a lightweight Kubernetes distribution in one executable.
+#[derive(Debug, Parser)]
+#[command(name = "kaji", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (API server, store, controllers) and, unless disabled, a node agent.
+    Server(ServerArgs),
+}
+
+/// Flags of `kaji server`.
+#[derive(Debug, Clone, Args)]
+#[command(args_override_self = true)]
+pub struct ServerArgs {
+    /// Load flags from this YAML file (keys are flag names without dashes).
+    #[arg(short = 'c', long, env = "KAJI_CONFIG_FILE", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder to hold state.
+    #[arg(short = 'd', long, env = "KAJI_DATA_DIR", default_value = "/var/lib/kaji", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// IP address the API server listens on.
+    #[arg(long, env = "KAJI_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// HTTPS listen port of the API server.
+    #[arg(long, env = "KAJI_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// IP address the API server advertises to cluster members (default: the node's address).
+    #[arg(long, env = "KAJI_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<IpAddr>,
+    /// Additional hostnames or IPv4/IPv6 addresses as Subject Alternative Names on the serving certificate.
+    #[arg(long, env = "KAJI_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Write the admin kubeconfig to this file.
+    #[arg(short = 'o', long, env = "KAJI_KUBECONFIG_OUTPUT", default_value = "/etc/kaji/kaji.yaml", value_name = "FILE")]
+    pub write_kubeconfig: PathBuf,
+    /// Write the kubeconfig with this mode (octal).
+    #[arg(long, env = "KAJI_KUBECONFIG_MODE", default_value = "0600", value_parser = parse_mode)]
+    pub write_kubeconfig_mode: u32,
+    /// Shared secret used to join agents and servers to the cluster.
+    #[arg(short = 't', long, env = "KAJI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Static bearer tokens for API authentication (`token,user,uid,"group1,group2"` per line).
+    #[arg(long, env = "KAJI_TOKEN_AUTH_FILE", value_name = "FILE")]
+    pub token_auth_file: Option<PathBuf>,
+    /// IPv4 network CIDR for pod IPs.
+    #[arg(long, env = "KAJI_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// IPv4 network CIDR for service IPs.
+    #[arg(long, env = "KAJI_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// Cluster IP of the DNS service (must be within the service CIDR).
+    #[arg(long, env = "KAJI_CLUSTER_DNS", default_value = "10.43.0.10")]
+    pub cluster_dns: IpAddr,
+    /// Cluster domain.
+    #[arg(long, env = "KAJI_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Run only the control plane, without a node agent on this machine.
+    #[arg(long, env = "KAJI_DISABLE_AGENT")]
+    pub disable_agent: bool,
+    /// Turn on debug logs.
+    #[arg(long, env = "KAJI_DEBUG")]
+    pub debug: bool,
+    /// Seconds between compactions of the store's history.
+    #[arg(long, env = "KAJI_STORE_COMPACTION_INTERVAL", default_value_t = 300, hide = true)]
+    pub store_compaction_interval: u64,
+    /// Revisions of history kept by each compaction.
+    #[arg(long, env = "KAJI_STORE_COMPACTION_RETAIN", default_value_t = 10_000, hide = true)]
+    pub store_compaction_retain: u64,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|e| format!("invalid octal mode {s:?}: {e}"))
+}
+
+impl ServerArgs {
+    /// The first service IP (the `kubernetes` Service), e.g. 10.43.0.1.
+    pub fn first_service_ip(&self) -> Option<IpAddr> {
+        let (net, _) = self.service_cidr.split_once('/')?;
+        let ip: std::net::Ipv4Addr = net.parse().ok()?;
+        Some(IpAddr::V4(std::net::Ipv4Addr::from(u32::from(ip) + 1)))
+    }
+}
+
+/// Parses the command line, merging in the config file and environment.
+pub fn parse() -> Result<Cli, Error> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let args = with_config_file(args)?;
+    Ok(Cli::parse_from(args))
+}
+
+/// Inserts flags from the config file right after the subcommand, so that flags on the
+/// command line (later, so they win) and set environment variables take precedence.
+pub fn with_config_file(args: Vec<OsString>) -> Result<Vec<OsString>, Error> {
+    let Some(sub_pos) = args.iter().position(|a| a == "server") else {
+        return Ok(args);
+    };
+    let explicit = find_flag(&args[sub_pos + 1..], "--config", "-c")
+        .or_else(|| std::env::var_os("KAJI_CONFIG_FILE").map(PathBuf::from));
+    let path = match explicit {
+        Some(p) => p,
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+            if !p.exists() {
+                return Ok(args);
+            }
+            p
+        }
+    };
+    let injected = config_file_args(&path)?;
+    let mut out: Vec<OsString> = args[..=sub_pos].to_vec();
+    out.extend(injected.into_iter().map(OsString::from));
+    out.extend(args[sub_pos + 1..].iter().cloned());
+    Ok(out)
+}
+
+fn find_flag(args: &[OsString], long: &str, short: &str) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == long || s == short {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = s.strip_prefix(&format!("{long}=")) {
+            return Some(PathBuf::from(v));
+        }
+    }
+    None
+}
+
+/// Turns a config file into command-line flags.
+pub fn config_file_args(path: &Path) -> Result<Vec<String>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.display().to_string(), source })?;
+    let invalid = |reason: String| Error::Invalid { path: path.display().to_string(), reason };
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let map = match doc {
+        serde_json::Value::Object(m) => m,
+        serde_json::Value::Null => return Ok(Vec::new()),
+        _ => return Err(invalid("expected a mapping of flag names to values".into())),
+    };
+    let cmd = ServerArgs::augment_args(clap::Command::new("server"));
+    let mut out = Vec::new();
+    for (key, value) in map {
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(key.as_str())) else {
+            return Err(invalid(format!("unknown key {key:?} (keys are `kaji server` flag names)")));
+        };
+        if key == "config" {
+            continue;
+        }
+        // An environment variable that is set beats the file.
+        if arg.get_env().is_some_and(|e| std::env::var_os(e).is_some()) {
+            continue;
+        }
+        let flag = format!("--{key}");
+        let scalar = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            serde_json::Value::Bool(b) => Ok(b.to_string()),
+            other => Err(invalid(format!("{key}: unsupported value {other}"))),
+        };
+        match &value {
+            serde_json::Value::Bool(b) => {
+                if arg.get_action().takes_values() {
+                    out.push(format!("{flag}={b}"));
+                } else if *b {
+                    out.push(flag);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    out.push(format!("{flag}={}", scalar(item)?));
+                }
+            }
+            v => out.push(format!("{flag}={}", scalar(v)?)),
+        }
+    }
+    Ok(out)
+}
+
+/// Verifies the clap definition (used by tests).
+pub fn debug_assert_cli() {
+    Cli::command().debug_assert();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_valid() {
+        debug_assert_cli();
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::parse_from(["kaji", "server"]);
+        let Command::Server(s) = cli.command;
+        assert_eq!(s.https_listen_port, 6443);
+        assert_eq!(s.write_kubeconfig_mode, 0o600);
+        assert_eq!(s.cluster_cidr, "10.42.0.0/16");
+        assert_eq!(s.first_service_ip().unwrap().to_string(), "10.43.0.1");
+        assert_eq!(s.write_kubeconfig, PathBuf::from("/etc/kaji/kaji.yaml"));
+    }
+
+    #[test]
+    fn config_file_is_lower_precedence_than_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.yaml");
+        std::fs::write(&f, "https-listen-port: 7443\ntls-san:\n  - a.example\n  - b.example\ndisable-agent: true\ncluster-domain: corp.local\n").unwrap();
+        let args: Vec<OsString> = ["kaji", "server", "--config", f.to_str().unwrap(), "--cluster-domain", "x.local"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let merged = with_config_file(args).unwrap();
+        let Command::Server(s) = Cli::parse_from(merged).command;
+        assert_eq!(s.https_listen_port, 7443);
+        assert_eq!(s.tls_san, vec!["a.example", "b.example"]);
+        assert!(s.disable_agent);
+        assert_eq!(s.cluster_domain, "x.local");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.yaml");
+        std::fs::write(&f, "no-such-flag: 1\n").unwrap();
+        let err = config_file_args(&f).unwrap_err().to_string();
+        assert!(err.contains("no-such-flag"), "{err}");
+    }
+}

@@ -1,0 +1,22 @@
+//! kaji: a lightweight Kubernetes distribution in one executable.
+//!
+//! The layers, bottom-up (a module may use only the ones below it):
+//!
+//! | layer | modules | role |
+//! |---|---|---|
+//! | L0 | [`config`], [`api`] | flags and config file; Kubernetes vocabulary without IO |
+//! | L1 | [`store`], [`pki`], [`client`] | versioned KV store; certificates; API clients |
+//! | L2 | [`apiserver`] | the only user of the store |
+//! | L2 | [`controllers`] | API clients only |
+//! | L3 | [`cmd`] | wires the roles together |
+//!
+//! See docs/ARCHITECTURE.md for the full picture.
+
+pub mod api;
+pub mod apiserver;
+pub mod client;
+pub mod cmd;
+pub mod config;
+pub mod controllers;
+pub mod pki;
+pub mod store;

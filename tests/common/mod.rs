@@ -1,0 +1,216 @@
+//! Test harness: starts a real `kaji server` as a child process on a free loopback port
+//! with a temporary data dir, and hands out kubectl and kube-rs clients for it.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running server; killed (SIGTERM, then SIGKILL) on drop.
+pub struct Server {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub kubeconfig: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn kaji_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kaji"))
+}
+
+impl Server {
+    /// Starts a server with extra flags and waits until it is ready.
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let mut s = Server {
+            child: None,
+            dir,
+            port,
+            kubeconfig,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// (Re)starts the process on the same data dir and port.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        let child = Command::new(kaji_bin())
+            .arg("server")
+            .arg("--disable-agent")
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--https-listen-port={}", self.port))
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--write-kubeconfig={}", self.kubeconfig.display()))
+            .args(&self.extra_args)
+            .env_remove("KAJI_CONFIG_FILE")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kaji server");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("kaji server exited early ({status}):\n{}", self.log());
+            }
+            if self.kubeconfig.exists() && readyz(self.port) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("kaji server not ready in {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id() as i32, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_version("kubectl", args, None)
+    }
+
+    /// Runs a kubectl binary (`kubectl`, `kubectl.1.27`, ...) with this server's
+    /// kubeconfig and a private cache dir; `stdin` is piped in when given.
+    pub fn kubectl_version(&self, bin: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let path = kubectl_path(bin);
+        let cache = self.dir.path().join(format!("kubectl-cache-{bin}"));
+        let mut cmd = Command::new(&path);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .arg(format!("--cache-dir={}", cache.display()))
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// A kube-rs client for the admin kubeconfig.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id() as i32, "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: i32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// GET /readyz over TLS without verification (it is unauthenticated).
+pub fn readyz(port: u16) -> bool {
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "2", &format!("https://127.0.0.1:{port}/readyz")])
+        .output();
+    matches!(out, Ok(o) if o.status.success() && o.stdout == b"ok")
+}
+
+/// Finds a kubectl binary: `kubectl` from PATH, or a versioned one beside its real file.
+pub fn kubectl_path(bin: &str) -> PathBuf {
+    let base = which("kubectl").expect("kubectl on PATH");
+    if bin == "kubectl" {
+        return base;
+    }
+    let real = std::fs::canonicalize(&base).unwrap_or(base);
+    real.parent().unwrap().join(bin)
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file())
+    })
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a kubectl run succeeded and returns its stdout.
+#[track_caller]
+pub fn ok(o: Output) -> String {
+    assert!(o.status.success(), "kubectl failed ({}):\nstdout: {}\nstderr: {}", o.status, stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+pub fn testdata(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(p)
+}
