@@ -24,8 +24,17 @@ struct Stats {
 impl Stats {
     fn from(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
         lat.sort();
-        let pick = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
-        Stats { ops: lat.len(), elapsed, p50: pick(0.5), p99: pick(0.99) }
+        let pick = |q: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        Stats {
+            ops: lat.len(),
+            elapsed,
+            p50: pick(0.5),
+            p99: pick(0.99),
+        }
     }
     fn rate(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
@@ -57,7 +66,11 @@ fn raw_sled(threads: usize) -> f64 {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -74,7 +87,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn cm(name: String) -> ConfigMap {
@@ -116,7 +130,10 @@ where
 struct ServerProc(Child);
 impl Drop for ServerProc {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -141,11 +158,23 @@ async fn main() {
     let server = ServerProc(child);
     let pid = server.0.id();
     loop {
-        let ok = Command::new("curl").args(["-sk", "--max-time", "1", &format!("https://127.0.0.1:{port}/readyz")]).output().map(|o| o.stdout == b"ok").unwrap_or(false);
+        let ok = Command::new("curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "1",
+                &format!("https://127.0.0.1:{port}/readyz"),
+            ])
+            .output()
+            .map(|o| o.stdout == b"ok")
+            .unwrap_or(false);
         if ok && kubeconfig.exists() {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "server did not start");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "server did not start"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let start_to_ready = t0.elapsed();
@@ -157,12 +186,25 @@ async fn main() {
     let binary = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
 
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
     let client = kube::Client::try_from(cfg).unwrap();
 
     println!("kaji benchmark (phases of {PHASE:?}; HTTPS over loopback; kube-rs client)");
     println!();
-    println!("{:>8} | {:>12} | {:>12} | {:>9} {:>9} | {:>10} | {:>10} | {:>10} | {:>10}", "clients", "raw sled w/s", "creates/s", "p50", "p99", "ratio", "gets/s", "get p99", "lists/s");
+    println!(
+        "{:>8} | {:>12} | {:>12} | {:>9} {:>9} | {:>10} | {:>10} | {:>10} | {:>10}",
+        "clients",
+        "raw sled w/s",
+        "creates/s",
+        "p50",
+        "p99",
+        "ratio",
+        "gets/s",
+        "get p99",
+        "lists/s"
+    );
     for clients in [1usize, 16, 64] {
         let raw = raw_sled(clients);
         let ns = format!("bench{clients}");
@@ -175,7 +217,9 @@ async fn main() {
         let creates = run_phase(clients, move |c, i| {
             let a = a.clone();
             async move {
-                a.create(&PostParams::default(), &cm(format!("c{c}-{i}"))).await.unwrap();
+                a.create(&PostParams::default(), &cm(format!("c{c}-{i}")))
+                    .await
+                    .unwrap();
             }
         })
         .await;
@@ -212,12 +256,24 @@ async fn main() {
 
     // Watch delivery latency: from sending a create to receiving its ADDED event.
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let rv = api.list(&ListParams::default().limit(1)).await.unwrap().metadata.resource_version.unwrap();
-    let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let rv = api
+        .list(&ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     let mut lat = Vec::new();
     for i in 0..200 {
         let t = Instant::now();
-        api.create(&PostParams::default(), &cm(format!("watch-{i}"))).await.unwrap();
+        api.create(&PostParams::default(), &cm(format!("watch-{i}")))
+            .await
+            .unwrap();
         loop {
             match stream.next().await {
                 Some(Ok(WatchEvent::Added(_))) => break,
@@ -229,8 +285,27 @@ async fn main() {
     }
     let w = Stats::from(lat, Duration::from_secs(1));
     println!();
-    println!("watch delivery (create sent → ADDED received, 200 events): p50 {:.2}ms  p99 {:.2}ms", w.p50.as_secs_f64() * 1e3, w.p99.as_secs_f64() * 1e3);
-    println!("server start → ready: {:.0}ms", start_to_ready.as_secs_f64() * 1e3);
-    println!("idle RSS: {:.1} MiB   idle CPU: {:.2}%", idle_rss as f64 / 1024.0, idle_cpu);
-    println!("binary size ({}): {:.1} MiB", if bin.contains("/release/") { "release" } else { "debug" }, binary as f64 / 1048576.0);
+    println!(
+        "watch delivery (create sent → ADDED received, 200 events): p50 {:.2}ms  p99 {:.2}ms",
+        w.p50.as_secs_f64() * 1e3,
+        w.p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "server start → ready: {:.0}ms",
+        start_to_ready.as_secs_f64() * 1e3
+    );
+    println!(
+        "idle RSS: {:.1} MiB   idle CPU: {:.2}%",
+        idle_rss as f64 / 1024.0,
+        idle_cpu
+    );
+    println!(
+        "binary size ({}): {:.1} MiB",
+        if bin.contains("/release/") {
+            "release"
+        } else {
+            "debug"
+        },
+        binary as f64 / 1048576.0
+    );
 }

@@ -7,7 +7,8 @@ definitions with descriptions, minus the x-kubernetes-patch-* extensions).
 Roots: every kind in src/api/resources.rs (resources and subresources) plus the meta/v1
 types the API paths use. Every struct reachable from a root is kept as its own schema
 (referenced by bare name, e.g. {"$ref": "io.k8s.api.core.v1.PodSpec"}); scalar-like types
-(Time, Quantity, IntOrString, FieldsV1, ...) are inlined. src/apiserver/openapi.rs turns
+(Time, Quantity, IntOrString, FieldsV1, ...) are inlined; types that admit any JSON value
+stay named so that they keep a description. src/apiserver/openapi.rs turns
 the bare references into `#/definitions/...` (v2) or `#/components/schemas/...` (v3).
 
 Usage (from the crate root):
@@ -99,6 +100,10 @@ def rewrite(schema, queue):
     if "$ref" in schema:
         ref = schema["$ref"]
         out = {"$ref": ref} if is_struct(load(ref)) else inline(ref)
+        if not out:
+            # Any-value types (JSON, JSONSchemaPropsOrBool, ...) stay named: an empty
+            # inline schema breaks `kubectl explain` ("expected schema argument").
+            out = {"$ref": ref}
         if "$ref" in out:
             queue.append(ref)
         if "description" in schema:
@@ -110,7 +115,8 @@ def rewrite(schema, queue):
             out[key] = {k: rewrite(v, queue) for k, v in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
             out[key] = rewrite(value, queue)
-        elif key.startswith("x-"):
+        elif key.startswith("x-") or key in ("oneOf", "anyOf"):
+            # Neither swagger 2.0 nor upstream's published definitions have these.
             continue
         else:
             out[key] = value

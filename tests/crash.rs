@@ -47,7 +47,11 @@ async fn sigkill_loses_no_acknowledged_write() {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }
         let acked = acked.lock().unwrap().clone();
-        assert!(acked.len() > 50, "round {round}: load generated only {} writes", acked.len());
+        assert!(
+            acked.len() > 50,
+            "round {round}: load generated only {} writes",
+            acked.len()
+        );
 
         server.spawn();
         let client = server.client().await;
@@ -56,17 +60,34 @@ async fn sigkill_loses_no_acknowledged_write() {
         let stored: std::collections::HashMap<String, u64> = list
             .items
             .iter()
-            .map(|c| (c.metadata.name.clone().unwrap(), c.metadata.resource_version.clone().unwrap().parse().unwrap()))
+            .map(|c| {
+                (
+                    c.metadata.name.clone().unwrap(),
+                    c.metadata
+                        .resource_version
+                        .clone()
+                        .unwrap()
+                        .parse()
+                        .unwrap(),
+                )
+            })
             .collect();
         for (name, rv) in &acked {
-            assert_eq!(stored.get(name), Some(rv), "round {round}: acknowledged write {name}@{rv} lost after SIGKILL");
+            assert_eq!(
+                stored.get(name),
+                Some(rv),
+                "round {round}: acknowledged write {name}@{rv} lost after SIGKILL"
+            );
             max_acked = max_acked.max(*rv);
         }
         let mut probe = ConfigMap::default();
         probe.metadata.name = Some(format!("probe-{round}"));
         let probe = api.create(&PostParams::default(), &probe).await.unwrap();
         let rv: u64 = probe.metadata.resource_version.unwrap().parse().unwrap();
-        assert!(rv > max_acked, "round {round}: revision {rv} after restart must exceed {max_acked}");
+        assert!(
+            rv > max_acked,
+            "round {round}: revision {rv} after restart must exceed {max_acked}"
+        );
         max_acked = rv;
     }
 }

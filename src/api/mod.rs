@@ -10,4 +10,4 @@ pub mod status;
 pub mod validation;
 
 pub use k8s_openapi;
-pub use resources::{ResourceInfo, RESOURCES};
+pub use resources::{RESOURCES, ResourceInfo};

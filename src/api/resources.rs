@@ -116,19 +116,34 @@ impl ResourceInfo {
         if self.storage.group.is_empty() {
             format!("/registry/{}/", self.storage.resource)
         } else {
-            format!("/registry/{}.{}/", self.storage.resource, self.storage.group)
+            format!(
+                "/registry/{}.{}/",
+                self.storage.resource, self.storage.group
+            )
         }
     }
 }
 
 macro_rules! sub {
     ($name:literal, $group:literal, $version:literal, $kind:literal, $verbs:expr) => {
-        Subresource { name: $name, group: $group, version: $version, kind: $kind, verbs: $verbs }
+        Subresource {
+            name: $name,
+            group: $group,
+            version: $version,
+            kind: $kind,
+            verbs: $verbs,
+        }
     };
 }
 
 const fn status(group: &'static str, version: &'static str, kind: &'static str) -> Subresource {
-    Subresource { name: "status", group, version, kind, verbs: STATUS_VERBS }
+    Subresource {
+        name: "status",
+        group,
+        version,
+        kind,
+        verbs: STATUS_VERBS,
+    }
 }
 
 const SCALE: Subresource = sub!("scale", "autoscaling", "v1", "Scale", STATUS_VERBS);
@@ -289,7 +304,9 @@ pub fn in_group_version<'a>(
     group: &'a str,
     version: &'a str,
 ) -> impl Iterator<Item = &'static ResourceInfo> + 'a {
-    RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
 }
 
 /// Splits an `apiVersion` string into group and version.

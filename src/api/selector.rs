@@ -53,7 +53,11 @@ impl Requirement {
         let mut errs: Vec<String> = Vec::new();
         let key_errs = is_qualified_name(key);
         if !key_errs.is_empty() {
-            errs.push(format!("key: Invalid value: {}: {}", go_quote(key), key_errs.join("; ")));
+            errs.push(format!(
+                "key: Invalid value: {}: {}",
+                go_quote(key),
+                key_errs.join("; ")
+            ));
         }
         match operator {
             Operator::In | Operator::NotIn if values.is_empty() => {
@@ -62,7 +66,9 @@ impl Requirement {
                     render_list(&values)
                 ));
             }
-            Operator::Equals | Operator::DoubleEquals | Operator::NotEquals if values.len() != 1 => {
+            Operator::Equals | Operator::DoubleEquals | Operator::NotEquals
+                if values.len() != 1 =>
+            {
                 errs.push(format!(
                     "values: Invalid value: {}: exact-match compatibility requires one single value",
                     render_list(&values)
@@ -95,33 +101,52 @@ impl Requirement {
         for (i, v) in values.iter().enumerate() {
             let v_errs = is_valid_label_value(v);
             if !v_errs.is_empty() {
-                errs.push(format!("values[{i}][{key}]: Invalid value: {}: {}", go_quote(v), v_errs.join("; ")));
+                errs.push(format!(
+                    "values[{i}][{key}]: Invalid value: {}: {}",
+                    go_quote(v),
+                    v_errs.join("; ")
+                ));
             }
         }
         if !errs.is_empty() {
             return Err(aggregate(errs));
         }
-        Ok(Requirement { key: key.to_string(), operator, values })
+        Ok(Requirement {
+            key: key.to_string(),
+            operator,
+            values,
+        })
     }
 
     /// Whether the requirement matches a label set.
     pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
-        let value = labels.and_then(|l| l.get(&self.key)).and_then(Value::as_str);
+        let value = labels
+            .and_then(|l| l.get(&self.key))
+            .and_then(Value::as_str);
         match self.operator {
             Operator::In | Operator::Equals | Operator::DoubleEquals => {
                 value.is_some_and(|v| self.values.iter().any(|x| x == v))
             }
-            Operator::NotIn | Operator::NotEquals => value.is_none_or(|v| !self.values.iter().any(|x| x == v)),
+            Operator::NotIn | Operator::NotEquals => {
+                value.is_none_or(|v| !self.values.iter().any(|x| x == v))
+            }
             Operator::Exists => value.is_some(),
             Operator::DoesNotExist => value.is_none(),
             Operator::GreaterThan | Operator::LessThan => {
-                let (Some(have), [want]) = (value.and_then(|v| v.parse::<i64>().ok()), self.values.as_slice()) else {
+                let (Some(have), [want]) = (
+                    value.and_then(|v| v.parse::<i64>().ok()),
+                    self.values.as_slice(),
+                ) else {
                     return false;
                 };
                 let Ok(want) = want.parse::<i64>() else {
                     return false;
                 };
-                if self.operator == Operator::GreaterThan { have > want } else { have < want }
+                if self.operator == Operator::GreaterThan {
+                    have > want
+                } else {
+                    have < want
+                }
             }
         }
     }
@@ -188,7 +213,10 @@ impl LabelSelector {
 
     /// The selector that matches nothing.
     pub fn nothing() -> LabelSelector {
-        LabelSelector { requirements: Vec::new(), nothing: true }
+        LabelSelector {
+            requirements: Vec::new(),
+            nothing: true,
+        }
     }
 
     /// Parses the upstream string syntax (`a=b,c!=d,e in (x,y),f notin (z),g,!h`).
@@ -198,7 +226,10 @@ impl LabelSelector {
         let mut p = Parser { tokens, pos: 0 };
         let mut requirements = p.parse()?;
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(LabelSelector { requirements, nothing: false })
+        Ok(LabelSelector {
+            requirements,
+            nothing: false,
+        })
     }
 
     /// Converts a `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`).
@@ -213,12 +244,16 @@ impl LabelSelector {
         if let Some(ml) = obj.get("matchLabels").filter(|v| !v.is_null()) {
             let ml = ml.as_object().ok_or("matchLabels must be an object")?;
             for (k, v) in ml {
-                let v = v.as_str().ok_or_else(|| format!("matchLabels[{k}] must be a string"))?;
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| format!("matchLabels[{k}] must be a string"))?;
                 requirements.push(Requirement::new(k, Operator::Equals, vec![v.to_string()])?);
             }
         }
         if let Some(exprs) = obj.get("matchExpressions").filter(|v| !v.is_null()) {
-            let exprs = exprs.as_array().ok_or("matchExpressions must be an array")?;
+            let exprs = exprs
+                .as_array()
+                .ok_or("matchExpressions must be an array")?;
             for e in exprs {
                 let key = e.get("key").and_then(Value::as_str).unwrap_or("");
                 let op_str = e.get("operator").and_then(Value::as_str).unwrap_or("");
@@ -227,18 +262,31 @@ impl LabelSelector {
                     "NotIn" => Operator::NotIn,
                     "Exists" => Operator::Exists,
                     "DoesNotExist" => Operator::DoesNotExist,
-                    other => return Err(format!("{} is not a valid label selector operator", go_quote(other))),
+                    other => {
+                        return Err(format!(
+                            "{} is not a valid label selector operator",
+                            go_quote(other)
+                        ));
+                    }
                 };
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
                     .unwrap_or_default();
                 requirements.push(Requirement::new(key, op, values)?);
             }
         }
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(LabelSelector { requirements, nothing: false })
+        Ok(LabelSelector {
+            requirements,
+            nothing: false,
+        })
     }
 
     /// Whether the selector matches a label set (`metadata.labels`; `None` = no labels).
@@ -358,7 +406,13 @@ fn lex(s: &str) -> Vec<(Tok, String)> {
             match last {
                 Some(item) => out.push(item),
                 None => {
-                    out.push((Tok::Error, format!("error expected: keyword found '{}'", String::from_utf8_lossy(&buf))));
+                    out.push((
+                        Tok::Error,
+                        format!(
+                            "error expected: keyword found '{}'",
+                            String::from_utf8_lossy(&buf)
+                        ),
+                    ));
                 }
             }
         } else {
@@ -381,11 +435,19 @@ struct Parser {
 impl Parser {
     /// In the "values" context `in` and `notin` are identifiers.
     fn adjust(tok: Tok, values: bool) -> Tok {
-        if values && matches!(tok, Tok::In | Tok::NotIn) { Tok::Identifier } else { tok }
+        if values && matches!(tok, Tok::In | Tok::NotIn) {
+            Tok::Identifier
+        } else {
+            tok
+        }
     }
 
     fn lookahead(&self, values: bool) -> (Tok, String) {
-        let (t, l) = self.tokens.get(self.pos).cloned().unwrap_or((Tok::End, String::new()));
+        let (t, l) = self
+            .tokens
+            .get(self.pos)
+            .cloned()
+            .unwrap_or((Tok::End, String::new()));
         (Self::adjust(t, values), l)
     }
 
@@ -403,7 +465,9 @@ impl Parser {
             let (tok, lit) = self.lookahead(true);
             match tok {
                 Tok::Identifier | Tok::DoesNotExist => {
-                    let r = self.parse_requirement().map_err(|e| format!("unable to parse requirement: {e}"))?;
+                    let r = self
+                        .parse_requirement()
+                        .map_err(|e| format!("unable to parse requirement: {e}"))?;
                     reqs.push(r);
                     let (t, l) = self.consume(true);
                     match t {
@@ -411,14 +475,20 @@ impl Parser {
                         Tok::Comma => {
                             let (t2, l2) = self.lookahead(true);
                             if t2 != Tok::Identifier && t2 != Tok::DoesNotExist {
-                                return Err(format!("found '{l2}', expected: identifier after ','"));
+                                return Err(format!(
+                                    "found '{l2}', expected: identifier after ','"
+                                ));
                             }
                         }
                         _ => return Err(format!("found '{l}', expected: ',' or 'end of string'")),
                     }
                 }
                 Tok::End => return Ok(reqs),
-                _ => return Err(format!("found '{lit}', expected: !, identifier, or 'end of string'")),
+                _ => {
+                    return Err(format!(
+                        "found '{lit}', expected: !, identifier, or 'end of string'"
+                    ));
+                }
             }
         }
     }
@@ -448,7 +518,11 @@ impl Parser {
         }
         let errs = is_qualified_name(&lit);
         if !errs.is_empty() {
-            return Err(format!("<nil>: Invalid value: {}: {}", go_quote(&lit), errs.join("; ")));
+            return Err(format!(
+                "<nil>: Invalid value: {}: {}",
+                go_quote(&lit),
+                errs.join("; ")
+            ));
         }
         let (t, _) = self.lookahead(true);
         if (t == Tok::End || t == Tok::Comma) && op.is_none() {
@@ -467,7 +541,11 @@ impl Parser {
             Tok::LessThan => Operator::LessThan,
             Tok::NotIn => Operator::NotIn,
             Tok::NotEquals => Operator::NotEquals,
-            _ => return Err(format!("found '{lit}', expected: in, notin, =, ==, !=, gt, lt")),
+            _ => {
+                return Err(format!(
+                    "found '{lit}', expected: in, notin, =, ==, !=, gt, lt"
+                ));
+            }
         })
     }
 
@@ -566,7 +644,9 @@ impl FieldSelector {
                 continue;
             }
             let Some((lhs, op, rhs)) = split_term(&part) else {
-                return Err(format!("invalid selector: '{s}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ));
             };
             let value = unescape_value(rhs)?;
             terms.push((lhs.to_string(), op != "!=", value));
@@ -595,7 +675,10 @@ impl FieldSelector {
 
     /// The value a field must equal, if the selector requires one.
     pub fn requires_exact_match(&self, field: &str) -> Option<&str> {
-        self.terms.iter().find(|(f, eq, _)| f == field && *eq).map(|(_, _, v)| v.as_str())
+        self.terms
+            .iter()
+            .find(|(f, eq, _)| f == field && *eq)
+            .map(|(_, _, v)| v.as_str())
     }
 }
 
@@ -605,7 +688,10 @@ impl fmt::Display for FieldSelector {
             if i > 0 {
                 f.write_str(",")?;
             }
-            let escaped = value.replace('\\', "\\\\").replace(',', "\\,").replace('=', "\\=");
+            let escaped = value
+                .replace('\\', "\\\\")
+                .replace(',', "\\,")
+                .replace('=', "\\=");
             write!(f, "{field}{}{escaped}", if *eq { "=" } else { "!=" })?;
         }
         Ok(())
@@ -668,7 +754,10 @@ fn unescape_value(s: &str) -> Result<String, String> {
         match c {
             '\\' => in_slash = true,
             ',' | '=' => {
-                return Err(format!("invalid field selector: unescaped character in value: {}", c as u32));
+                return Err(format!(
+                    "invalid field selector: unescaped character in value: {}",
+                    c as u32
+                ));
             }
             other => out.push(other),
         }
@@ -715,7 +804,11 @@ mod tests {
             ("app>3", false, "app>3"),
             ("x=", false, "x="),
             ("x in (in,notin)", false, "x in (in,notin)"),
-            ("app.kubernetes.io/name=web", false, "app.kubernetes.io/name=web"),
+            (
+                "app.kubernetes.io/name=web",
+                false,
+                "app.kubernetes.io/name=web",
+            ),
             ("x in (,a)", false, "x in (,a)"),
         ];
         for (s, want, canon) in cases {
@@ -726,20 +819,43 @@ mod tests {
         assert!(LabelSelector::parse("").unwrap().is_empty());
         assert!(LabelSelector::parse("!a").unwrap().matches(None));
         assert!(!LabelSelector::parse("a").unwrap().matches(None));
-        assert_eq!(LabelSelector::parse("a=b,c in (d)").unwrap().requires_exact_match("c"), Some("d"));
+        assert_eq!(
+            LabelSelector::parse("a=b,c in (d)")
+                .unwrap()
+                .requires_exact_match("c"),
+            Some("d")
+        );
     }
 
     #[test]
     fn label_selector_errors() {
         let cases: &[(&str, &str)] = &[
-            ("x (", "unable to parse requirement: found '(', expected: in, notin, =, ==, !=, gt, lt"),
-            ("env IN (a)", "unable to parse requirement: found 'IN', expected: in, notin, =, ==, !=, gt, lt"),
+            (
+                "x (",
+                "unable to parse requirement: found '(', expected: in, notin, =, ==, !=, gt, lt",
+            ),
+            (
+                "env IN (a)",
+                "unable to parse requirement: found 'IN', expected: in, notin, =, ==, !=, gt, lt",
+            ),
             ("a=b,", "found '', expected: identifier after ','"),
             ("a=b c", "found 'c', expected: ',' or 'end of string'"),
-            ("=a", "found '=', expected: !, identifier, or 'end of string'"),
-            ("a in x", "unable to parse requirement: found 'x' expected: '('"),
-            ("a in (b", "unable to parse requirement: found '', expected: ',' or ')'"),
-            ("a>b", "unable to parse requirement: values[0]: Invalid value: \"b\": for 'Gt', 'Lt' operators, the value must be an integer"),
+            (
+                "=a",
+                "found '=', expected: !, identifier, or 'end of string'",
+            ),
+            (
+                "a in x",
+                "unable to parse requirement: found 'x' expected: '('",
+            ),
+            (
+                "a in (b",
+                "unable to parse requirement: found '', expected: ',' or ')'",
+            ),
+            (
+                "a>b",
+                "unable to parse requirement: values[0]: Invalid value: \"b\": for 'Gt', 'Lt' operators, the value must be an integer",
+            ),
         ];
         for (s, want) in cases {
             assert_eq!(LabelSelector::parse(s).unwrap_err(), *want, "{s:?}");
@@ -763,24 +879,51 @@ mod tests {
             (json!(null), false),
             (json!({"matchLabels": {"app": "web"}}), true),
             (json!({"matchLabels": {"app": "db"}}), false),
-            (json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["fe", "be"]}]}), true),
-            (json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["fe"]}]}), false),
-            (json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]}), true),
-            (json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}), false),
-            (json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}), true),
+            (
+                json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["fe", "be"]}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["fe"]}]}),
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}),
+                false,
+            ),
+            (
+                json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}),
+                true,
+            ),
         ];
         for (v, want) in cases {
             let sel = LabelSelector::from_label_selector_json(v).unwrap();
             assert_eq!(sel.matches(Some(&l)), *want, "{v}");
         }
-        assert!(LabelSelector::from_label_selector_json(&json!({})).unwrap().is_empty());
-        assert!(!LabelSelector::from_label_selector_json(&json!(null)).unwrap().is_empty());
-        let e = LabelSelector::from_label_selector_json(&json!({"matchExpressions": [{"key": "a", "operator": "Bad"}]}))
-            .unwrap_err();
+        assert!(
+            LabelSelector::from_label_selector_json(&json!({}))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            !LabelSelector::from_label_selector_json(&json!(null))
+                .unwrap()
+                .is_empty()
+        );
+        let e = LabelSelector::from_label_selector_json(
+            &json!({"matchExpressions": [{"key": "a", "operator": "Bad"}]}),
+        )
+        .unwrap_err();
         assert_eq!(e, "\"Bad\" is not a valid label selector operator");
         assert!(
-            LabelSelector::from_label_selector_json(&json!({"matchExpressions": [{"key": "a", "operator": "In"}]}))
-                .is_err()
+            LabelSelector::from_label_selector_json(
+                &json!({"matchExpressions": [{"key": "a", "operator": "In"}]})
+            )
+            .is_err()
         );
     }
 
@@ -811,13 +954,24 @@ mod tests {
             assert_eq!(sel.terms().len(), *n, "{s:?}");
         }
         let sel = FieldSelector::parse("a!=x\\=y\\\\").unwrap();
-        assert_eq!(sel.terms(), &[("a".to_string(), false, "x=y\\".to_string())]);
+        assert_eq!(
+            sel.terms(),
+            &[("a".to_string(), false, "x=y\\".to_string())]
+        );
         assert_eq!(sel.to_string(), "a!=x\\=y\\\\");
-        assert_eq!(FieldSelector::parse("x=a,y==b").unwrap().requires_exact_match("y"), Some("b"));
+        assert_eq!(
+            FieldSelector::parse("x=a,y==b")
+                .unwrap()
+                .requires_exact_match("y"),
+            Some("b")
+        );
 
         let errs: &[(&str, &str)] = &[
             ("abc", "invalid selector: 'abc'; can't understand 'abc'"),
-            ("a=b=c", "invalid field selector: unescaped character in value: 61"),
+            (
+                "a=b=c",
+                "invalid field selector: unescaped character in value: 61",
+            ),
             ("a=b\\x", "invalid escape sequence: \\x"),
             ("a=b\\", "invalid escape sequence: \\"),
         ];

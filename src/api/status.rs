@@ -1,6 +1,6 @@
 //! Builders for `meta.k8s.io/v1 Status` bodies with the upstream reasons and codes.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// One cause in a Status's `details.causes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,19 +74,31 @@ impl Status {
 
     /// 404 for a URL that names nothing we serve.
     pub fn not_found_path() -> Status {
-        Status::new(404, "NotFound", "the server could not find the requested resource")
+        Status::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     /// 404 NotFound for a named object: `pods "x" not found`.
     pub fn not_found(group: &str, resource: &str, name: &str) -> Status {
-        Status::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(group, resource)))
-            .with_details(group, resource, name)
+        Status::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", qualified(group, resource)),
+        )
+        .with_details(group, resource, name)
     }
 
     /// 409 AlreadyExists.
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Status {
-        Status::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", qualified(group, resource)))
-            .with_details(group, resource, name)
+        Status::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", qualified(group, resource)),
+        )
+        .with_details(group, resource, name)
     }
 
     /// 409 Conflict for a stale resourceVersion.
@@ -94,7 +106,10 @@ impl Status {
         Status::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", qualified(group, resource)),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                qualified(group, resource)
+            ),
         )
         .with_details(group, resource, name)
     }
@@ -121,20 +136,39 @@ impl Status {
 
     /// 415 UnsupportedMediaType.
     pub fn unsupported_media_type(content_type: &str) -> Status {
-        Status::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml; got {content_type:?}"))
+        Status::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml; got {content_type:?}"
+            ),
+        )
     }
 
     /// 422 Invalid with field causes.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Status {
         let summary: Vec<String> = causes
             .iter()
-            .map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) })
+            .map(|c| {
+                if c.field.is_empty() {
+                    c.message.clone()
+                } else {
+                    format!("{}: {}", c.field, c.message)
+                }
+            })
             .collect();
-        let qualified_kind = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let qualified_kind = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut s = Status::new(
             422,
             "Invalid",
-            format!("{qualified_kind} \"{name}\" is invalid: {}", join_summary(&summary)),
+            format!(
+                "{qualified_kind} \"{name}\" is invalid: {}",
+                join_summary(&summary)
+            ),
         )
         .with_details(group, kind, name);
         s.causes = causes;
@@ -143,7 +177,11 @@ impl Status {
 
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Status {
-        Status::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        Status::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
 
     /// 503 ServiceUnavailable.
@@ -215,7 +253,11 @@ pub fn success(group: &str, kind: &str, name: &str, uid: &str) -> Value {
 }
 
 fn qualified(group: &str, resource: &str) -> String {
-    if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") }
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
 }
 
 fn join_summary(items: &[String]) -> String {
@@ -245,9 +287,19 @@ mod tests {
             "",
             "Pod",
             "x",
-            vec![Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: "spec.containers".into() }],
+            vec![Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value".into(),
+                field: "spec.containers".into(),
+            }],
         );
-        assert_eq!(s.message, "Pod \"x\" is invalid: spec.containers: Required value");
-        assert_eq!(s.to_json()["details"]["causes"][0]["field"], "spec.containers");
+        assert_eq!(
+            s.message,
+            "Pod \"x\" is invalid: spec.containers: Required value"
+        );
+        assert_eq!(
+            s.to_json()["details"]["causes"][0]["field"],
+            "spec.containers"
+        );
     }
 }

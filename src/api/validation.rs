@@ -47,7 +47,8 @@ const QUALIFIED_NAME_ERR: &str = "must consist of alphanumeric characters, '-', 
 const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
 const LABEL_VALUE_ERR: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const CONFIG_MAP_KEY_FMT: &str = "[-._a-zA-Z0-9]+";
-const CONFIG_MAP_KEY_ERR: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.'";
+const CONFIG_MAP_KEY_ERR: &str =
+    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'";
 const WILDCARD_DNS1123_SUBDOMAIN_FMT: &str =
     "\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const WILDCARD_DNS1123_SUBDOMAIN_ERR: &str = "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character";
@@ -129,7 +130,11 @@ pub fn is_dns1123_label(s: &str) -> Vec<String> {
         if match_dns1123_subdomain(s) {
             errs.push("must not contain dots".to_string());
         } else {
-            errs.push(regex_error(DNS1123_LABEL_ERR, DNS1123_LABEL_FMT, &["my-name", "123-abc"]));
+            errs.push(regex_error(
+                DNS1123_LABEL_ERR,
+                DNS1123_LABEL_FMT,
+                &["my-name", "123-abc"],
+            ));
         }
     }
     errs
@@ -142,7 +147,11 @@ pub fn is_dns1123_subdomain(s: &str) -> Vec<String> {
         errs.push(max_len_error(DNS1123_SUBDOMAIN_MAX_LENGTH));
     }
     if !match_dns1123_subdomain(s) {
-        errs.push(regex_error(DNS1123_SUBDOMAIN_ERR, DNS1123_SUBDOMAIN_FMT, &["example.com"]));
+        errs.push(regex_error(
+            DNS1123_SUBDOMAIN_ERR,
+            DNS1123_SUBDOMAIN_FMT,
+            &["example.com"],
+        ));
     }
     errs
 }
@@ -154,7 +163,11 @@ pub fn is_dns1035_label(s: &str) -> Vec<String> {
         errs.push(max_len_error(DNS1035_LABEL_MAX_LENGTH));
     }
     if !match_dns1035_label(s) {
-        errs.push(regex_error(DNS1035_LABEL_ERR, DNS1035_LABEL_FMT, &["my-name", "abc-123"]));
+        errs.push(regex_error(
+            DNS1035_LABEL_ERR,
+            DNS1035_LABEL_FMT,
+            &["my-name", "abc-123"],
+        ));
     }
     errs
 }
@@ -204,12 +217,19 @@ pub fn is_qualified_name(s: &str) -> Vec<String> {
     if name.is_empty() {
         errs.push(format!("name part {}", empty_error()));
     } else if name.len() > LABEL_VALUE_MAX_LENGTH {
-        errs.push(format!("name part {}", max_len_error(LABEL_VALUE_MAX_LENGTH)));
+        errs.push(format!(
+            "name part {}",
+            max_len_error(LABEL_VALUE_MAX_LENGTH)
+        ));
     }
     if !match_qualified_name(name) {
         errs.push(format!(
             "name part {}",
-            regex_error(QUALIFIED_NAME_ERR, QUALIFIED_NAME_FMT, &["MyName", "my.name", "123-abc"])
+            regex_error(
+                QUALIFIED_NAME_ERR,
+                QUALIFIED_NAME_FMT,
+                &["MyName", "my.name", "123-abc"]
+            )
         ));
     }
     errs
@@ -222,7 +242,11 @@ pub fn is_valid_label_value(s: &str) -> Vec<String> {
         errs.push(max_len_error(LABEL_VALUE_MAX_LENGTH));
     }
     if !(s.is_empty() || match_qualified_name(s)) {
-        errs.push(regex_error(LABEL_VALUE_ERR, LABEL_VALUE_FMT, &["MyValue", "my_value", "12345"]));
+        errs.push(regex_error(
+            LABEL_VALUE_ERR,
+            LABEL_VALUE_FMT,
+            &["MyValue", "my_value", "12345"],
+        ));
     }
     errs
 }
@@ -293,7 +317,9 @@ pub fn is_valid_port_name(port: &str) -> Vec<String> {
         errs.push(max_len_error(15));
     }
     if port.is_empty() || !port.bytes().all(|c| is_lower_alnum(c) || c == b'-') {
-        errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string());
+        errs.push(
+            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string(),
+        );
     }
     if !port.bytes().any(|c| c.is_ascii_lowercase()) {
         errs.push("must contain at least one letter (a-z)".to_string());
@@ -410,13 +436,23 @@ pub fn render_string_map(m: Option<&Map<String, Value>>) -> String {
     keys.sort();
     let items: Vec<String> = keys
         .iter()
-        .map(|k| format!("{}:{}", go_quote(k), go_quote(m[k.as_str()].as_str().unwrap_or(""))))
+        .map(|k| {
+            format!(
+                "{}:{}",
+                go_quote(k),
+                go_quote(m[k.as_str()].as_str().unwrap_or(""))
+            )
+        })
         .collect();
     format!("map[string]string{{{}}}", items.join(", "))
 }
 
 fn with_detail(head: String, detail: &str) -> String {
-    if detail.is_empty() { head } else { format!("{head}: {detail}") }
+    if detail.is_empty() {
+        head
+    } else {
+        format!("{head}: {detail}")
+    }
 }
 
 /// `FieldValueRequired`: `Required value[: detail]`.
@@ -503,7 +539,11 @@ pub fn too_long(field: impl Into<String>, max: usize) -> Cause {
 pub fn validate_nonnegative(v: Option<&Value>, field: &str) -> Vec<Cause> {
     match v.and_then(Value::as_i64) {
         Some(n) if n < 0 => {
-            vec![invalid(field, &Value::from(n), "must be greater than or equal to 0")]
+            vec![invalid(
+                field,
+                &Value::from(n),
+                "must be greater than or equal to 0",
+            )]
         }
         _ => Vec::new(),
     }
@@ -560,7 +600,10 @@ pub fn validate_label_selector(sel: Option<&Value>, path: &str) -> Vec<Cause> {
     let Some(sel) = sel.filter(|s| !s.is_null()) else {
         return causes;
     };
-    causes.extend(validate_labels(sel.get("matchLabels"), &format!("{path}.matchLabels")));
+    causes.extend(validate_labels(
+        sel.get("matchLabels"),
+        &format!("{path}.matchLabels"),
+    ));
     let exprs = sel.get("matchExpressions").and_then(Value::as_array);
     for (i, expr) in exprs.into_iter().flatten().enumerate() {
         let p = format!("{path}.matchExpressions[{i}]");
@@ -584,7 +627,11 @@ pub fn validate_label_selector(sel: Option<&Value>, path: &str) -> Vec<Cause> {
                     ));
                 }
             }
-            _ => causes.push(invalid_str(format!("{p}.operator"), op, "not a valid selector operator")),
+            _ => causes.push(invalid_str(
+                format!("{p}.operator"),
+                op,
+                "not a valid selector operator",
+            )),
         }
         let key = expr.get("key").and_then(Value::as_str).unwrap_or("");
         for msg in is_qualified_name(key) {
@@ -606,18 +653,30 @@ fn meta_str<'a>(meta: &'a Value, key: &str) -> &'a str {
 
 /// Validates object metadata as upstream's `ValidateObjectMeta` does. `meta` is the
 /// `metadata` object, `path` its field path (normally `metadata`).
-pub fn validate_object_meta(meta: &Value, namespaced: bool, name_rule: NameRule, path: &str) -> Vec<Cause> {
+pub fn validate_object_meta(
+    meta: &Value,
+    namespaced: bool,
+    name_rule: NameRule,
+    path: &str,
+) -> Vec<Cause> {
     let mut causes = Vec::new();
     let generate_name = meta_str(meta, "generateName");
     if !generate_name.is_empty() {
         for msg in validate_name(name_rule, generate_name, true) {
-            causes.push(invalid_str(format!("{path}.generateName"), generate_name, &msg));
+            causes.push(invalid_str(
+                format!("{path}.generateName"),
+                generate_name,
+                &msg,
+            ));
         }
     }
     let name = meta_str(meta, "name");
     if name.is_empty() {
         if generate_name.is_empty() {
-            causes.push(required(format!("{path}.name"), "name or generateName is required"));
+            causes.push(required(
+                format!("{path}.name"),
+                "name or generateName is required",
+            ));
         }
     } else {
         for msg in validate_name(name_rule, name, false) {
@@ -634,13 +693,31 @@ pub fn validate_object_meta(meta: &Value, namespaced: bool, name_rule: NameRule,
             }
         }
     } else if !namespace.is_empty() {
-        causes.push(forbidden(format!("{path}.namespace"), "not allowed on this type"));
+        causes.push(forbidden(
+            format!("{path}.namespace"),
+            "not allowed on this type",
+        ));
     }
-    causes.extend(validate_nonnegative(meta.get("generation"), &format!("{path}.generation")));
-    causes.extend(validate_labels(meta.get("labels"), &format!("{path}.labels")));
-    causes.extend(validate_annotations(meta.get("annotations"), &format!("{path}.annotations")));
-    causes.extend(validate_owner_references(meta.get("ownerReferences"), &format!("{path}.ownerReferences")));
-    causes.extend(validate_finalizers(meta.get("finalizers"), &format!("{path}.finalizers")));
+    causes.extend(validate_nonnegative(
+        meta.get("generation"),
+        &format!("{path}.generation"),
+    ));
+    causes.extend(validate_labels(
+        meta.get("labels"),
+        &format!("{path}.labels"),
+    ));
+    causes.extend(validate_annotations(
+        meta.get("annotations"),
+        &format!("{path}.annotations"),
+    ));
+    causes.extend(validate_owner_references(
+        meta.get("ownerReferences"),
+        &format!("{path}.ownerReferences"),
+    ));
+    causes.extend(validate_finalizers(
+        meta.get("finalizers"),
+        &format!("{path}.finalizers"),
+    ));
     causes
 }
 
@@ -651,7 +728,11 @@ fn validate_owner_references(refs: Option<&Value>, path: &str) -> Vec<Cause> {
         let api_version = meta_str(r, "apiVersion");
         let version = api_version.rsplit('/').next().unwrap_or("");
         if version.is_empty() {
-            causes.push(invalid_str(format!("{path}.apiVersion"), api_version, "version must not be empty"));
+            causes.push(invalid_str(
+                format!("{path}.apiVersion"),
+                api_version,
+                "version must not be empty",
+            ));
         }
         for key in ["kind", "name", "uid"] {
             let v = meta_str(r, key);
@@ -706,10 +787,17 @@ pub fn validate_object_meta_update(new: &Value, old: &Value, path: &str) -> Vec<
         let (n, o) = (meta_str(new, key), meta_str(old, key));
         // An empty uid on update means "unchanged" (the store fills it in).
         if n != o && !(key == "uid" && n.is_empty()) {
-            causes.push(invalid_str(format!("{path}.{key}"), n, "field is immutable"));
+            causes.push(invalid_str(
+                format!("{path}.{key}"),
+                n,
+                "field is immutable",
+            ));
         }
     }
-    causes.extend(validate_nonnegative(new.get("generation"), &format!("{path}.generation")));
+    causes.extend(validate_nonnegative(
+        new.get("generation"),
+        &format!("{path}.generation"),
+    ));
     causes
 }
 
@@ -738,8 +826,14 @@ mod tests {
             assert_eq!(is_dns1123_label(s).is_empty(), *l1123, "1123 label {s:?}");
             assert_eq!(is_dns1035_label(s).is_empty(), *l1035, "1035 label {s:?}");
         }
-        assert_eq!(is_dns1123_label("a.b"), vec!["must not contain dots".to_string()]);
-        assert_eq!(is_dns1123_subdomain(&"a".repeat(254))[0], "must be no more than 253 characters");
+        assert_eq!(
+            is_dns1123_label("a.b"),
+            vec!["must not contain dots".to_string()]
+        );
+        assert_eq!(
+            is_dns1123_subdomain(&"a".repeat(254))[0],
+            "must be no more than 253 characters"
+        );
         assert_eq!(is_dns1123_label(&"a".repeat(64)).len(), 1);
         assert_eq!(
             is_dns1123_subdomain("Bad_Name")[0],
@@ -765,14 +859,19 @@ mod tests {
             ("_x", 1),
         ];
         for (s, n) in cases {
-            assert_eq!(is_qualified_name(s).len(), *n, "{s:?}: {:?}", is_qualified_name(s));
+            assert_eq!(
+                is_qualified_name(s).len(),
+                *n,
+                "{s:?}: {:?}",
+                is_qualified_name(s)
+            );
         }
         assert!(is_qualified_name("a/b/c")[0].starts_with("a qualified name must consist of"));
         assert!(is_qualified_name("app:monolith")[0].starts_with(
             "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used"
         ));
         assert_eq!(is_qualified_name("x/")[0], "name part must be non-empty");
-        assert!(is_qualified_name(&format!("{}", "a".repeat(64)))[0].contains("no more than 63"));
+        assert!(is_qualified_name(&"a".repeat(64))[0].contains("no more than 63"));
         for (v, ok) in [("", true), ("v1.0", true), ("-x", false), ("a b", false)] {
             assert_eq!(is_valid_label_value(v).is_empty(), ok, "{v:?}");
         }
@@ -782,10 +881,16 @@ mod tests {
     #[test]
     fn path_segments_ports_keys() {
         assert_eq!(is_path_segment_name(".."), vec!["may not be '..'"]);
-        assert_eq!(is_path_segment_name("a/b%c"), vec!["may not contain '/'", "may not contain '%'"]);
+        assert_eq!(
+            is_path_segment_name("a/b%c"),
+            vec!["may not contain '/'", "may not contain '%'"]
+        );
         assert!(is_path_segment_name("system:admin").is_empty());
         assert!(is_valid_port_num(80).is_empty());
-        assert_eq!(is_valid_port_num(0), vec!["must be between 1 and 65535, inclusive"]);
+        assert_eq!(
+            is_valid_port_num(0),
+            vec!["must be between 1 and 65535, inclusive"]
+        );
         assert_eq!(is_valid_port_num(65536).len(), 1);
         assert!(is_valid_port_name("http").is_empty());
         assert_eq!(is_valid_port_name("80").len(), 1);
@@ -817,13 +922,27 @@ mod tests {
         assert_eq!(c.reason, "FieldValueInvalid");
         assert_eq!(required("spec.containers", "").message, "Required value");
         assert_eq!(
-            not_supported("spec.restartPolicy", "Sometimes", &["Always", "OnFailure", "Never"]).message,
+            not_supported(
+                "spec.restartPolicy",
+                "Sometimes",
+                &["Always", "OnFailure", "Never"]
+            )
+            .message,
             "Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\""
         );
-        assert_eq!(forbidden("x", "not allowed on this type").message, "Forbidden: not allowed on this type");
-        assert_eq!(too_long("metadata.annotations", 262144).message, "Too long: may not be more than 262144 bytes");
+        assert_eq!(
+            forbidden("x", "not allowed on this type").message,
+            "Forbidden: not allowed on this type"
+        );
+        assert_eq!(
+            too_long("metadata.annotations", 262144).message,
+            "Too long: may not be more than 262144 bytes"
+        );
         assert_eq!(duplicate("a", "\"x\"").message, "Duplicate value: \"x\"");
-        assert_eq!(render_value(&json!({"b": "2", "a": "1"})), "map[string]string{\"a\":\"1\", \"b\":\"2\"}");
+        assert_eq!(
+            render_value(&json!({"b": "2", "a": "1"})),
+            "map[string]string{\"a\":\"1\", \"b\":\"2\"}"
+        );
         assert_eq!(render_value(&json!(["x", "y"])), "[]string{\"x\", \"y\"}");
         assert_eq!(render_value(&json!(3)), "3");
         assert_eq!(go_quote("a\"b\\\n"), "\"a\\\"b\\\\\\n\"");
@@ -838,14 +957,24 @@ mod tests {
             want: &'static [(&'static str, &'static str)],
         }
         let cases = [
-            Case { meta: json!({"name": "ok", "namespace": "default"}), namespaced: true, rule: NameRule::Dns1123Subdomain, want: &[] },
+            Case {
+                meta: json!({"name": "ok", "namespace": "default"}),
+                namespaced: true,
+                rule: NameRule::Dns1123Subdomain,
+                want: &[],
+            },
             Case {
                 meta: json!({"namespace": "default"}),
                 namespaced: true,
                 rule: NameRule::Dns1123Subdomain,
                 want: &[("FieldValueRequired", "metadata.name")],
             },
-            Case { meta: json!({"generateName": "web-", "namespace": "d"}), namespaced: true, rule: NameRule::Dns1123Subdomain, want: &[] },
+            Case {
+                meta: json!({"generateName": "web-", "namespace": "d"}),
+                namespaced: true,
+                rule: NameRule::Dns1123Subdomain,
+                want: &[],
+            },
             Case {
                 meta: json!({"name": "Bad_Name", "namespace": "default"}),
                 namespaced: true,
@@ -874,7 +1003,10 @@ mod tests {
                 meta: json!({"name": "n", "labels": {"bad key!": "v", "ok": "bad value!"}}),
                 namespaced: false,
                 rule: NameRule::Dns1123Subdomain,
-                want: &[("FieldValueInvalid", "metadata.labels"), ("FieldValueInvalid", "metadata.labels")],
+                want: &[
+                    ("FieldValueInvalid", "metadata.labels"),
+                    ("FieldValueInvalid", "metadata.labels"),
+                ],
             },
             Case {
                 meta: json!({"name": "n", "annotations": {"a/b/c": "v"}}),
@@ -900,7 +1032,12 @@ mod tests {
                 rule: NameRule::Dns1123Subdomain,
                 want: &[("FieldValueInvalid", "metadata.ownerReferences.uid")],
             },
-            Case { meta: json!({"name": "system:admin"}), namespaced: false, rule: NameRule::PathSegment, want: &[] },
+            Case {
+                meta: json!({"name": "system:admin"}),
+                namespaced: false,
+                rule: NameRule::PathSegment,
+                want: &[],
+            },
             Case {
                 meta: json!({"name": "my.svc"}),
                 namespaced: false,
@@ -910,13 +1047,24 @@ mod tests {
         ];
         for c in cases {
             let got = validate_object_meta(&c.meta, c.namespaced, c.rule, "metadata");
-            let got: Vec<(&str, &str)> = got.iter().map(|c| (c.reason.as_str(), c.field.as_str())).collect();
+            let got: Vec<(&str, &str)> = got
+                .iter()
+                .map(|c| (c.reason.as_str(), c.field.as_str()))
+                .collect();
             assert_eq!(got, c.want, "{}", c.meta);
         }
-        let c = &validate_object_meta(&json!({"name": "n"}), true, NameRule::Dns1123Subdomain, "metadata")[0];
+        let c = &validate_object_meta(
+            &json!({"name": "n"}),
+            true,
+            NameRule::Dns1123Subdomain,
+            "metadata",
+        )[0];
         assert_eq!(c.message, "Required value");
         let c = &validate_object_meta(&json!({}), false, NameRule::Dns1123Subdomain, "metadata")[0];
-        assert_eq!(c.message, "Required value: name or generateName is required");
+        assert_eq!(
+            c.message,
+            "Required value: name or generateName is required"
+        );
     }
 
     #[test]
@@ -926,7 +1074,10 @@ mod tests {
             {"key": "env", "operator": "Exists", "values": ["x"]},
             {"key": "k", "operator": "Bogus"},
         ]});
-        let got: Vec<String> = validate_label_selector(Some(&sel), "spec.selector").into_iter().map(|c| c.field).collect();
+        let got: Vec<String> = validate_label_selector(Some(&sel), "spec.selector")
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
         assert_eq!(
             got,
             vec![

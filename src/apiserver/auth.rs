@@ -24,11 +24,19 @@ pub struct UserInfo {
 
 impl UserInfo {
     /// A user with the given name and groups plus `system:authenticated`.
-    pub fn new(name: impl Into<String>, uid: impl Into<String>, mut groups: Vec<String>) -> UserInfo {
+    pub fn new(
+        name: impl Into<String>,
+        uid: impl Into<String>,
+        mut groups: Vec<String>,
+    ) -> UserInfo {
         if !groups.iter().any(|g| g == "system:authenticated") {
             groups.push("system:authenticated".into());
         }
-        UserInfo { name: name.into(), uid: uid.into(), groups }
+        UserInfo {
+            name: name.into(),
+            uid: uid.into(),
+            groups,
+        }
     }
 
     /// Whether the user is in `group`.
@@ -69,8 +77,10 @@ pub struct TokenAuthenticator {
 impl TokenAuthenticator {
     /// Loads a token file: `token,user,uid[,"group1,group2"]` per line; `#` comments.
     pub fn from_file(path: &Path) -> Result<TokenAuthenticator, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         let mut tokens = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -87,9 +97,17 @@ impl TokenAuthenticator {
             }
             let groups = fields
                 .get(3)
-                .map(|g| g.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                .map(|g| {
+                    g.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
                 .unwrap_or_default();
-            tokens.insert(fields[0].clone(), UserInfo::new(fields[1].clone(), fields[2].clone(), groups));
+            tokens.insert(
+                fields[0].clone(),
+                UserInfo::new(fields[1].clone(), fields[2].clone(), groups),
+            );
         }
         Ok(TokenAuthenticator { tokens })
     }
@@ -158,7 +176,11 @@ impl Authorizer for BootstrapAuthorizer {
         if !req.is_resource && matches!(req.path.as_str(), "/api" | "/apis" | "/version") {
             return Decision::Allow;
         }
-        if !req.is_resource && (req.path.starts_with("/apis/") || req.path.starts_with("/api/") || req.path.starts_with("/openapi")) {
+        if !req.is_resource
+            && (req.path.starts_with("/apis/")
+                || req.path.starts_with("/api/")
+                || req.path.starts_with("/openapi"))
+        {
             return Decision::Allow;
         }
         Decision::Deny(String::new())
@@ -168,14 +190,21 @@ impl Authorizer for BootstrapAuthorizer {
 /// The upstream 403 message for a denied request.
 pub fn forbidden_message(user: &UserInfo, req: &RequestInfo) -> String {
     if !req.is_resource {
-        return format!("forbidden: User \"{}\" cannot {} path \"{}\"", user.name, req.verb, req.path);
+        return format!(
+            "forbidden: User \"{}\" cannot {} path \"{}\"",
+            user.name, req.verb, req.path
+        );
     }
     let resource = match &req.subresource {
         Some(s) => format!("{}/{}", req.resource, s),
         None => req.resource.clone(),
     };
     let what = match &req.name {
-        Some(n) => format!("{} \"{}\" is forbidden", qualified(&req.group, &req.resource), n),
+        Some(n) => format!(
+            "{} \"{}\" is forbidden",
+            qualified(&req.group, &req.resource),
+            n
+        ),
         None => format!("{} is forbidden", qualified(&req.group, &req.resource)),
     };
     let scope = match &req.namespace {
@@ -189,7 +218,11 @@ pub fn forbidden_message(user: &UserInfo, req: &RequestInfo) -> String {
 }
 
 fn qualified(group: &str, resource: &str) -> String {
-    if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") }
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
 }
 
 #[cfg(test)]
@@ -205,7 +238,10 @@ mod tests {
         let a = t.authenticate("abc").unwrap();
         assert_eq!(a.name, "alice");
         assert!(a.in_group("dev") && a.in_group("ops") && a.in_group("system:authenticated"));
-        assert_eq!(t.authenticate("def").unwrap().groups, vec!["system:authenticated"]);
+        assert_eq!(
+            t.authenticate("def").unwrap().groups,
+            vec!["system:authenticated"]
+        );
         assert!(t.authenticate("nope").is_none());
         std::fs::write(&p, "onlytoken\n").unwrap();
         assert!(TokenAuthenticator::from_file(&p).is_err());
@@ -213,11 +249,18 @@ mod tests {
 
     #[test]
     fn bootstrap_policy() {
-        let req = super::super::request::resolve(&http::Method::GET, "/api/v1/namespaces/default/pods", false);
+        let req = super::super::request::resolve(
+            &http::Method::GET,
+            "/api/v1/namespaces/default/pods",
+            false,
+        );
         let admin = UserInfo::new("system:admin", "", vec!["system:masters".into()]);
         assert_eq!(BootstrapAuthorizer.authorize(&admin, &req), Decision::Allow);
         let alice = UserInfo::new("alice", "", vec![]);
-        assert!(matches!(BootstrapAuthorizer.authorize(&alice, &req), Decision::Deny(_)));
+        assert!(matches!(
+            BootstrapAuthorizer.authorize(&alice, &req),
+            Decision::Deny(_)
+        ));
         assert_eq!(
             forbidden_message(&alice, &req),
             "pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""

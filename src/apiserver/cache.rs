@@ -92,7 +92,10 @@ pub fn decode(bytes: &[u8], revision: u64) -> Result<Value, store::Error> {
 /// Sets `metadata.resourceVersion`.
 pub fn set_resource_version(v: &mut Value, revision: u64) {
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
 }
 
@@ -147,7 +150,13 @@ impl Cache {
         let mut objects = BTreeMap::new();
         for kv in list.items {
             let object = Arc::new(decode(&kv.value, kv.mod_revision)?);
-            objects.insert(kv.key, Entry { object, revision: kv.mod_revision });
+            objects.insert(
+                kv.key,
+                Entry {
+                    object,
+                    revision: kv.mod_revision,
+                },
+            );
         }
         let mut st = self.state.write().await;
         st.objects = objects;
@@ -167,7 +176,9 @@ impl Cache {
             match item {
                 Some(Ok(e)) => match from_store_event(&e) {
                     Ok(ev) => self.apply(ev).await,
-                    Err(err) => tracing::error!(key = %e.kv.key, %err, "undecodable object in store"),
+                    Err(err) => {
+                        tracing::error!(key = %e.kv.key, %err, "undecodable object in store")
+                    }
                 },
                 Some(Err(err)) => {
                     tracing::warn!(%err, "store watch interrupted; reloading the watch cache");
@@ -197,7 +208,10 @@ impl Cache {
             Change::Put => {
                 st.objects.insert(
                     ev.key.clone(),
-                    Entry { object: ev.object.clone(), revision: ev.revision },
+                    Entry {
+                        object: ev.object.clone(),
+                        revision: ev.revision,
+                    },
                 );
             }
             Change::Delete => {
@@ -235,7 +249,9 @@ impl Cache {
     pub async fn sync(&self) -> Result<u64, store::Error> {
         let rev = self.store.current_revision().await?;
         if !self.wait_for(rev, Duration::from_secs(10)).await {
-            return Err(store::Error::Backend(format!("watch cache did not reach revision {rev}")));
+            return Err(store::Error::Backend(format!(
+                "watch cache did not reach revision {rev}"
+            )));
         }
         Ok(self.revision().max(rev))
     }
@@ -282,14 +298,13 @@ impl Cache {
     }
 
     /// Subscribes to changes with revision greater than `after` for keys under `prefix`.
-    pub async fn subscribe(
-        &self,
-        prefix: &str,
-        after: u64,
-    ) -> Result<Subscription, store::Error> {
+    pub async fn subscribe(&self, prefix: &str, after: u64) -> Result<Subscription, store::Error> {
         let compacted = self.store.compacted_revision();
         if after < compacted {
-            return Err(store::Error::Compacted { requested: after, compacted });
+            return Err(store::Error::Compacted {
+                requested: after,
+                compacted,
+            });
         }
         let st = self.state.read().await;
         if after >= st.oldest {

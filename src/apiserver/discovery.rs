@@ -13,7 +13,10 @@ pub const KUBE_MINOR: &str = "33";
 
 /// `gitVersion`: the API level plus kaji's own version as build metadata.
 pub fn git_version() -> String {
-    format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0+kaji.{}", env!("CARGO_PKG_VERSION"))
+    format!(
+        "v{KUBE_MAJOR}.{KUBE_MINOR}.0+kaji.{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// The `/version` document.
@@ -99,7 +102,9 @@ fn aggregated_group(group: &str, versions: &[&str]) -> Value {
     let versions: Vec<Value> = versions
         .iter()
         .map(|v| {
-            let resources: Vec<Value> = resources::in_group_version(group, v).map(aggregated_resource).collect();
+            let resources: Vec<Value> = resources::in_group_version(group, v)
+                .map(aggregated_resource)
+                .collect();
             json!({"version": v, "resources": resources, "freshness": "Current"})
         })
         .collect();
@@ -185,8 +190,14 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     if resources_out.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources_out}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources_out}),
+    )
 }
 
 #[cfg(test)]
@@ -211,10 +222,21 @@ mod tests {
         assert_eq!(pods["shortNames"][0], "po");
         assert_eq!(pods["categories"][0], "all");
         let apis = aggregated(false, "v2beta1");
-        let autoscaling = apis["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "autoscaling").unwrap();
+        let autoscaling = apis["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["metadata"]["name"] == "autoscaling")
+            .unwrap();
         assert_eq!(autoscaling["versions"][0]["version"], "v2");
         let apps = api_resource_list("apps", "v1").unwrap();
-        assert!(apps["resources"].as_array().unwrap().iter().any(|r| r["name"] == "deployments/scale" && r["group"] == "autoscaling"));
+        assert!(
+            apps["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == "deployments/scale" && r["group"] == "autoscaling")
+        );
         assert!(api_group("apps").is_some());
         assert!(api_group("nope").is_none());
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
@@ -46,14 +46,19 @@ fn respond(code: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Bo
 }
 
 fn json_response(code: u16, v: &Value) -> Response<Body> {
-    respond(code, "application/json", serde_json::to_vec(v).unwrap_or_default())
+    respond(
+        code,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
 }
 
 /// A `Status` error response.
 pub fn status_response(s: &Status) -> Response<Body> {
     let mut r = json_response(s.code, &s.to_json());
     if let Some(secs) = s.retry_after {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     r
 }
@@ -82,7 +87,10 @@ impl Query {
         Query(out)
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
     }
     fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("true") | Some("1") | Some(""))
@@ -98,7 +106,9 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -123,7 +133,10 @@ enum Output {
 }
 
 fn negotiate(headers: &HeaderMap, q: &Query) -> Result<Output, Status> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let include = q.get("includeObject").unwrap_or("Metadata").to_string();
     let mut json_ok = accept.is_empty();
     for part in accept.split(',') {
@@ -135,7 +148,10 @@ fn negotiate(headers: &HeaderMap, q: &Query) -> Result<Output, Status> {
             return Ok(Output::PartialMetadata);
         }
         let base = p.split(';').next().unwrap_or("");
-        if matches!(base, "application/json" | "*/*" | "application/*" | "application/yaml" | "") {
+        if matches!(
+            base,
+            "application/json" | "*/*" | "application/*" | "application/yaml" | ""
+        ) {
             json_ok = true;
         }
     }
@@ -149,22 +165,29 @@ fn negotiate(headers: &HeaderMap, q: &Query) -> Result<Output, Status> {
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<(HeaderMap, Bytes), Status> {
-    let (parts, body) = req.into_parts();
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
-        if len > MAX_BODY {
-            return Err(Status::too_large(format!("the request body is too large: {len} bytes (limit {MAX_BODY})")));
-        }
-    }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(c) => Ok((parts.headers, c.to_bytes())),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Err(Status::too_large(format!("the request body is too large (limit {MAX_BODY} bytes)")))
-            } else {
-                Err(Status::bad_request(format!("reading request body: {e}")))
+    /// Oversized bodies are still read (and discarded) up to this size, so that the
+    /// client gets the 413 instead of a broken pipe.
+    const DRAIN: usize = 64 * 1024 * 1024;
+    let (parts, mut body) = req.into_parts();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Status::bad_request(format!("reading request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if total > DRAIN {
+                break;
             }
         }
     }
+    if total > MAX_BODY {
+        return Err(Status::too_large(format!(
+            "the request body is too large: {total} bytes or more (limit {MAX_BODY})"
+        )));
+    }
+    Ok((parts.headers, buf.freeze()))
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -182,12 +205,20 @@ fn content_type(headers: &HeaderMap) -> String {
 /// Parses a JSON or YAML body into a Value (400 on malformed input).
 fn parse_body(ct: &str, body: &[u8]) -> Result<Value, Status> {
     match ct {
-        "application/json" | "" | "application/merge-patch+json" | "application/json-patch+json" | "application/strategic-merge-patch+json" => {
-            serde_json::from_slice(body).map_err(|e| Status::bad_request(format!("error decoding request body: {e}")))
-        }
-        "application/yaml" | "application/apply-patch+yaml" | "text/yaml" | "application/x-yaml" => {
-            let text = std::str::from_utf8(body).map_err(|_| Status::bad_request("the YAML request body is not UTF-8"))?;
-            serde_saphyr::from_str::<Value>(text).map_err(|e| Status::bad_request(format!("error converting YAML to JSON: {e}")))
+        "application/json"
+        | ""
+        | "application/merge-patch+json"
+        | "application/json-patch+json"
+        | "application/strategic-merge-patch+json" => serde_json::from_slice(body)
+            .map_err(|e| Status::bad_request(format!("error decoding request body: {e}"))),
+        "application/yaml"
+        | "application/apply-patch+yaml"
+        | "text/yaml"
+        | "application/x-yaml" => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| Status::bad_request("the YAML request body is not UTF-8"))?;
+            serde_saphyr::from_str::<Value>(text)
+                .map_err(|e| Status::bad_request(format!("error converting YAML to JSON: {e}")))
         }
         other => Err(Status::unsupported_media_type(other)),
     }
@@ -203,15 +234,24 @@ fn write_options(q: &Query) -> Result<WriteOptions, Status> {
 
 fn list_options(q: &Query) -> Result<ListOptions, Status> {
     let label = match q.get("labelSelector").filter(|s| !s.is_empty()) {
-        Some(s) => Some(LabelSelector::parse(s).map_err(|e| Status::bad_request(format!("unable to parse requirement: {e}")))?),
+        Some(s) => Some(
+            LabelSelector::parse(s)
+                .map_err(|e| Status::bad_request(format!("unable to parse requirement: {e}")))?,
+        ),
         None => None,
     };
     let field = match q.get("fieldSelector").filter(|s| !s.is_empty()) {
-        Some(s) => Some(FieldSelector::parse(s).map_err(|e| Status::bad_request(format!("invalid field selector: {e}")))?),
+        Some(s) => Some(
+            FieldSelector::parse(s)
+                .map_err(|e| Status::bad_request(format!("invalid field selector: {e}")))?,
+        ),
         None => None,
     };
     let limit = match q.get("limit").filter(|s| !s.is_empty()) {
-        Some(l) => l.parse::<i64>().map_err(|_| Status::bad_request(format!("invalid limit {l:?}")))?.max(0) as usize,
+        Some(l) => l
+            .parse::<i64>()
+            .map_err(|_| Status::bad_request(format!("invalid limit {l:?}")))?
+            .max(0) as usize,
         None => 0,
     };
     Ok(ListOptions {
@@ -225,43 +265,74 @@ fn list_options(q: &Query) -> Result<ListOptions, Status> {
 }
 
 /// Serves one request for an authenticated (or anonymous) user.
-pub async fn serve(state: Arc<State>, req: Request<Incoming>, cert_user: Option<UserInfo>) -> Response<Body> {
+pub async fn serve(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    cert_user: Option<UserInfo>,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let q = Query::parse(req.uri().query());
     let info = resolve(&method, &path, q.flag("watch"));
     let resp = serve_inner(&state, req, cert_user, &info, &q).await;
-    let verb = if info.is_resource { info.verb.to_uppercase() } else { method.as_str().to_string() };
-    state.metrics.requests.get_or_create(&RequestLabels {
-        verb: verb.clone(),
-        group: info.group.clone(),
-        version: info.version.clone(),
-        resource: info.resource.clone(),
-        subresource: info.subresource.clone().unwrap_or_default(),
-        code: resp.status().as_u16().to_string(),
-    }).inc();
+    let verb = if info.is_resource {
+        info.verb.to_uppercase()
+    } else {
+        method.as_str().to_string()
+    };
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            verb: verb.clone(),
+            group: info.group.clone(),
+            version: info.version.clone(),
+            resource: info.resource.clone(),
+            subresource: info.subresource.clone().unwrap_or_default(),
+            code: resp.status().as_u16().to_string(),
+        })
+        .inc();
     if info.verb != "watch" {
-        state.metrics.latency.get_or_create(&LatencyLabels { verb, group: info.group.clone(), resource: info.resource.clone() })
+        state
+            .metrics
+            .latency
+            .get_or_create(&LatencyLabels {
+                verb,
+                group: info.group.clone(),
+                resource: info.resource.clone(),
+            })
             .observe(started.elapsed().as_secs_f64());
     }
     tracing::debug!(%method, %path, code = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     resp
 }
 
-fn authenticate(state: &State, headers: &HeaderMap, cert_user: Option<UserInfo>) -> Result<Option<UserInfo>, Status> {
-    if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(token) = auth.strip_prefix("Bearer ").map(str::trim) {
-            return match state.tokens.authenticate(token) {
-                Some(u) => Ok(Some(u)),
-                None => Err(Status::unauthorized()),
-            };
-        }
+fn authenticate(
+    state: &State,
+    headers: &HeaderMap,
+    cert_user: Option<UserInfo>,
+) -> Result<Option<UserInfo>, Status> {
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(token) = auth.strip_prefix("Bearer ").map(str::trim)
+    {
+        return match state.tokens.authenticate(token) {
+            Some(u) => Ok(Some(u)),
+            None => Err(Status::unauthorized()),
+        };
     }
     Ok(cert_user)
 }
 
-async fn serve_inner(state: &Arc<State>, req: Request<Incoming>, cert_user: Option<UserInfo>, info: &RequestInfo, q: &Query) -> Response<Body> {
+async fn serve_inner(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    cert_user: Option<UserInfo>,
+    info: &RequestInfo,
+    q: &Query,
+) -> Response<Body> {
     let path = info.path.as_str();
     // Unauthenticated endpoints.
     match path {
@@ -270,7 +341,11 @@ async fn serve_inner(state: &Arc<State>, req: Request<Incoming>, cert_user: Opti
             return if state.is_ready() {
                 respond(200, "text/plain; charset=utf-8", "ok")
             } else {
-                respond(500, "text/plain; charset=utf-8", "[-]store not ready\nreadyz check failed")
+                respond(
+                    500,
+                    "text/plain; charset=utf-8",
+                    "[-]store not ready\nreadyz check failed",
+                )
             };
         }
         "/version" => return json_response(200, &discovery::version()),
@@ -298,31 +373,66 @@ async fn serve_inner(state: &Arc<State>, req: Request<Incoming>, cert_user: Opti
     }
 }
 
-async fn non_resource(state: &Arc<State>, req: &Request<Incoming>, info: &RequestInfo, q: &Query) -> Response<Body> {
+async fn non_resource(
+    state: &Arc<State>,
+    req: &Request<Incoming>,
+    info: &RequestInfo,
+    q: &Query,
+) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return status_response(&Status::method_not_allowed(format!("the server does not allow this method on the requested resource")));
+        return status_response(&Status::method_not_allowed(
+            "the server does not allow this method on the requested resource".to_string(),
+        ));
     }
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let path = info.path.trim_end_matches('/');
     match path {
         "/api" | "/apis" => {
             let core = path == "/api";
             if let Some(v) = discovery::aggregated_version(accept) {
                 let doc = discovery::aggregated(core, v);
-                return respond(200, &discovery::aggregated_content_type(v), serde_json::to_vec(&doc).unwrap_or_default());
+                return respond(
+                    200,
+                    &discovery::aggregated_content_type(v),
+                    serde_json::to_vec(&doc).unwrap_or_default(),
+                );
             }
-            let doc = if core { discovery::api_versions(&state.server_address) } else { discovery::api_group_list() };
+            let doc = if core {
+                discovery::api_versions(&state.server_address)
+            } else {
+                discovery::api_group_list()
+            };
             json_response(200, &doc)
         }
-        "/metrics" => respond(200, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()),
+        "/metrics" => respond(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.encode(),
+        ),
         "/openapi/v2" | "/swagger-2.0.0.pb-v1" => {
             if accept.contains("protobuf") || path == "/swagger-2.0.0.pb-v1" {
-                respond(200, "application/octet-stream", Bytes::copy_from_slice(state.openapi.v2_protobuf()))
+                respond(
+                    200,
+                    "application/octet-stream",
+                    Bytes::copy_from_slice(state.openapi.v2_protobuf()),
+                )
             } else {
-                respond(200, "application/json", Bytes::copy_from_slice(state.openapi.v2_json()))
+                respond(
+                    200,
+                    "application/json",
+                    Bytes::copy_from_slice(state.openapi.v2_json()),
+                )
             }
         }
-        "/openapi/v3" => respond(200, "application/json", Bytes::copy_from_slice(state.openapi.v3_index())),
+        "/openapi/v3" => respond(
+            200,
+            "application/json",
+            Bytes::copy_from_slice(state.openapi.v3_index()),
+        ),
         _ => {
             if let Some(rest) = path.strip_prefix("/openapi/v3/") {
                 return match state.openapi.v3_document(rest) {
@@ -332,7 +442,10 @@ async fn non_resource(state: &Arc<State>, req: &Request<Incoming>, info: &Reques
                             r.headers_mut().insert(header::ETAG, v);
                         }
                         if q.get("hash").is_some() {
-                            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
+                            r.headers_mut().insert(
+                                header::CACHE_CONTROL,
+                                HeaderValue::from_static("public, immutable"),
+                            );
                         }
                         r
                     }
@@ -367,13 +480,22 @@ fn render_one(ri: &ResourceInfo, obj: &Value, out: &Output) -> Value {
         Output::Object => obj.clone(),
         Output::PartialMetadata => table::partial_metadata(obj),
         Output::Table { include } => {
-            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+            let rv = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             table::table(ri, std::slice::from_ref(obj), &rv, None, include, true)
         }
     }
 }
 
-async fn resource(state: &Arc<State>, req: Request<Incoming>, info: &RequestInfo, ri: &'static ResourceInfo, q: &Query) -> Result<Response<Body>, Status> {
+async fn resource(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    info: &RequestInfo,
+    ri: &'static ResourceInfo,
+    q: &Query,
+) -> Result<Response<Body>, Status> {
     let output = negotiate(req.headers(), q)?;
     let ns = info.namespace.as_deref();
     if ri.namespaced && ns.is_none() && !matches!(info.verb.as_str(), "list" | "watch") {
@@ -387,10 +509,10 @@ async fn resource(state: &Arc<State>, req: Request<Incoming>, info: &RequestInfo
     }
     let ns = if ri.namespaced { ns } else { None };
     let sub = info.subresource.as_deref();
-    if let Some(s) = sub {
-        if ri.subresource(s).is_none() {
-            return Err(Status::not_found_path());
-        }
+    if let Some(s) = sub
+        && ri.subresource(s).is_none()
+    {
+        return Err(Status::not_found_path());
     }
     let reg = &state.registry;
     match (info.verb.as_str(), sub) {
@@ -413,10 +535,18 @@ async fn resource(state: &Arc<State>, req: Request<Incoming>, info: &RequestInfo
                     let mut b = list_body(ri, &page);
                     b["kind"] = json!("PartialObjectMetadataList");
                     b["apiVersion"] = json!("meta.k8s.io/v1");
-                    b["items"] = Value::Array(page.items.iter().map(table::partial_metadata).collect());
+                    b["items"] =
+                        Value::Array(page.items.iter().map(table::partial_metadata).collect());
                     b
                 }
-                Output::Table { include } => table::table(ri, &page.items, &page.revision.to_string(), page.continue_token.as_deref(), include, true),
+                Output::Table { include } => table::table(
+                    ri,
+                    &page.items,
+                    &page.revision.to_string(),
+                    page.continue_token.as_deref(),
+                    include,
+                    true,
+                ),
             };
             Ok(json_response(200, &body))
         }
@@ -427,7 +557,10 @@ async fn resource(state: &Arc<State>, req: Request<Incoming>, info: &RequestInfo
             let obj = parse_body(&content_type(&headers), &body)?;
             let (obj, warnings) = reg.decode_object(ri, obj, opts.field_validation)?;
             let written = reg.create(ri, ns, obj, &opts).await?;
-            Ok(with_warnings(json_response(201, &render_one(ri, &written.object, &output)), &warnings))
+            Ok(with_warnings(
+                json_response(201, &render_one(ri, &written.object, &output)),
+                &warnings,
+            ))
         }
         ("create", Some("binding")) => {
             let name = info.name.clone().unwrap_or_default();
@@ -441,8 +574,13 @@ async fn resource(state: &Arc<State>, req: Request<Incoming>, info: &RequestInfo
             let (headers, body) = read_body(req).await?;
             let obj = parse_body(&content_type(&headers), &body)?;
             let (obj, warnings) = reg.decode_object(ri, obj, opts.field_validation)?;
-            let written = reg.update(ri, ns, &name, sub, Update::Replace(&obj), &opts).await?;
-            Ok(with_warnings(json_response(200, &render_one(ri, &written.object, &output)), &warnings))
+            let written = reg
+                .update(ri, ns, &name, sub, Update::Replace(&obj), &opts)
+                .await?;
+            Ok(with_warnings(
+                json_response(200, &render_one(ri, &written.object, &output)),
+                &warnings,
+            ))
         }
         ("update", Some("scale")) | ("patch", Some("scale")) => {
             let name = info.name.clone().unwrap_or_default();
@@ -470,11 +608,10 @@ async fn resource(state: &Arc<State>, req: Request<Incoming>, info: &RequestInfo
                             field: "spec.replicas".into(),
                         }]));
                     }
-                    if let Some(rv) = scale["metadata"]["resourceVersion"].as_str() {
-                        if !rv.is_empty() && Some(rv) != cur["metadata"]["resourceVersion"].as_str() {
+                    if let Some(rv) = scale["metadata"]["resourceVersion"].as_str()
+                        && !rv.is_empty() && Some(rv) != cur["metadata"]["resourceVersion"].as_str() {
                             return Err(Status::conflict(ri.group, ri.plural, &name_of(cur), "the object has been modified; please apply your changes to the latest version and try again"));
                         }
-                    }
                     let mut next = cur.clone();
                     next["spec"]["replicas"] = json!(replicas);
                     if let Some(m) = next["metadata"].as_object_mut() {
@@ -490,32 +627,45 @@ async fn resource(state: &Arc<State>, req: Request<Incoming>, info: &RequestInfo
             let opts = write_options(q)?;
             let patch_kind = content_type(req.headers());
             if patch_kind == "application/apply-patch+yaml" {
-                return Err(Status::unsupported_media_type("application/apply-patch+yaml (server-side apply is not implemented yet)"));
+                return Err(Status::unsupported_media_type(
+                    "application/apply-patch+yaml (server-side apply is not implemented yet)",
+                ));
             }
             let (headers, body) = read_body(req).await?;
             let patch = parse_body(&content_type(&headers), &body)?;
             let fv = opts.field_validation;
             let regc = state.clone();
             let written = reg
-                .update(ri, ns, &name, sub, Update::Mutate(Box::new(move |cur: &Value| {
-                    let mut patched = apply_patch(&patch_kind, ri.group, ri.kind, cur, &patch)?;
-                    // A patch without a resourceVersion is unconditional.
-                    if patch["metadata"]["resourceVersion"].is_null() {
-                        if let Some(m) = patched["metadata"].as_object_mut() {
+                .update(
+                    ri,
+                    ns,
+                    &name,
+                    sub,
+                    Update::Mutate(Box::new(move |cur: &Value| {
+                        let mut patched = apply_patch(&patch_kind, ri.group, ri.kind, cur, &patch)?;
+                        // A patch without a resourceVersion is unconditional.
+                        if patch["metadata"]["resourceVersion"].is_null()
+                            && let Some(m) = patched["metadata"].as_object_mut()
+                        {
                             m.remove("resourceVersion");
                         }
-                    }
-                    regc.registry.decode_object(ri, patched, fv)
-                })), &opts)
+                        regc.registry.decode_object(ri, patched, fv)
+                    })),
+                    &opts,
+                )
                 .await?;
-            Ok(with_warnings(json_response(200, &render_one(ri, &written.object, &output)), &written.warnings))
+            Ok(with_warnings(
+                json_response(200, &render_one(ri, &written.object, &output)),
+                &written.warnings,
+            ))
         }
         ("delete", None) => {
             let name = info.name.clone().unwrap_or_default();
             let (headers, body) = read_body(req).await?;
             let opts = delete_options(q, &content_type(&headers), &body)?;
             let (obj, gone) = reg.delete(ri, ns, &name, &opts).await?;
-            Ok(json_response(if gone { 200 } else { 200 }, &obj))
+            let _ = gone;
+            Ok(json_response(200, &obj))
         }
         ("deletecollection", None) => {
             let lopts = list_options(q)?;
@@ -524,7 +674,9 @@ async fn resource(state: &Arc<State>, req: Request<Incoming>, info: &RequestInfo
             let page = reg.delete_collection(ri, ns, &lopts, &opts).await?;
             Ok(json_response(200, &list_body(ri, &page)))
         }
-        _ => Err(Status::method_not_allowed("the server does not allow this method on the requested resource")),
+        _ => Err(Status::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )),
     }
 }
 
@@ -539,9 +691,15 @@ fn to_scale(obj: &Value) -> Value {
         let sel = &obj["spec"]["selector"];
         let mut parts = Vec::new();
         if let Some(ml) = sel["matchLabels"].as_object() {
-            parts.extend(ml.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))));
+            parts.extend(
+                ml.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))),
+            );
         } else if let Some(ml) = sel.as_object() {
-            parts.extend(ml.iter().filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}"))));
+            parts.extend(
+                ml.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}"))),
+            );
         }
         parts.join(",")
     };
@@ -555,14 +713,24 @@ fn to_scale(obj: &Value) -> Value {
 }
 
 /// Applies a patch of the given content type to `cur`.
-pub fn apply_patch(content_type: &str, group: &str, kind: &str, cur: &Value, patch: &Value) -> Result<Value, Status> {
+pub fn apply_patch(
+    content_type: &str,
+    group: &str,
+    kind: &str,
+    cur: &Value,
+    patch: &Value,
+) -> Result<Value, Status> {
     match content_type {
         "application/json-patch+json" => {
             let p: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
             let mut doc = cur.clone();
             json_patch::patch(&mut doc, &p).map_err(|e| {
-                let mut s = Status::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"));
+                let mut s = Status::new(
+                    422,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                );
                 s.code = 422;
                 s
             })?;
@@ -578,7 +746,9 @@ pub fn apply_patch(content_type: &str, group: &str, kind: &str, cur: &Value, pat
         }
         "application/strategic-merge-patch+json" => {
             if !patch.is_object() {
-                return Err(Status::bad_request("the strategic merge patch must be a JSON object"));
+                return Err(Status::bad_request(
+                    "the strategic merge patch must be a JSON object",
+                ));
             }
             super::strategic::apply(group, kind, cur, patch)
                 .map_err(|e| Status::new(422, "Invalid", e.to_string()))
@@ -608,45 +778,84 @@ fn delete_options(q: &Query, ct: &str, body: &[u8]) -> Result<DeleteOptions, Sta
         if let Some(r) = v["preconditions"]["resourceVersion"].as_str() {
             opts.resource_version = Some(r.to_string());
         }
-        if v["dryRun"].as_array().is_some_and(|a| a.iter().any(|x| x == "All")) {
+        if v["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "All"))
+        {
             opts.dry_run = true;
         }
     }
-    if let Some(p) = &opts.propagation {
-        if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
-            return Err(Status::bad_request(format!("propagationPolicy {p:?} is not supported: use Orphan, Background or Foreground")));
-        }
+    if let Some(p) = &opts.propagation
+        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+    {
+        return Err(Status::bad_request(format!(
+            "propagationPolicy {p:?} is not supported: use Orphan, Background or Foreground"
+        )));
     }
     Ok(opts)
 }
 
-async fn bind_pod(state: &Arc<State>, ri: &'static ResourceInfo, ns: Option<&str>, name: &str, binding: &Value, opts: &WriteOptions) -> Result<Response<Body>, Status> {
+async fn bind_pod(
+    state: &Arc<State>,
+    ri: &'static ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    binding: &Value,
+    opts: &WriteOptions,
+) -> Result<Response<Body>, Status> {
     let target = binding["target"]["name"].as_str().unwrap_or("").to_string();
     if target.is_empty() {
-        return Err(Status::invalid("", "Binding", name, vec![crate::api::status::Cause {
-            reason: "FieldValueRequired".into(), message: "Required value".into(), field: "target.name".into(),
-        }]));
+        return Err(Status::invalid(
+            "",
+            "Binding",
+            name,
+            vec![crate::api::status::Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value".into(),
+                field: "target.name".into(),
+            }],
+        ));
     }
     let pod_name = name.to_string();
     state
         .registry
-        .update(ri, ns, name, None, Update::Mutate(Box::new(move |cur: &Value| {
-            let current = cur["spec"]["nodeName"].as_str().unwrap_or("");
-            if !current.is_empty() {
-                return Err(Status::conflict("", "pods", &pod_name, &format!("pod {pod_name} is already assigned to node \"{current}\"")));
-            }
-            if !cur["metadata"]["deletionTimestamp"].is_null() {
-                return Err(Status::conflict("", "pods", &pod_name, "pod is being deleted, cannot be assigned to a host"));
-            }
-            let mut next = cur.clone();
-            next["spec"]["nodeName"] = json!(target);
-            if let Some(m) = next["metadata"].as_object_mut() {
-                m.remove("resourceVersion");
-            }
-            Ok((next, Vec::new()))
-        })), opts)
+        .update(
+            ri,
+            ns,
+            name,
+            None,
+            Update::Mutate(Box::new(move |cur: &Value| {
+                let current = cur["spec"]["nodeName"].as_str().unwrap_or("");
+                if !current.is_empty() {
+                    return Err(Status::conflict(
+                        "",
+                        "pods",
+                        &pod_name,
+                        &format!("pod {pod_name} is already assigned to node \"{current}\""),
+                    ));
+                }
+                if !cur["metadata"]["deletionTimestamp"].is_null() {
+                    return Err(Status::conflict(
+                        "",
+                        "pods",
+                        &pod_name,
+                        "pod is being deleted, cannot be assigned to a host",
+                    ));
+                }
+                let mut next = cur.clone();
+                next["spec"]["nodeName"] = json!(target);
+                if let Some(m) = next["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                Ok((next, Vec::new()))
+            })),
+            opts,
+        )
         .await?;
-    Ok(json_response(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+    Ok(json_response(
+        201,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 /// How a watch event is rendered.
@@ -663,13 +872,24 @@ impl WatchEncoder {
             Output::PartialMetadata => table::partial_metadata(obj),
             Output::Table { include } => {
                 let served = registry::convert::from_storage(self.ri, obj);
-                let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
-                let t = table::table(self.ri, std::slice::from_ref(&served), &rv, None, include, !self.sent_columns);
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let t = table::table(
+                    self.ri,
+                    std::slice::from_ref(&served),
+                    &rv,
+                    None,
+                    include,
+                    !self.sent_columns,
+                );
                 self.sent_columns = true;
                 t
             }
         };
-        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -680,25 +900,39 @@ impl WatchEncoder {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let object = match &self.output {
-            Output::Table { .. } => json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "rows": [], "columnDefinitions": null}),
-            _ => json!({"kind": self.ri.kind, "apiVersion": self.ri.api_version(), "metadata": meta}),
+            Output::Table { .. } => {
+                json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "rows": [], "columnDefinitions": null})
+            }
+            _ => {
+                json!({"kind": self.ri.kind, "apiVersion": self.ri.api_version(), "metadata": meta})
+            }
         };
-        let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": "BOOKMARK", "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
 
     fn error(status: &Status) -> Bytes {
-        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status.to_json()})).unwrap_or_default();
+        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status.to_json()}))
+            .unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
 }
 
 /// Filters one change through the selectors, giving the event type to send, if any.
-fn classify(ri: &ResourceInfo, ev: &CacheEvent, label: Option<&LabelSelector>, field: Option<&FieldSelector>) -> Option<&'static str> {
+fn classify(
+    ri: &ResourceInfo,
+    ev: &CacheEvent,
+    label: Option<&LabelSelector>,
+    field: Option<&FieldSelector>,
+) -> Option<&'static str> {
     let now = registry::matches(ri, &ev.object, label, field);
-    let before = ev.prev.as_ref().map(|p| registry::matches(ri, p, label, field));
+    let before = ev
+        .prev
+        .as_ref()
+        .map(|p| registry::matches(ri, p, label, field));
     match ev.change {
         Change::Delete => (now || before == Some(true)).then_some("DELETED"),
         Change::Put => match (before, now) {
@@ -710,10 +944,18 @@ fn classify(ri: &ResourceInfo, ev: &CacheEvent, label: Option<&LabelSelector>, f
     }
 }
 
-async fn watch(state: &Arc<State>, ri: &'static ResourceInfo, ns: Option<&str>, name: Option<&str>, q: &Query, output: Output) -> Result<Response<Body>, Status> {
+async fn watch(
+    state: &Arc<State>,
+    ri: &'static ResourceInfo,
+    ns: Option<&str>,
+    name: Option<&str>,
+    q: &Query,
+    output: Output,
+) -> Result<Response<Body>, Status> {
     let mut opts = list_options(q)?;
     if let Some(n) = name {
-        let term = FieldSelector::parse(&format!("metadata.name={n}")).map_err(Status::bad_request)?;
+        let term =
+            FieldSelector::parse(&format!("metadata.name={n}")).map_err(Status::bad_request)?;
         opts.field = Some(term);
     }
     if let Some(f) = &opts.field {
@@ -741,20 +983,30 @@ async fn watch(state: &Arc<State>, ri: &'static ResourceInfo, ns: Option<&str>, 
     }
     let source = if rv.is_empty() || rv == "0" || send_initial {
         if !rv.is_empty() && rv != "0" {
-            let want = rv.parse::<u64>().map_err(|_| Status::bad_request(format!("invalid resource version {rv:?}")))?;
+            let want = rv
+                .parse::<u64>()
+                .map_err(|_| Status::bad_request(format!("invalid resource version {rv:?}")))?;
             cache.wait_for(want, Duration::from_secs(3)).await;
         } else if rv.is_empty() {
-            cache.sync().await.map_err(|e| Status::internal(e.to_string()))?;
+            cache
+                .sync()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
         }
         let (items, rev, live) = cache.snapshot_and_subscribe(&prefix).await;
         Source::Snapshot(items, rev, live)
     } else {
-        let after = rv.parse::<u64>().map_err(|_| Status::bad_request(format!("invalid resource version {rv:?}")))?;
+        let after = rv
+            .parse::<u64>()
+            .map_err(|_| Status::bad_request(format!("invalid resource version {rv:?}")))?;
         match cache.subscribe(&prefix, after).await {
             Ok(sub) => Source::Resume(sub, after),
             Err(crate::store::Error::Compacted { .. }) => {
                 let (tx, rx) = mpsc::channel::<Bytes>(1);
-                let _ = tx.try_send(WatchEncoder::error(&Status::gone(format!("too old resource version: {after} ({})", cache.revision()))));
+                let _ = tx.try_send(WatchEncoder::error(&Status::gone(format!(
+                    "too old resource version: {after} ({})",
+                    cache.revision()
+                ))));
                 drop(tx);
                 return Ok(stream_response(rx));
             }
@@ -770,7 +1022,11 @@ async fn watch(state: &Arc<State>, ri: &'static ResourceInfo, ns: Option<&str>, 
     let prefix_owned = prefix.clone();
     tokio::spawn(async move {
         metrics_watches.inc();
-        let mut enc = WatchEncoder { ri, output, sent_columns: false };
+        let mut enc = WatchEncoder {
+            ri,
+            output,
+            sent_columns: false,
+        };
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut bookmark_tick = tokio::time::interval(Duration::from_secs(60));
@@ -802,11 +1058,11 @@ async fn watch(state: &Arc<State>, ri: &'static ResourceInfo, ns: Option<&str>, 
             Source::Resume(Subscription::Cache { backlog, live }, after) => {
                 last_rev = after;
                 for ev in backlog {
-                    if let Some(t) = classify(ri, &ev, label.as_ref(), field.as_ref()) {
-                        if tx.send(enc.event(t, &ev.object)).await.is_err() {
-                            metrics_watches.dec();
-                            return;
-                        }
+                    if let Some(t) = classify(ri, &ev, label.as_ref(), field.as_ref())
+                        && tx.send(enc.event(t, &ev.object)).await.is_err()
+                    {
+                        metrics_watches.dec();
+                        return;
                     }
                     last_rev = ev.revision;
                 }
@@ -860,10 +1116,10 @@ async fn watch(state: &Arc<State>, ri: &'static ResourceInfo, ns: Option<&str>, 
                 continue;
             }
             last_rev = ev.revision;
-            if let Some(t) = classify(ri, &ev, label.as_ref(), field.as_ref()) {
-                if tx.send(enc.event(t, &ev.object)).await.is_err() {
-                    break;
-                }
+            if let Some(t) = classify(ri, &ev, label.as_ref(), field.as_ref())
+                && tx.send(enc.event(t, &ev.object)).await.is_err()
+            {
+                break;
             }
         }
         metrics_watches.dec();
@@ -873,11 +1129,19 @@ async fn watch(state: &Arc<State>, ri: &'static ResourceInfo, ns: Option<&str>, 
 
 fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     r
 }
 
@@ -887,7 +1151,9 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        let q = Query::parse(Some("labelSelector=app%3Dweb%2Ctier+in+(a)&watch=1&limit=5"));
+        let q = Query::parse(Some(
+            "labelSelector=app%3Dweb%2Ctier+in+(a)&watch=1&limit=5",
+        ));
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert!(q.flag("watch"));
         assert!(!q.flag("allowWatchBookmarks"));
@@ -907,12 +1173,30 @@ mod tests {
     #[test]
     fn patches() {
         let cur = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": [1, 2]}});
-        let merged = apply_patch("application/merge-patch+json", "", "ConfigMap", &cur, &json!({"metadata": {"labels": {"a": null, "b": "2"}}})).unwrap();
+        let merged = apply_patch(
+            "application/merge-patch+json",
+            "",
+            "ConfigMap",
+            &cur,
+            &json!({"metadata": {"labels": {"a": null, "b": "2"}}}),
+        )
+        .unwrap();
         assert_eq!(merged["metadata"]["labels"], json!({"b": "2"}));
         let jp = apply_patch("application/json-patch+json", "", "ConfigMap", &cur, &json!([{"op": "test", "path": "/spec/x/0", "value": 1}, {"op": "replace", "path": "/spec/x/1", "value": 3}])).unwrap();
         assert_eq!(jp["spec"]["x"], json!([1, 3]));
-        let failed = apply_patch("application/json-patch+json", "", "ConfigMap", &cur, &json!([{"op": "test", "path": "/spec/x/0", "value": 9}]));
+        let failed = apply_patch(
+            "application/json-patch+json",
+            "",
+            "ConfigMap",
+            &cur,
+            &json!([{"op": "test", "path": "/spec/x/0", "value": 9}]),
+        );
         assert_eq!(failed.unwrap_err().code, 422);
-        assert_eq!(apply_patch("text/plain", "", "ConfigMap", &cur, &json!({})).unwrap_err().code, 415);
+        assert_eq!(
+            apply_patch("text/plain", "", "ConfigMap", &cur, &json!({}))
+                .unwrap_err()
+                .code,
+            415
+        );
     }
 }

@@ -40,8 +40,8 @@ pub struct LatencyLabels {
 
 fn latency_histogram() -> Histogram {
     Histogram::new([
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 10.0,
-        30.0, 60.0,
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0,
+        10.0, 30.0, 60.0,
     ])
 }
 
@@ -67,7 +67,9 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let watches = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "apiserver_request",
@@ -84,7 +86,12 @@ impl Metrics {
             "Number of long-running requests (watches) in flight.",
             watches.clone(),
         );
-        Metrics { registry, requests, latency, watches }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            watches,
+        }
     }
 
     /// The Prometheus text exposition.
@@ -114,9 +121,21 @@ mod tests {
                 code: "200".into(),
             })
             .inc();
-        m.latency.get_or_create(&LatencyLabels { verb: "LIST".into(), group: "".into(), resource: "pods".into() }).observe(0.01);
+        m.latency
+            .get_or_create(&LatencyLabels {
+                verb: "LIST".into(),
+                group: "".into(),
+                resource: "pods".into(),
+            })
+            .observe(0.01);
         let text = m.encode();
-        assert!(text.contains("apiserver_request_total{verb=\"LIST\""), "{text}");
-        assert!(text.contains("apiserver_request_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("apiserver_request_total{verb=\"LIST\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("apiserver_request_duration_seconds_bucket"),
+            "{text}"
+        );
     }
 }

@@ -116,7 +116,11 @@ pub struct Running {
 
 /// Starts the API server over `store`: loads the watch cache, creates the bootstrap
 /// namespaces, starts compaction, and serves until `shutdown` is cancelled.
-pub async fn start(cfg: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<Running, Error> {
+pub async fn start(
+    cfg: Config,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> Result<Running, Error> {
     let cache = cache::Cache::start(store.clone(), shutdown.clone()).await?;
     let state = Arc::new(State {
         registry: registry::Registry::new(store.clone(), cache),
@@ -130,19 +134,30 @@ pub async fn start(cfg: Config, store: Arc<dyn Store>, shutdown: CancellationTok
     });
     bootstrap(&state).await?;
     state.ready.store(true, Ordering::Release);
-    spawn_compactor(state.clone(), cfg.compaction_interval, cfg.compaction_retain);
+    spawn_compactor(
+        state.clone(),
+        cfg.compaction_interval,
+        cfg.compaction_retain,
+    );
     let tls = server::tls_config(&cfg.tls)?;
     let listener = tokio::net::TcpListener::bind(cfg.bind)
         .await
-        .map_err(|source| Error::Listen { addr: cfg.bind, source })?;
-    let addr = listener.local_addr().map_err(|source| Error::Listen { addr: cfg.bind, source })?;
+        .map_err(|source| Error::Listen {
+            addr: cfg.bind,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: cfg.bind,
+        source,
+    })?;
     tracing::info!(%addr, "API server listening");
     let done = tokio::spawn(server::serve(listener, tls, state, shutdown));
     Ok(Running { addr, done })
 }
 
 /// The namespaces every cluster has.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 async fn bootstrap(state: &State) -> Result<(), Error> {
     let Some(ns) = lookup("", "v1", "namespaces") else {
@@ -150,10 +165,19 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
     };
     for name in SYSTEM_NAMESPACES {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        match state.registry.create(ns, None, obj, &registry::WriteOptions::default()).await {
+        match state
+            .registry
+            .create(ns, None, obj, &registry::WriteOptions::default())
+            .await
+        {
             Ok(_) => tracing::info!(namespace = name, "created system namespace"),
             Err(s) if s.code == 409 => {}
-            Err(status) => return Err(Error::Bootstrap { what: format!("namespace {name}"), status }),
+            Err(status) => {
+                return Err(Error::Bootstrap {
+                    what: format!("namespace {name}"),
+                    status,
+                });
+            }
         }
     }
     Ok(())
@@ -170,7 +194,9 @@ fn spawn_compactor(state: Arc<State>, interval: Duration, retain: u64) {
                 _ = state.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let Ok(rev) = state.registry.current_revision().await else { continue };
+            let Ok(rev) = state.registry.current_revision().await else {
+                continue;
+            };
             let target = rev.saturating_sub(retain);
             if target == 0 {
                 continue;

@@ -20,7 +20,11 @@
 //! the built-in kinds — the same as against a server without OpenAPI. Flip
 //! [`ADVERTISE_STRATEGIC_MERGE_PATCH`] once the schemas carry the patch metadata.
 //!
-//! Everything is computed once by [`OpenApi::build`]; serving is a lookup.
+//! Everything is computed once by [`OpenApi::build`] (about 5 MB in all, most of it the
+//! full field schemas); serving is a lookup. Serve the protobuf with `Content-Type:
+//! application/octet-stream`: kubectl 1.27/1.28 fail to parse the `…spec.v2@v1.0+protobuf`
+//! type as a MIME type.
+//!
 //! Depends on: `api::resources`. No IO.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,9 +65,9 @@ impl OpenApi {
 
         let mut v3_docs = BTreeMap::new();
         let mut index = Map::new();
-        for (group, version_) in &gvs {
-            let key = gv_path(group, version_);
-            let paths = paths_for(group, version_);
+        for (group, gv_version) in &gvs {
+            let key = gv_path(group, gv_version);
+            let paths = paths_for(group, gv_version);
             let doc = v3_document(version, &paths, &schemas);
             let bytes = serde_json::to_vec(&doc).unwrap_or_default();
             let hash = hex_upper(&Sha256::digest(&bytes));
@@ -80,7 +84,12 @@ impl OpenApi {
         let v2_json = serde_json::to_vec(&v2).unwrap_or_default();
         let v2_protobuf = proto::Encoder::default().document(&v2);
 
-        OpenApi { v3_index, v3_docs, v2_json, v2_protobuf }
+        OpenApi {
+            v3_index,
+            v3_docs,
+            v2_json,
+            v2_protobuf,
+        }
     }
 
     /// `GET /openapi/v3` (JSON).
@@ -93,12 +102,15 @@ impl OpenApi {
     /// query parameter matches may be cached immutably).
     pub fn v3_document(&self, path: &str) -> Option<(&[u8], &str)> {
         let path = path.trim_matches('/');
-        self.v3_docs.get(path).map(|(doc, hash)| (doc.as_slice(), hash.as_str()))
+        self.v3_docs
+            .get(path)
+            .map(|(doc, hash)| (doc.as_slice(), hash.as_str()))
     }
 
     /// `GET /openapi/v2` (and `/swagger-2.0.0.pb-v1`) when the client accepts
     /// `application/com.github.proto-openapi.spec.v2@v1.0+protobuf`: a serialized
-    /// `openapi.v2.Document` (github.com/google/gnostic-models/openapiv2).
+    /// `openapi.v2.Document` (github.com/google/gnostic-models/openapiv2), to be sent as
+    /// `application/octet-stream`.
     pub fn v2_protobuf(&self) -> &[u8] {
         &self.v2_protobuf
     }
@@ -154,7 +166,11 @@ fn group_camel(group: &str) -> String {
     if group.is_empty() {
         return "Core".to_string();
     }
-    group.trim_end_matches(".k8s.io").split('.').map(capitalize).collect()
+    group
+        .trim_end_matches(".k8s.io")
+        .split('.')
+        .map(capitalize)
+        .collect()
 }
 
 fn capitalize(s: &str) -> String {
@@ -300,8 +316,12 @@ const LIST_PARAMS: &[&QueryParam] = &[
 ];
 const WRITE_PARAMS: &[&QueryParam] = &[&DRY_RUN, &FIELD_MANAGER, &FIELD_VALIDATION];
 const PATCH_PARAMS: &[&QueryParam] = &[&DRY_RUN, &FIELD_MANAGER, &FIELD_VALIDATION, &FORCE];
-const DELETE_PARAMS: &[&QueryParam] =
-    &[&DRY_RUN, &GRACE_PERIOD_SECONDS, &ORPHAN_DEPENDENTS, &PROPAGATION_POLICY];
+const DELETE_PARAMS: &[&QueryParam] = &[
+    &DRY_RUN,
+    &GRACE_PERIOD_SECONDS,
+    &ORPHAN_DEPENDENTS,
+    &PROPAGATION_POLICY,
+];
 const DELETE_COLLECTION_PARAMS: &[&QueryParam] = &[
     &CONTINUE,
     &DRY_RUN,
@@ -339,6 +359,9 @@ fn patch_types() -> Vec<&'static str> {
         .collect()
 }
 
+/// Group, version, kind.
+type Gvk = (&'static str, &'static str, &'static str);
+
 /// One operation on one path.
 #[derive(Debug, Clone)]
 struct Operation {
@@ -348,7 +371,7 @@ struct Operation {
     operation_id: String,
     description: String,
     tag: String,
-    gvk: (&'static str, &'static str, &'static str),
+    gvk: Gvk,
     params: &'static [&'static QueryParam],
     /// Schema name of the request body, if any.
     body: Option<String>,
@@ -377,179 +400,217 @@ fn paths_for(group: &'static str, version: &'static str) -> Vec<PathSpec> {
     out
 }
 
+/// What an operation sends or returns.
+#[derive(Debug, Clone, Copy)]
+enum Payload {
+    /// The object of the operation's kind.
+    Object,
+    /// The list kind of the operation's kind.
+    List,
+    Patch,
+    DeleteOptions,
+    Status,
+}
+
+/// How one verb appears as an operation.
+struct Verb {
+    method: Method,
+    /// `x-kubernetes-action`.
+    action: &'static str,
+    /// First word of the operation id (`list`, `read`, `patch`, ...).
+    id: &'static str,
+    /// Inserted after the version in the operation id (`Collection`).
+    id_infix: &'static str,
+    /// Description of the operation on a resource; `{kind}` is replaced.
+    description: &'static str,
+    /// What it does, for subresource descriptions ("read status of the specified Pod").
+    doing: &'static str,
+    params: &'static [&'static QueryParam],
+    body: Option<Payload>,
+    response: Payload,
+    also: Codes,
+}
+
+const LIST: Verb = Verb {
+    method: Method::Get,
+    action: "list",
+    id: "list",
+    id_infix: "",
+    description: "list or watch objects of kind {kind}",
+    doing: "list",
+    params: LIST_PARAMS,
+    body: None,
+    response: Payload::List,
+    also: NO_CODES,
+};
+const CREATE: Verb = Verb {
+    method: Method::Post,
+    action: "post",
+    id: "create",
+    id_infix: "",
+    description: "create a {kind}",
+    doing: "create",
+    params: WRITE_PARAMS,
+    body: Some(Payload::Object),
+    response: Payload::Object,
+    also: CREATED_ACCEPTED,
+};
+const DELETE_COLLECTION: Verb = Verb {
+    method: Method::Delete,
+    action: "deletecollection",
+    id: "delete",
+    id_infix: "Collection",
+    description: "delete collection of {kind}",
+    doing: "delete",
+    params: DELETE_COLLECTION_PARAMS,
+    body: Some(Payload::DeleteOptions),
+    response: Payload::Status,
+    also: NO_CODES,
+};
+const GET: Verb = Verb {
+    method: Method::Get,
+    action: "get",
+    id: "read",
+    id_infix: "",
+    description: "read the specified {kind}",
+    doing: "read",
+    params: NO_PARAMS,
+    body: None,
+    response: Payload::Object,
+    also: NO_CODES,
+};
+const UPDATE: Verb = Verb {
+    method: Method::Put,
+    action: "put",
+    id: "replace",
+    id_infix: "",
+    description: "replace the specified {kind}",
+    doing: "replace",
+    params: WRITE_PARAMS,
+    body: Some(Payload::Object),
+    response: Payload::Object,
+    also: CREATED,
+};
+const PATCH: Verb = Verb {
+    method: Method::Patch,
+    action: "patch",
+    id: "patch",
+    id_infix: "",
+    description: "partially update the specified {kind}",
+    doing: "partially update",
+    params: PATCH_PARAMS,
+    body: Some(Payload::Patch),
+    response: Payload::Object,
+    also: CREATED,
+};
+const DELETE: Verb = Verb {
+    method: Method::Delete,
+    action: "delete",
+    id: "delete",
+    id_infix: "",
+    description: "delete a {kind}",
+    doing: "delete",
+    params: DELETE_PARAMS,
+    body: Some(Payload::DeleteOptions),
+    response: Payload::Status,
+    also: ACCEPTED,
+};
+
+/// The verb a subresource's discovery verb maps to.
+fn subresource_verb(verb: &str) -> Option<&'static Verb> {
+    match verb {
+        "get" => Some(&GET),
+        "update" => Some(&UPDATE),
+        "patch" => Some(&PATCH),
+        "create" => Some(&CREATE),
+        _ => None,
+    }
+}
+
 fn resource_paths(r: &'static ResourceInfo, out: &mut Vec<PathSpec>) {
     let prefix = format!("/{}", gv_path(r.group, r.version));
-    let gc = group_camel(r.group);
-    let vc = capitalize(r.version);
-    let tag = format!("{}_{}", lower_first(&gc), r.version);
-    let ns = if r.namespaced { "Namespaced" } else { "" };
-    let kind = r.kind;
-    let obj = schema_name(r.group, r.version, kind);
-    let list = format!("{obj}List");
-    let status = meta("Status");
-    let gvk = (r.group, r.version, kind);
-    let op = |method, action, verb: &str, description: String, params, body: Option<&str>, response: &str, also| Operation {
-        method,
-        action,
-        operation_id: format!("{verb}{gc}{vc}{ns}{kind}"),
-        description,
-        tag: tag.clone(),
-        gvk,
-        params,
-        body: body.map(str::to_string),
-        response: response.to_string(),
-        also,
+    let tag = format!("{}_{}", lower_first(&group_camel(r.group)), r.version);
+    let scope = if r.namespaced { "Namespaced" } else { "" };
+    // `sub`: subresource name; `suffix`: operation id suffix (`ForAllNamespaces`).
+    let op = |verb: &Verb, gvk: Gvk, scope: &str, sub: &str, suffix: &str| {
+        let obj = schema_name(gvk.0, gvk.1, gvk.2);
+        let payload = |p: Payload| match p {
+            Payload::Object => obj.clone(),
+            Payload::List => format!("{obj}List"),
+            Payload::Patch => meta("Patch"),
+            Payload::DeleteOptions => meta("DeleteOptions"),
+            Payload::Status => meta("Status"),
+        };
+        let kind = r.kind;
+        let description = if sub.is_empty() {
+            verb.description.replace("{kind}", kind)
+        } else {
+            format!("{} {sub} of the specified {kind}", verb.doing)
+        };
+        Operation {
+            method: verb.method,
+            action: verb.action,
+            operation_id: format!(
+                "{}{}{}{}{scope}{kind}{}{suffix}",
+                verb.id,
+                group_camel(r.group),
+                capitalize(r.version),
+                verb.id_infix,
+                capitalize(sub),
+            ),
+            description,
+            tag: tag.clone(),
+            gvk,
+            params: verb.params,
+            body: verb.body.map(payload),
+            response: payload(verb.response),
+            also: verb.also,
+        }
     };
+    let gvk = (r.group, r.version, r.kind);
     let collection = if r.namespaced {
         format!("{prefix}/namespaces/{{namespace}}/{}", r.plural)
     } else {
         format!("{prefix}/{}", r.plural)
     };
-    let delete_options = meta("DeleteOptions");
     out.push(PathSpec {
         path: collection.clone(),
         namespaced: r.namespaced,
         named: None,
-        ops: vec![
-            op(Method::Get, "list", "list", format!("list or watch objects of kind {kind}"), LIST_PARAMS, None, &list, NO_CODES),
-            op(
-                Method::Post,
-                "post",
-                "create",
-                format!("create a {kind}"),
-                WRITE_PARAMS,
-                Some(&obj),
-                &obj,
-                CREATED_ACCEPTED,
-            ),
-            {
-                let mut o = op(
-                    Method::Delete,
-                    "deletecollection",
-                    "delete",
-                    format!("delete collection of {kind}"),
-                    DELETE_COLLECTION_PARAMS,
-                    Some(&delete_options),
-                    &status,
-                    NO_CODES,
-                );
-                o.operation_id = format!("delete{gc}{vc}Collection{ns}{kind}");
-                o
-            },
-        ],
+        ops: [&LIST, &CREATE, &DELETE_COLLECTION]
+            .into_iter()
+            .map(|v| op(v, gvk, scope, "", ""))
+            .collect(),
     });
     out.push(PathSpec {
         path: format!("{collection}/{{name}}"),
         namespaced: r.namespaced,
-        named: Some(kind),
-        ops: vec![
-            op(Method::Get, "get", "read", format!("read the specified {kind}"), NO_PARAMS, None, &obj, NO_CODES),
-            op(
-                Method::Put,
-                "put",
-                "replace",
-                format!("replace the specified {kind}"),
-                WRITE_PARAMS,
-                Some(&obj),
-                &obj,
-                CREATED,
-            ),
-            op(
-                Method::Patch,
-                "patch",
-                "patch",
-                format!("partially update the specified {kind}"),
-                PATCH_PARAMS,
-                Some(&meta("Patch")),
-                &obj,
-                CREATED,
-            ),
-            op(
-                Method::Delete,
-                "delete",
-                "delete",
-                format!("delete a {kind}"),
-                DELETE_PARAMS,
-                Some(&delete_options),
-                &status,
-                ACCEPTED,
-            ),
-        ],
+        named: Some(r.kind),
+        ops: [&GET, &UPDATE, &PATCH, &DELETE]
+            .into_iter()
+            .map(|v| op(v, gvk, scope, "", ""))
+            .collect(),
     });
     if r.namespaced {
-        let mut all = op(
-            Method::Get,
-            "list",
-            "list",
-            format!("list or watch objects of kind {kind}"),
-            LIST_PARAMS,
-            None,
-            &list,
-            NO_CODES,
-        );
-        all.operation_id = format!("list{gc}{vc}{kind}ForAllNamespaces");
         out.push(PathSpec {
             path: format!("{prefix}/{}", r.plural),
             namespaced: false,
             named: None,
-            ops: vec![all],
+            ops: vec![op(&LIST, gvk, "", "", "ForAllNamespaces")],
         });
     }
     for sub in r.subresources {
-        let sub_obj = schema_name(sub.group, sub.version, sub.kind);
-        let suffix = capitalize(sub.name);
         let sub_gvk = (sub.group, sub.version, sub.kind);
-        let mut ops = Vec::new();
-        for verb in sub.verbs {
-            let (method, action, id_verb, description, params, body, also) = match *verb {
-                "get" => (Method::Get, "get", "read", "read", NO_PARAMS, None, NO_CODES),
-                "update" => (
-                    Method::Put,
-                    "put",
-                    "replace",
-                    "replace",
-                    WRITE_PARAMS,
-                    Some(sub_obj.clone()),
-                    CREATED,
-                ),
-                "patch" => (
-                    Method::Patch,
-                    "patch",
-                    "patch",
-                    "partially update",
-                    PATCH_PARAMS,
-                    Some(meta("Patch")),
-                    CREATED,
-                ),
-                "create" => (
-                    Method::Post,
-                    "post",
-                    "create",
-                    "create",
-                    WRITE_PARAMS,
-                    Some(sub_obj.clone()),
-                    CREATED_ACCEPTED,
-                ),
-                _ => continue,
-            };
-            ops.push(Operation {
-                method,
-                action,
-                operation_id: format!("{id_verb}{gc}{vc}{ns}{kind}{suffix}"),
-                description: format!("{description} {} of the specified {kind}", sub.name),
-                tag: tag.clone(),
-                gvk: sub_gvk,
-                params,
-                body,
-                response: sub_obj.clone(),
-                also,
-            });
-        }
         out.push(PathSpec {
             path: format!("{collection}/{{name}}/{}", sub.name),
             namespaced: r.namespaced,
-            named: Some(kind),
-            ops,
+            named: Some(r.kind),
+            ops: sub
+                .verbs
+                .iter()
+                .filter_map(|v| subresource_verb(v))
+                .map(|v| op(v, sub_gvk, scope, sub.name, ""))
+                .collect(),
         });
     }
 }
@@ -581,24 +642,31 @@ impl Schemas {
             serde_json::from_str(SCHEMAS_JSON).unwrap_or_default();
         let mut gvks: BTreeMap<String, BTreeSet<(String, String, String)>> = BTreeMap::new();
         let mut add = |name: String, g: &str, v: &str, k: String| {
-            gvks.entry(name).or_default().insert((g.to_string(), v.to_string(), k));
+            gvks.entry(name)
+                .or_default()
+                .insert((g.to_string(), v.to_string(), k));
         };
         for r in resources::RESOURCES {
             let name = schema_name(r.group, r.version, r.kind);
             let list = format!("{name}List");
-            defs.entry(list.clone()).or_insert_with(|| list_schema(r, &name));
+            defs.entry(list.clone())
+                .or_insert_with(|| list_schema(r, &name));
             add(name, r.group, r.version, r.kind.to_string());
             add(list, r.group, r.version, r.list_kind());
             for s in r.subresources {
-                add(schema_name(s.group, s.version, s.kind), s.group, s.version, s.kind.to_string());
+                add(
+                    schema_name(s.group, s.version, s.kind),
+                    s.group,
+                    s.version,
+                    s.kind.to_string(),
+                );
             }
         }
         for kind in ["Status", "DeleteOptions"] {
             add(meta(kind), "", "v1", kind.to_string());
         }
         for (name, set) in gvks {
-            let list: Vec<Value> =
-                set.iter().map(|(g, v, k)| gvk_value((g, v, k))).collect();
+            let list: Vec<Value> = set.iter().map(|(g, v, k)| gvk_value((g, v, k))).collect();
             let schema = defs.entry(name.clone()).or_insert_with(|| {
                 json!({"description": format!("{name} (no schema available)"), "type": "object"})
             });
@@ -679,7 +747,11 @@ fn rewrite_refs(v: &Value, prefix: &str, v3: bool) -> Value {
                 }
                 return Value::Object(out);
             }
-            Value::Object(m.iter().map(|(k, x)| (k.clone(), rewrite_refs(x, prefix, v3))).collect())
+            Value::Object(
+                m.iter()
+                    .map(|(k, x)| (k.clone(), rewrite_refs(x, prefix, v3)))
+                    .collect(),
+            )
         }
         Value::Array(a) => Value::Array(a.iter().map(|x| rewrite_refs(x, prefix, v3)).collect()),
         other => other.clone(),
@@ -696,25 +768,17 @@ fn v3_document(version: &str, paths: &[PathSpec], schemas: &Schemas) -> Value {
     let mut out = Map::new();
     for p in paths {
         let mut item = Map::new();
-        let mut params = Vec::new();
-        if let Some(kind) = p.named {
-            params.push(json!({"name": "name", "in": "path", "description": format!("name of the {kind}"),
-                               "required": true, "schema": {"type": "string", "uniqueItems": true}}));
-        }
-        if p.namespaced {
-            params.push(json!({"name": "namespace", "in": "path",
-                               "description": "object name and auth scope, such as for teams and projects",
-                               "required": true, "schema": {"type": "string", "uniqueItems": true}}));
-        }
-        params.push(v3_query(&PRETTY));
-        item.insert("parameters".into(), Value::Array(params));
+        item.insert("parameters".into(), Value::Array(path_params(p, true)));
         for op in &p.ops {
             let mut o = Map::new();
             o.insert("tags".into(), json!([op.tag]));
             o.insert("description".into(), json!(op.description));
             o.insert("operationId".into(), json!(op.operation_id));
             if !op.params.is_empty() {
-                o.insert("parameters".into(), op.params.iter().map(|q| v3_query(q)).collect());
+                o.insert(
+                    "parameters".into(),
+                    op.params.iter().map(|q| query_param(q, true)).collect(),
+                );
             }
             if let Some(body) = &op.body {
                 used.push(body.clone());
@@ -745,7 +809,10 @@ fn v3_document(version: &str, paths: &[PathSpec], schemas: &Schemas) -> Value {
                 );
             }
             let mut responses = Map::new();
-            responses.insert("200".into(), json!({"description": "OK", "content": content}));
+            responses.insert(
+                "200".into(),
+                json!({"description": "OK", "content": content}),
+            );
             for (code, text) in op.also {
                 responses.insert(
                     (*code).into(),
@@ -765,7 +832,12 @@ fn v3_document(version: &str, paths: &[PathSpec], schemas: &Schemas) -> Value {
     let components: Map<String, Value> = schemas
         .closure(used)
         .into_iter()
-        .filter_map(|n| schemas.defs.get(&n).map(|s| (n, rewrite_refs(s, REF, true))))
+        .filter_map(|n| {
+            schemas
+                .defs
+                .get(&n)
+                .map(|s| (n, rewrite_refs(s, REF, true)))
+        })
         .collect();
     json!({
         "openapi": "3.0.0",
@@ -775,9 +847,38 @@ fn v3_document(version: &str, paths: &[PathSpec], schemas: &Schemas) -> Value {
     })
 }
 
-fn v3_query(q: &QueryParam) -> Value {
-    json!({"name": q.name, "in": "query", "description": q.description,
-           "schema": {"type": q.ty, "uniqueItems": true}})
+/// A query parameter, in v3 (`schema`) or v2 (inline `type`) style.
+fn query_param(q: &QueryParam, v3: bool) -> Value {
+    param(q.name, "query", q.description, false, q.ty, v3)
+}
+
+fn param(name: &str, place: &str, description: &str, required: bool, ty: &str, v3: bool) -> Value {
+    let mut p = json!({"name": name, "in": place, "description": description});
+    if required {
+        p["required"] = json!(true);
+    }
+    if v3 {
+        p["schema"] = json!({"type": ty, "uniqueItems": true});
+    } else {
+        p["type"] = json!(ty);
+        p["uniqueItems"] = json!(true);
+    }
+    p
+}
+
+/// The parameters every operation of a path shares: `name`, `namespace`, `pretty`.
+fn path_params(p: &PathSpec, v3: bool) -> Vec<Value> {
+    let mut params = Vec::new();
+    if let Some(kind) = p.named {
+        let description = format!("name of the {kind}");
+        params.push(param("name", "path", &description, true, "string", v3));
+    }
+    if p.namespaced {
+        let description = "object name and auth scope, such as for teams and projects";
+        params.push(param("namespace", "path", description, true, "string", v3));
+    }
+    params.push(query_param(&PRETTY, v3));
+    params
 }
 
 // ---------------------------------------------------------------------------------------
@@ -788,18 +889,7 @@ fn v2_document(version: &str, paths: &[PathSpec], schemas: &Schemas) -> Value {
     let mut out = Map::new();
     for p in paths {
         let mut item = Map::new();
-        let mut params = Vec::new();
-        if let Some(kind) = p.named {
-            params.push(json!({"name": "name", "in": "path", "description": format!("name of the {kind}"),
-                               "required": true, "type": "string", "uniqueItems": true}));
-        }
-        if p.namespaced {
-            params.push(json!({"name": "namespace", "in": "path",
-                               "description": "object name and auth scope, such as for teams and projects",
-                               "required": true, "type": "string", "uniqueItems": true}));
-        }
-        params.push(v2_query(&PRETTY));
-        item.insert("parameters".into(), Value::Array(params));
+        item.insert("parameters".into(), Value::Array(path_params(p, false)));
         for op in &p.ops {
             let mut o = Map::new();
             o.insert("description".into(), json!(op.description));
@@ -818,10 +908,12 @@ fn v2_document(version: &str, paths: &[PathSpec], schemas: &Schemas) -> Value {
             o.insert("operationId".into(), json!(op.operation_id));
             let mut params: Vec<Value> = Vec::new();
             if let Some(body) = &op.body {
-                params.push(json!({"name": "body", "in": "body", "required": op.method != Method::Delete,
-                                   "schema": {"$ref": format!("{REF}{body}")}}));
+                params.push(
+                    json!({"name": "body", "in": "body", "required": op.method != Method::Delete,
+                                   "schema": {"$ref": format!("{REF}{body}")}}),
+                );
             }
-            params.extend(op.params.iter().map(|q| v2_query(q)));
+            params.extend(op.params.iter().map(|q| query_param(q, false)));
             if !params.is_empty() {
                 o.insert("parameters".into(), Value::Array(params));
             }
@@ -829,7 +921,10 @@ fn v2_document(version: &str, paths: &[PathSpec], schemas: &Schemas) -> Value {
             let schema = json!({"$ref": format!("{REF}{}", op.response)});
             responses.insert("200".into(), json!({"description": "OK", "schema": schema}));
             for (code, text) in op.also {
-                responses.insert((*code).into(), json!({"description": text, "schema": schema}));
+                responses.insert(
+                    (*code).into(),
+                    json!({"description": text, "schema": schema}),
+                );
             }
             responses.insert("401".into(), json!({"description": "Unauthorized"}));
             o.insert("responses".into(), Value::Object(responses));
@@ -850,10 +945,6 @@ fn v2_document(version: &str, paths: &[PathSpec], schemas: &Schemas) -> Value {
         "paths": out,
         "definitions": definitions,
     })
-}
-
-fn v2_query(q: &QueryParam) -> Value {
-    json!({"name": q.name, "in": "query", "description": q.description, "type": q.ty, "uniqueItems": true})
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1347,7 +1438,11 @@ mod tests {
     }
 
     fn all(b: &[u8], field: u32) -> Vec<&[u8]> {
-        fields(b).into_iter().filter(|(f, _)| *f == field).map(|(_, v)| v).collect()
+        fields(b)
+            .into_iter()
+            .filter(|(f, _)| *f == field)
+            .map(|(_, v)| v)
+            .collect()
     }
 
     fn one(b: &[u8], field: u32) -> Option<&[u8]> {
@@ -1355,7 +1450,9 @@ mod tests {
     }
 
     fn string(b: &[u8], field: u32) -> String {
-        one(b, field).map(|v| String::from_utf8(v.to_vec()).unwrap()).unwrap_or_default()
+        one(b, field)
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+            .unwrap_or_default()
     }
 
     /// vendor extensions (`NamedAny`) of a message → name → yaml.
@@ -1388,7 +1485,10 @@ mod tests {
             assert_eq!(url, format!("/openapi/v3/{key}?hash={hash}"));
             assert_eq!(hash, hex_upper(&Sha256::digest(doc)));
             assert_eq!(hash.len(), 64);
-            assert!(hash.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
+            assert!(
+                hash.chars()
+                    .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+            );
         }
         assert!(paths.contains_key("api/v1"));
         assert!(paths.contains_key("apis/apps/v1"));
@@ -1408,10 +1508,14 @@ mod tests {
             let want = gvk_value((r.group, r.version, r.kind));
             let mut found = false;
             for (path, item) in doc["paths"].as_object().unwrap() {
-                let Some(patch) = item.get("patch") else { continue };
+                let Some(patch) = item.get("patch") else {
+                    continue;
+                };
                 let params = patch["parameters"].as_array().unwrap();
                 assert!(
-                    params.iter().any(|p| p["name"] == "fieldValidation" && p["in"] == "query"),
+                    params
+                        .iter()
+                        .any(|p| p["name"] == "fieldValidation" && p["in"] == "query"),
                     "{path}"
                 );
                 for name in ["dryRun", "fieldManager", "force"] {
@@ -1428,7 +1532,10 @@ mod tests {
                 for m in ["post", "put"] {
                     if let Some(op) = item.get(m) {
                         let params = op["parameters"].as_array().unwrap();
-                        assert!(params.iter().any(|p| p["name"] == "fieldValidation"), "{path} {m}");
+                        assert!(
+                            params.iter().any(|p| p["name"] == "fieldValidation"),
+                            "{path} {m}"
+                        );
                     }
                 }
             }
@@ -1444,17 +1551,26 @@ mod tests {
         let paths = doc["paths"].as_object().unwrap();
         let item = &paths["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"];
         for m in ["get", "put", "patch", "delete"] {
-            assert_eq!(item[m]["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+            assert_eq!(
+                item[m]["x-kubernetes-group-version-kind"]["kind"],
+                "Deployment"
+            );
         }
         assert_eq!(item["patch"]["x-kubernetes-action"], "patch");
-        assert_eq!(item["patch"]["operationId"], "patchAppsV1NamespacedDeployment");
+        assert_eq!(
+            item["patch"]["operationId"],
+            "patchAppsV1NamespacedDeployment"
+        );
         let coll = &paths["/apis/apps/v1/namespaces/{namespace}/deployments"];
         assert_eq!(coll["get"]["x-kubernetes-action"], "list");
         assert_eq!(coll["post"]["x-kubernetes-action"], "post");
         assert_eq!(coll["delete"]["x-kubernetes-action"], "deletecollection");
         assert!(paths.contains_key("/apis/apps/v1/deployments"));
         let scale = &paths["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"];
-        assert_eq!(scale["patch"]["x-kubernetes-group-version-kind"]["group"], "autoscaling");
+        assert_eq!(
+            scale["patch"]["x-kubernetes-group-version-kind"]["group"],
+            "autoscaling"
+        );
 
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         let d = &schemas["io.k8s.api.apps.v1.Deployment"];
@@ -1462,7 +1578,12 @@ mod tests {
             d["x-kubernetes-group-version-kind"],
             json!([{"group": "apps", "kind": "Deployment", "version": "v1"}])
         );
-        assert!(d["description"].as_str().unwrap().contains("declarative updates"));
+        assert!(
+            d["description"]
+                .as_str()
+                .unwrap()
+                .contains("declarative updates")
+        );
         for f in ["apiVersion", "kind", "metadata", "spec", "status"] {
             assert!(d["properties"][f]["description"].is_string(), "{f}");
         }
@@ -1484,11 +1605,42 @@ mod tests {
 
         let core = parse_json(api.v3_document("api/v1").unwrap().0);
         let pods = &core["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
-        assert_eq!(pods["x-kubernetes-group-version-kind"], json!({"group": "", "kind": "Pod", "version": "v1"}));
+        assert_eq!(
+            pods["x-kubernetes-group-version-kind"],
+            json!({"group": "", "kind": "Pod", "version": "v1"})
+        );
         assert!(core["paths"]["/api/v1/nodes/{name}"]["get"].is_object());
         assert!(core["paths"]["/api/v1/namespaces/{name}/finalize"]["put"].is_object());
         let cm = &core["components"]["schemas"]["io.k8s.api.core.v1.ConfigMap"]["properties"];
         assert!(cm["data"].is_object() && cm.get("spec").is_none());
+    }
+
+    /// An empty schema (`{}`) breaks `kubectl explain` ("expected schema argument to
+    /// subtemplate 'typeguess'").
+    #[test]
+    fn no_empty_schemas() {
+        fn no_empty(v: &Value, at: &str) {
+            let Some(m) = v.as_object() else { return };
+            assert!(!m.is_empty(), "{at}: empty schema");
+            for (k, x) in m {
+                match k.as_str() {
+                    "properties" => {
+                        for (n, s) in x.as_object().unwrap() {
+                            no_empty(s, &format!("{at}.{n}"));
+                        }
+                    }
+                    "items" | "additionalProperties" => no_empty(x, &format!("{at}[]")),
+                    _ => {}
+                }
+            }
+        }
+        let api = api();
+        for (g, v) in group_versions() {
+            let doc = parse_json(api.v3_document(&gv_path(g, v)).unwrap().0);
+            for (name, s) in doc["components"]["schemas"].as_object().unwrap() {
+                no_empty(s, name);
+            }
+        }
     }
 
     /// The checks kube-openapi's `proto.NewOpenAPIData` makes on the v2 document (kubectl
@@ -1511,12 +1663,19 @@ mod tests {
             if let Some(t) = m.get("type") {
                 assert!(t.is_string(), "{at}: single type");
                 if t == "array" {
-                    assert!(m.get("items").is_some_and(Value::is_object), "{at}: array items");
+                    assert!(
+                        m.get("items").is_some_and(Value::is_object),
+                        "{at}: array items"
+                    );
                 }
             }
             for (k, x) in m {
                 match k.as_str() {
-                    "properties" => x.as_object().unwrap().iter().for_each(|(n, s)| walk(s, &format!("{at}.{n}"))),
+                    "properties" => x
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .for_each(|(n, s)| walk(s, &format!("{at}.{n}"))),
                     "items" | "additionalProperties" => walk(x, at),
                     _ => {}
                 }
@@ -1529,7 +1688,11 @@ mod tests {
             let d = &defs[&schema_name(r.group, r.version, r.kind)];
             let gvks = d["x-kubernetes-group-version-kind"].as_array().unwrap();
             assert!(gvks.contains(&gvk_value((r.group, r.version, r.kind))));
-            assert!(d["description"].as_str().is_some_and(|s| !s.is_empty()), "{}", r.kind);
+            assert!(
+                d["description"].as_str().is_some_and(|s| !s.is_empty()),
+                "{}",
+                r.kind
+            );
         }
     }
 
@@ -1538,7 +1701,11 @@ mod tests {
         let doc = parse_json(api().v2_json());
         let mut enc = proto::Encoder::default();
         let bytes = enc.document(&doc);
-        assert!(enc.unknown.is_empty(), "{:?}", &enc.unknown[..enc.unknown.len().min(10)]);
+        assert!(
+            enc.unknown.is_empty(),
+            "{:?}",
+            &enc.unknown[..enc.unknown.len().min(10)]
+        );
         assert_eq!(bytes, api().v2_protobuf());
     }
 
@@ -1548,7 +1715,10 @@ mod tests {
             proto::yaml(&gvk_value(("apps", "v1", "Deployment"))),
             "group: apps\nkind: Deployment\nversion: v1\n"
         );
-        assert_eq!(proto::yaml(&gvk_value(("", "v1", "Pod"))), "group: \"\"\nkind: Pod\nversion: v1\n");
+        assert_eq!(
+            proto::yaml(&gvk_value(("", "v1", "Pod"))),
+            "group: \"\"\nkind: Pod\nversion: v1\n"
+        );
         assert_eq!(
             proto::yaml(&json!([gvk_value(("apps", "v1", "Deployment"))])),
             "- group: apps\n  kind: Deployment\n  version: v1\n"
@@ -1589,13 +1759,19 @@ mod tests {
                 } else if let Some(body) = one(param, 1) {
                     assert_eq!(string(body, 2), "body");
                     let schema = one(body, 5).unwrap();
-                    assert_eq!(string(schema, 1), "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.Patch");
+                    assert_eq!(
+                        string(schema, 1),
+                        "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"
+                    );
                 }
             }
             for q in ["fieldValidation", "dryRun", "fieldManager", "force"] {
                 assert!(query.iter().any(|n| n == q), "{name}: {q}");
             }
-            let consumes: Vec<String> = all(patch, 7).into_iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect();
+            let consumes: Vec<String> = all(patch, 7)
+                .into_iter()
+                .map(|b| String::from_utf8(b.to_vec()).unwrap())
+                .collect();
             assert!(consumes.contains(&"application/merge-patch+json".to_string()));
             assert!(!consumes.iter().any(|c| c.contains("strategic")));
             // path-level parameters: the path parameter `name`.
@@ -1607,12 +1783,13 @@ mod tests {
             patch_gvks.push((name, gvk));
         }
         for r in resources::RESOURCES {
-            let first = patch_gvks
-                .iter()
-                .find(|(_, g)| g["group"] == r.group && g["version"] == r.version && g["kind"] == r.kind);
+            let first = patch_gvks.iter().find(|(_, g)| {
+                g["group"] == r.group && g["version"] == r.version && g["kind"] == r.kind
+            });
             assert!(first.is_some(), "no PATCH for {}", r.kind);
         }
-        assert!(patch_gvks.iter().any(|(n, g)| n == "/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+        assert!(patch_gvks.iter().any(|(n, g)| n
+            == "/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
             && g["kind"] == "Deployment"
             && g["group"] == "apps"));
 
@@ -1625,36 +1802,68 @@ mod tests {
         assert!(string(deployment, 4).contains("declarative updates"));
         assert_eq!(string(one(deployment, 22).unwrap(), 1), "object");
         let ext = vendor(deployment, 31);
-        assert_eq!(ext["x-kubernetes-group-version-kind"], "- group: apps\n  kind: Deployment\n  version: v1\n");
-        let gvks: Vec<BTreeMap<String, String>> = serde_saphyr::from_str(&ext["x-kubernetes-group-version-kind"]).unwrap();
+        assert_eq!(
+            ext["x-kubernetes-group-version-kind"],
+            "- group: apps\n  kind: Deployment\n  version: v1\n"
+        );
+        let gvks: Vec<BTreeMap<String, String>> =
+            serde_saphyr::from_str(&ext["x-kubernetes-group-version-kind"]).unwrap();
         assert_eq!(gvks[0]["kind"], "Deployment");
         let props: BTreeMap<String, &[u8]> = all(one(deployment, 25).unwrap(), 1)
             .into_iter()
             .map(|ns| (string(ns, 1), one(ns, 2).unwrap()))
             .collect();
-        assert_eq!(props.keys().cloned().collect::<Vec<_>>(), ["apiVersion", "kind", "metadata", "spec", "status"]);
-        assert_eq!(string(props["metadata"], 1), "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta");
+        assert_eq!(
+            props.keys().cloned().collect::<Vec<_>>(),
+            ["apiVersion", "kind", "metadata", "spec", "status"]
+        );
+        assert_eq!(
+            string(props["metadata"], 1),
+            "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+        );
         assert!(string(props["spec"], 4).contains("desired behavior"));
     }
 
     #[test]
     fn schema_names_follow_upstream() {
         assert_eq!(schema_name("", "v1", "Pod"), "io.k8s.api.core.v1.Pod");
-        assert_eq!(schema_name("apps", "v1", "Deployment"), "io.k8s.api.apps.v1.Deployment");
-        assert_eq!(schema_name("autoscaling", "v2", "HorizontalPodAutoscaler"), "io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler");
-        assert_eq!(schema_name("networking.k8s.io", "v1", "Ingress"), "io.k8s.api.networking.v1.Ingress");
-        assert_eq!(schema_name("rbac.authorization.k8s.io", "v1", "Role"), "io.k8s.api.rbac.v1.Role");
+        assert_eq!(
+            schema_name("apps", "v1", "Deployment"),
+            "io.k8s.api.apps.v1.Deployment"
+        );
+        assert_eq!(
+            schema_name("autoscaling", "v2", "HorizontalPodAutoscaler"),
+            "io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler"
+        );
+        assert_eq!(
+            schema_name("networking.k8s.io", "v1", "Ingress"),
+            "io.k8s.api.networking.v1.Ingress"
+        );
+        assert_eq!(
+            schema_name("rbac.authorization.k8s.io", "v1", "Role"),
+            "io.k8s.api.rbac.v1.Role"
+        );
         assert_eq!(
             schema_name("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
             "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition"
         );
-        assert_eq!(group_camel("rbac.authorization.k8s.io"), "RbacAuthorization");
+        assert_eq!(
+            group_camel("rbac.authorization.k8s.io"),
+            "RbacAuthorization"
+        );
         // Every served kind has a generated schema (not the placeholder).
         let schemas = Schemas::load();
         for r in resources::RESOURCES {
             let s = &schemas.defs[&schema_name(r.group, r.version, r.kind)];
             assert!(s["properties"]["metadata"].is_object(), "{}", r.kind);
-            assert!(!s["description"].as_str().unwrap().contains("no schema available"), "{}", r.kind);
+            assert!(
+                !s["description"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no schema available"),
+                "{}",
+                r.kind
+            );
         }
     }
 }

@@ -34,7 +34,11 @@ pub fn resolve(method: &Method, path: &str, watch_param: bool) -> RequestInfo {
         verb: method.as_str().to_ascii_lowercase(),
         ..Default::default()
     };
-    let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let parts: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let rest: &[&str] = match parts.first() {
         Some(&"api") if parts.len() >= 2 => {
             info.version = parts[1].to_string();
@@ -54,7 +58,7 @@ pub fn resolve(method: &Method, path: &str, watch_param: bool) -> RequestInfo {
     let mut rest = rest;
     // "namespaces/{ns}/{resource}..." addresses a namespaced resource, except that
     // "namespaces/{name}" and "namespaces/{name}/{subresource}" address the namespace itself.
-    if rest[0] == "namespaces" && rest.len() >= 3 {
+    if rest[0] == "namespaces" && rest.len() >= 3 && !matches!(rest[2], "status" | "finalize") {
         info.namespace = Some(rest[1].to_string());
         rest = &rest[2..];
     }
@@ -103,17 +107,34 @@ mod tests {
     #[test]
     fn resolves_paths() {
         let r = resolve(&Method::GET, "/api/v1/namespaces/default/pods", false);
-        assert_eq!((r.verb.as_str(), r.namespace.as_deref(), r.resource.as_str()), ("list", Some("default"), "pods"));
-        let r = resolve(&Method::GET, "/apis/apps/v1/namespaces/ns1/deployments/web/scale", false);
+        assert_eq!(
+            (r.verb.as_str(), r.namespace.as_deref(), r.resource.as_str()),
+            ("list", Some("default"), "pods")
+        );
+        let r = resolve(
+            &Method::GET,
+            "/apis/apps/v1/namespaces/ns1/deployments/web/scale",
+            false,
+        );
         assert_eq!(r.group, "apps");
         assert_eq!(r.name.as_deref(), Some("web"));
         assert_eq!(r.subresource.as_deref(), Some("scale"));
         let r = resolve(&Method::GET, "/api/v1/pods", true);
         assert_eq!((r.verb.as_str(), r.namespace.as_deref()), ("watch", None));
         let r = resolve(&Method::DELETE, "/api/v1/namespaces/kube-system", false);
-        assert_eq!((r.resource.as_str(), r.name.as_deref(), r.verb.as_str()), ("namespaces", Some("kube-system"), "delete"));
+        assert_eq!(
+            (r.resource.as_str(), r.name.as_deref(), r.verb.as_str()),
+            ("namespaces", Some("kube-system"), "delete")
+        );
         let r = resolve(&Method::PUT, "/api/v1/namespaces/x/finalize", false);
-        assert_eq!((r.resource.as_str(), r.name.as_deref(), r.subresource.as_deref()), ("namespaces", Some("x"), Some("finalize")));
+        assert_eq!(
+            (
+                r.resource.as_str(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
+            ("namespaces", Some("x"), Some("finalize"))
+        );
         let r = resolve(&Method::GET, "/apis/apps/v1", false);
         assert!(!r.is_resource);
         let r = resolve(&Method::GET, "/healthz", false);

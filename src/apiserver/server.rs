@@ -21,15 +21,18 @@ use super::{Error, State, TlsConfig, handlers};
 /// Builds the rustls server configuration.
 pub fn tls_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cfg.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Tls(format!("serving certificate: {e}")))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cfg.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Tls(format!("serving certificate: {e}")))?;
     let key = PrivateKeyDer::from_pem_slice(cfg.key_pem.as_bytes())
         .map_err(|e| Error::Tls(format!("serving key: {e}")))?;
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(cfg.client_ca_pem.as_bytes()) {
         let ca = ca.map_err(|e| Error::Tls(format!("client CA: {e}")))?;
-        roots.add(ca).map_err(|e| Error::Tls(format!("client CA: {e}")))?;
+        roots
+            .add(ca)
+            .map_err(|e| Error::Tls(format!("client CA: {e}")))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
@@ -46,7 +49,12 @@ pub fn tls_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Error> {
 }
 
 /// Accepts connections until `shutdown`, then drains them (up to 10 s).
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<State>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -70,14 +78,15 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, state:
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, %err, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let cert_user = tls
                 .get_ref()
                 .1

@@ -8,128 +8,409 @@ use crate::api::ResourceInfo;
 /// One column: name, type, priority (1 = only with `-o wide`), description.
 type Column = (&'static str, &'static str, u8, &'static str);
 
-const NAME: Column = ("Name", "string", 0, "Name must be unique within a namespace.");
-const AGE: Column = ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
+const NAME: Column = (
+    "Name",
+    "string",
+    0,
+    "Name must be unique within a namespace.",
+);
+const AGE: Column = (
+    "Age",
+    "string",
+    0,
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+);
 
 fn columns(ri: &ResourceInfo) -> Vec<Column> {
     let mut cols = vec![NAME];
     let extra: &[Column] = match (ri.group, ri.kind) {
         ("", "Pod") => &[
-            ("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
-            ("Status", "string", 0, "The aggregate status of the containers in this pod."),
-            ("Restarts", "string", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            (
+                "Ready",
+                "string",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            (
+                "Status",
+                "string",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            (
+                "Restarts",
+                "string",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
             AGE,
-            ("IP", "string", 1, "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
-            ("Node", "string", 1, "NodeName is a request to schedule this pod onto a specific node."),
-            ("Nominated Node", "string", 1, "nominatedNodeName is set only when this pod preempts other pods on the node."),
-            ("Readiness Gates", "string", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
+            (
+                "IP",
+                "string",
+                1,
+                "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+            ),
+            (
+                "Node",
+                "string",
+                1,
+                "NodeName is a request to schedule this pod onto a specific node.",
+            ),
+            (
+                "Nominated Node",
+                "string",
+                1,
+                "nominatedNodeName is set only when this pod preempts other pods on the node.",
+            ),
+            (
+                "Readiness Gates",
+                "string",
+                1,
+                "If specified, all readiness gates will be evaluated for pod readiness.",
+            ),
         ],
         ("", "Namespace") => &[("Status", "string", 0, "The status of the namespace"), AGE],
         ("", "Node") => &[
             ("Status", "string", 0, "The status of the node"),
             ("Roles", "string", 0, "The roles of the node"),
             AGE,
-            ("Version", "string", 0, "Kubelet Version reported by the node."),
-            ("Internal-IP", "string", 1, "List of internal IPs for the node."),
-            ("External-IP", "string", 1, "List of external IPs for the node."),
-            ("OS-Image", "string", 1, "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy))."),
-            ("Kernel-Version", "string", 1, "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64)."),
-            ("Container-Runtime", "string", 1, "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2)."),
+            (
+                "Version",
+                "string",
+                0,
+                "Kubelet Version reported by the node.",
+            ),
+            (
+                "Internal-IP",
+                "string",
+                1,
+                "List of internal IPs for the node.",
+            ),
+            (
+                "External-IP",
+                "string",
+                1,
+                "List of external IPs for the node.",
+            ),
+            (
+                "OS-Image",
+                "string",
+                1,
+                "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).",
+            ),
+            (
+                "Kernel-Version",
+                "string",
+                1,
+                "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).",
+            ),
+            (
+                "Container-Runtime",
+                "string",
+                1,
+                "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
+            ),
         ],
         ("", "Service") => &[
-            ("Type", "string", 0, "type determines how the Service is exposed."),
-            ("Cluster-IP", "string", 0, "clusterIP is the IP address of the service and is usually assigned randomly."),
-            ("External-IP", "string", 0, "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service."),
-            ("Port(s)", "string", 0, "The list of ports that are exposed by this service."),
+            (
+                "Type",
+                "string",
+                0,
+                "type determines how the Service is exposed.",
+            ),
+            (
+                "Cluster-IP",
+                "string",
+                0,
+                "clusterIP is the IP address of the service and is usually assigned randomly.",
+            ),
+            (
+                "External-IP",
+                "string",
+                0,
+                "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+            ),
+            (
+                "Port(s)",
+                "string",
+                0,
+                "The list of ports that are exposed by this service.",
+            ),
             AGE,
-            ("Selector", "string", 1, "Route service traffic to pods with label keys and values matching this selector."),
+            (
+                "Selector",
+                "string",
+                1,
+                "Route service traffic to pods with label keys and values matching this selector.",
+            ),
         ],
-        ("", "ConfigMap") => &[("Data", "string", 0, "Data contains the configuration data."), AGE],
+        ("", "ConfigMap") => &[
+            ("Data", "string", 0, "Data contains the configuration data."),
+            AGE,
+        ],
         ("", "Secret") => &[
             ("Type", "string", 0, "The type of the secret"),
             ("Data", "string", 0, "The number of entries in the secret"),
             AGE,
         ],
-        ("", "ServiceAccount") => &[("Secrets", "string", 0, "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."), AGE],
-        ("", "Endpoints") => &[("Endpoints", "string", 0, "Endpoints is the list of endpoints for this service."), AGE],
+        ("", "ServiceAccount") => &[
+            (
+                "Secrets",
+                "string",
+                0,
+                "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+            ),
+            AGE,
+        ],
+        ("", "Endpoints") => &[
+            (
+                "Endpoints",
+                "string",
+                0,
+                "Endpoints is the list of endpoints for this service.",
+            ),
+            AGE,
+        ],
         ("", "Event") => &[
-            ("Last Seen", "string", 0, "The last time this event was observed."),
+            (
+                "Last Seen",
+                "string",
+                0,
+                "The last time this event was observed.",
+            ),
             ("Type", "string", 0, "Type of this event."),
             ("Reason", "string", 0, "Reason is why the action was taken."),
             ("Object", "string", 0, "The object this event is about."),
-            ("Message", "string", 0, "A human-readable description of the status of this operation."),
+            (
+                "Message",
+                "string",
+                0,
+                "A human-readable description of the status of this operation.",
+            ),
         ],
         ("", "ReplicationController") | ("apps", "ReplicaSet") => &[
             ("Desired", "integer", 0, "Number of desired pods."),
             ("Current", "integer", 0, "Number of actual replicas."),
             ("Ready", "integer", 0, "The number of ready replicas."),
             AGE,
-            ("Containers", "string", 1, "Names of each container in the template."),
-            ("Images", "string", 1, "Images referenced by each container in the template."),
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
             ("Selector", "string", 1, "Label selector for pods."),
         ],
         ("apps", "Deployment") => &[
             ("Ready", "string", 0, "Number of the pod with ready state"),
-            ("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-            ("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+            (
+                "Up-to-date",
+                "string",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            (
+                "Available",
+                "string",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
             AGE,
-            ("Containers", "string", 1, "Names of each container in the template."),
-            ("Images", "string", 1, "Images referenced by each container in the template."),
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
             ("Selector", "string", 1, "Label selector for pods."),
         ],
         ("apps", "StatefulSet") => &[
             ("Ready", "string", 0, "Number of the pod with ready state"),
             AGE,
-            ("Containers", "string", 1, "Names of each container in the template."),
-            ("Images", "string", 1, "Images referenced by each container in the template."),
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
         ],
         ("apps", "DaemonSet") => &[
-            ("Desired", "integer", 0, "The total number of nodes that should be running the daemon pod."),
-            ("Current", "integer", 0, "The number of nodes running at least one daemon pod."),
-            ("Ready", "integer", 0, "The number of nodes that should be running the daemon pod and have one or more running and ready."),
-            ("Up-to-date", "integer", 0, "The total number of nodes that are running updated daemon pod"),
-            ("Available", "integer", 0, "The number of nodes that should be running the daemon pod and have one or more available."),
-            ("Node Selector", "string", 0, "NodeSelector is a selector which must be true for the pod to fit on a node."),
+            (
+                "Desired",
+                "integer",
+                0,
+                "The total number of nodes that should be running the daemon pod.",
+            ),
+            (
+                "Current",
+                "integer",
+                0,
+                "The number of nodes running at least one daemon pod.",
+            ),
+            (
+                "Ready",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more running and ready.",
+            ),
+            (
+                "Up-to-date",
+                "integer",
+                0,
+                "The total number of nodes that are running updated daemon pod",
+            ),
+            (
+                "Available",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more available.",
+            ),
+            (
+                "Node Selector",
+                "string",
+                0,
+                "NodeSelector is a selector which must be true for the pod to fit on a node.",
+            ),
             AGE,
         ],
         ("batch", "Job") => &[
             ("Status", "string", 0, "Status of the job."),
-            ("Completions", "string", 0, "The completion status of the job."),
-            ("Duration", "string", 0, "Time required to complete the job."),
+            (
+                "Completions",
+                "string",
+                0,
+                "The completion status of the job.",
+            ),
+            (
+                "Duration",
+                "string",
+                0,
+                "Time required to complete the job.",
+            ),
             AGE,
         ],
         ("batch", "CronJob") => &[
             ("Schedule", "string", 0, "The schedule in Cron format."),
-            ("Timezone", "string", 0, "The time zone name for the given schedule."),
-            ("Suspend", "boolean", 0, "This flag tells the controller to suspend subsequent executions."),
-            ("Active", "integer", 0, "A list of pointers to currently running jobs."),
-            ("Last Schedule", "string", 0, "Information when was the last time the job was successfully scheduled."),
+            (
+                "Timezone",
+                "string",
+                0,
+                "The time zone name for the given schedule.",
+            ),
+            (
+                "Suspend",
+                "boolean",
+                0,
+                "This flag tells the controller to suspend subsequent executions.",
+            ),
+            (
+                "Active",
+                "integer",
+                0,
+                "A list of pointers to currently running jobs.",
+            ),
+            (
+                "Last Schedule",
+                "string",
+                0,
+                "Information when was the last time the job was successfully scheduled.",
+            ),
             AGE,
         ],
         ("autoscaling", "HorizontalPodAutoscaler") => &[
             ("Reference", "string", 0, "reference to scaled resource"),
             ("Targets", "string", 0, "current and target metric values"),
             ("MinPods", "string", 0, "lower limit for the number of pods"),
-            ("MaxPods", "integer", 0, "upper limit for the number of pods"),
+            (
+                "MaxPods",
+                "integer",
+                0,
+                "upper limit for the number of pods",
+            ),
             ("Replicas", "integer", 0, "current number of replicas"),
             AGE,
         ],
         ("networking.k8s.io", "Ingress") => &[
-            ("Class", "string", 0, "The name of the IngressClass resource."),
-            ("Hosts", "string", 0, "Hosts that incoming requests are matched against."),
-            ("Address", "string", 0, "Address is a list containing ingress points for the load-balancer"),
-            ("Ports", "string", 0, "Ports of TLS configurations that open"),
+            (
+                "Class",
+                "string",
+                0,
+                "The name of the IngressClass resource.",
+            ),
+            (
+                "Hosts",
+                "string",
+                0,
+                "Hosts that incoming requests are matched against.",
+            ),
+            (
+                "Address",
+                "string",
+                0,
+                "Address is a list containing ingress points for the load-balancer",
+            ),
+            (
+                "Ports",
+                "string",
+                0,
+                "Ports of TLS configurations that open",
+            ),
             AGE,
         ],
         ("", "PersistentVolumeClaim") => &[
-            ("Status", "string", 0, "phase indicates the current phase of PersistentVolumeClaim."),
-            ("Volume", "string", 0, "volumeName is the binding reference to the PersistentVolume backing this claim."),
-            ("Capacity", "string", 0, "capacity represents the actual resources of the underlying volume."),
-            ("Access Modes", "string", 0, "accessModes contains the desired access modes the volume should have."),
-            ("StorageClass", "string", 0, "storageClassName is the name of the StorageClass required by the claim."),
+            (
+                "Status",
+                "string",
+                0,
+                "phase indicates the current phase of PersistentVolumeClaim.",
+            ),
+            (
+                "Volume",
+                "string",
+                0,
+                "volumeName is the binding reference to the PersistentVolume backing this claim.",
+            ),
+            (
+                "Capacity",
+                "string",
+                0,
+                "capacity represents the actual resources of the underlying volume.",
+            ),
+            (
+                "Access Modes",
+                "string",
+                0,
+                "accessModes contains the desired access modes the volume should have.",
+            ),
+            (
+                "StorageClass",
+                "string",
+                0,
+                "storageClassName is the name of the StorageClass required by the claim.",
+            ),
             AGE,
         ],
-        ("coordination.k8s.io", "Lease") => &[("Holder", "string", 0, "The holder of the lease"), AGE],
+        ("coordination.k8s.io", "Lease") => {
+            &[("Holder", "string", 0, "The holder of the lease"), AGE]
+        }
         _ => &[AGE],
     };
     cols.extend_from_slice(extra);
@@ -167,13 +448,21 @@ pub fn row(ri: &ResourceInfo, obj: &Value, include: &str) -> Value {
 }
 
 /// A whole Table.
-pub fn table(ri: &ResourceInfo, items: &[Value], resource_version: &str, continue_token: Option<&str>, include: &str, with_columns: bool) -> Value {
+pub fn table(
+    ri: &ResourceInfo,
+    items: &[Value],
+    resource_version: &str,
+    continue_token: Option<&str>,
+    include: &str,
+    with_columns: bool,
+) -> Value {
     let rows: Vec<Value> = items.iter().map(|o| row(ri, o, include)).collect();
     let mut meta = json!({"resourceVersion": resource_version});
     if let Some(c) = continue_token {
         meta["continue"] = json!(c);
     }
-    let mut t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "rows": rows});
+    let mut t =
+        json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "rows": rows});
     if with_columns {
         t["columnDefinitions"] = column_definitions(ri);
     } else {
@@ -196,7 +485,12 @@ fn or_none(x: String) -> String {
 
 fn join_names(list: &Value, field: &str) -> String {
     list.as_array()
-        .map(|a| a.iter().map(|c| s(&c[field]).to_string()).collect::<Vec<_>>().join(","))
+        .map(|a| {
+            a.iter()
+                .map(|c| s(&c[field]).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
@@ -206,18 +500,21 @@ fn selector_string(sel: &Value) -> String {
         for (k, v) in m {
             parts.push(format!("{k}={}", s(v)));
         }
-    } else if let Some(m) = sel.as_object() {
-        if !sel.get("matchExpressions").is_some() {
-            for (k, v) in m {
-                if let Some(v) = v.as_str() {
-                    parts.push(format!("{k}={v}"));
-                }
+    } else if let Some(m) = sel.as_object()
+        && sel.get("matchExpressions").is_none()
+    {
+        for (k, v) in m {
+            if let Some(v) = v.as_str() {
+                parts.push(format!("{k}={v}"));
             }
         }
     }
     if let Some(exprs) = sel["matchExpressions"].as_array() {
         for e in exprs {
-            let vals: Vec<&str> = e["values"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+            let vals: Vec<&str> = e["values"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default();
             let p = match s(&e["operator"]) {
                 "In" => format!("{} in ({})", s(&e["key"]), vals.join(",")),
                 "NotIn" => format!("{} notin ({})", s(&e["key"]), vals.join(",")),
@@ -240,7 +537,11 @@ pub fn human_duration(d: i64) -> String {
     let minutes = secs / 60;
     if minutes < 10 {
         let s = secs % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -248,21 +549,33 @@ pub fn human_duration(d: i64) -> String {
     let hours = minutes / 60;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
     }
     if hours < 24 * 365 * 8 {
         let dy = (hours / 24) % 365;
-        return if dy == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{dy}d", hours / 24 / 365) };
+        return if dy == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{dy}d", hours / 24 / 365)
+        };
     }
     format!("{}y", hours / 24 / 365)
 }
@@ -277,7 +590,10 @@ fn age_of(ts: &Value) -> String {
 fn pod_status(obj: &Value) -> (String, String, String) {
     let st = &obj["status"];
     let total = obj["spec"]["containers"].as_array().map_or(0, Vec::len);
-    let statuses = st["containerStatuses"].as_array().cloned().unwrap_or_default();
+    let statuses = st["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let ready = statuses.iter().filter(|c| c["ready"] == true).count();
     let restarts: i64 = statuses.iter().map(|c| count(&c["restartCount"])).sum();
     let mut reason = s(&st["reason"]).to_string();
@@ -287,10 +603,10 @@ fn pod_status(obj: &Value) -> (String, String, String) {
     for c in &statuses {
         if let Some(w) = c["state"]["waiting"]["reason"].as_str() {
             reason = w.to_string();
-        } else if let Some(t) = c["state"]["terminated"]["reason"].as_str() {
-            if reason == "Running" || reason.is_empty() {
-                reason = t.to_string();
-            }
+        } else if let Some(t) = c["state"]["terminated"]["reason"].as_str()
+            && (reason == "Running" || reason.is_empty())
+        {
+            reason = t.to_string();
         }
     }
     if !obj["metadata"]["deletionTimestamp"].is_null() {
@@ -329,7 +645,10 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
         ("Pod", "Readiness Gates") => json!("<none>"),
         ("Namespace", "Status") => json!(s(&st["phase"])),
         ("Node", "Status") => {
-            let ready = st["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).map(|c| s(&c["status"]).to_string());
+            let ready = st["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| s(&c["status"]).to_string());
             let mut status = match ready.as_deref() {
                 Some("True") => "Ready".to_string(),
                 Some(_) => "NotReady".to_string(),
@@ -341,15 +660,35 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
             json!(status)
         }
         ("Node", "Roles") => {
-            let roles: Vec<String> = obj["metadata"]["labels"].as_object().map(|l| {
-                l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(str::to_string)).collect()
-            }).unwrap_or_default();
+            let roles: Vec<String> = obj["metadata"]["labels"]
+                .as_object()
+                .map(|l| {
+                    l.keys()
+                        .filter_map(|k| {
+                            k.strip_prefix("node-role.kubernetes.io/")
+                                .map(str::to_string)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             json!(or_none(roles.join(",")))
         }
         ("Node", "Version") => json!(s(&st["nodeInfo"]["kubeletVersion"])),
         ("Node", "Internal-IP") | ("Node", "External-IP") => {
-            let want = if column == "Internal-IP" { "InternalIP" } else { "ExternalIP" };
-            let ips: Vec<&str> = st["addresses"].as_array().map(|a| a.iter().filter(|x| x["type"] == want).map(|x| s(&x["address"])).collect()).unwrap_or_default();
+            let want = if column == "Internal-IP" {
+                "InternalIP"
+            } else {
+                "ExternalIP"
+            };
+            let ips: Vec<&str> = st["addresses"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|x| x["type"] == want)
+                        .map(|x| s(&x["address"]))
+                        .collect()
+                })
+                .unwrap_or_default();
             json!(or_none(ips.join(",")))
         }
         ("Node", "OS-Image") => json!(s(&st["nodeInfo"]["osImage"])),
@@ -358,9 +697,18 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
         ("Service", "Type") => json!(s(&spec["type"])),
         ("Service", "Cluster-IP") => json!(or_none(s(&spec["clusterIP"]).to_string())),
         ("Service", "External-IP") => {
-            let mut ips: Vec<String> = spec["externalIPs"].as_array().map(|a| a.iter().map(|x| s(x).to_string()).collect()).unwrap_or_default();
+            let mut ips: Vec<String> = spec["externalIPs"]
+                .as_array()
+                .map(|a| a.iter().map(|x| s(x).to_string()).collect())
+                .unwrap_or_default();
             if let Some(ing) = st["loadBalancer"]["ingress"].as_array() {
-                ips.extend(ing.iter().map(|i| if i["ip"].is_string() { s(&i["ip"]).to_string() } else { s(&i["hostname"]).to_string() }));
+                ips.extend(ing.iter().map(|i| {
+                    if i["ip"].is_string() {
+                        s(&i["ip"]).to_string()
+                    } else {
+                        s(&i["hostname"]).to_string()
+                    }
+                }));
             }
             if spec["type"] == "ExternalName" {
                 return json!(s(&spec["externalName"]));
@@ -372,7 +720,10 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
         }
         ("Service", "Port(s)") => json!(service_ports(obj)),
         ("Service", "Selector") => json!(or_none(selector_string(&spec["selector"]))),
-        ("ConfigMap", "Data") => json!(obj["data"].as_object().map_or(0, |m| m.len()) + obj["binaryData"].as_object().map_or(0, |m| m.len())),
+        ("ConfigMap", "Data") => json!(
+            obj["data"].as_object().map_or(0, |m| m.len())
+                + obj["binaryData"].as_object().map_or(0, |m| m.len())
+        ),
         ("Secret", "Type") => json!(s(&obj["type"])),
         ("Secret", "Data") => json!(obj["data"].as_object().map_or(0, |m| m.len())),
         ("ServiceAccount", "Secrets") => json!(obj["secrets"].as_array().map_or(0, Vec::len)),
@@ -388,17 +739,31 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
             json!(or_none(eps.join(",")))
         }
         ("Event", "Last Seen") => {
-            let ts = if obj["lastTimestamp"].is_string() { &obj["lastTimestamp"] } else if obj["eventTime"].is_string() { &obj["eventTime"] } else { &obj["metadata"]["creationTimestamp"] };
+            let ts = if obj["lastTimestamp"].is_string() {
+                &obj["lastTimestamp"]
+            } else if obj["eventTime"].is_string() {
+                &obj["eventTime"]
+            } else {
+                &obj["metadata"]["creationTimestamp"]
+            };
             json!(age_of(ts))
         }
         ("Event", "Type") => json!(s(&obj["type"])),
         ("Event", "Reason") => json!(s(&obj["reason"])),
-        ("Event", "Object") => json!(format!("{}/{}", s(&obj["involvedObject"]["kind"]).to_lowercase(), s(&obj["involvedObject"]["name"]))),
+        ("Event", "Object") => json!(format!(
+            "{}/{}",
+            s(&obj["involvedObject"]["kind"]).to_lowercase(),
+            s(&obj["involvedObject"]["name"])
+        )),
         ("Event", "Message") => json!(s(&obj["message"])),
         (_, "Desired") if ri.kind != "DaemonSet" => json!(count(&spec["replicas"])),
         (_, "Current") if ri.kind != "DaemonSet" => json!(count(&st["replicas"])),
         ("ReplicaSet" | "ReplicationController", "Ready") => json!(count(&st["readyReplicas"])),
-        ("Deployment" | "StatefulSet", "Ready") => json!(format!("{}/{}", count(&st["readyReplicas"]), count(&spec["replicas"]))),
+        ("Deployment" | "StatefulSet", "Ready") => json!(format!(
+            "{}/{}",
+            count(&st["readyReplicas"]),
+            count(&spec["replicas"])
+        )),
         ("Deployment", "Up-to-date") => json!(count(&st["updatedReplicas"]).to_string()),
         ("Deployment", "Available") => json!(count(&st["availableReplicas"]).to_string()),
         (_, "Containers") => json!(join_names(&spec["template"]["spec"]["containers"], "name")),
@@ -410,54 +775,150 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
         ("DaemonSet", "Up-to-date") => json!(count(&st["updatedNumberScheduled"])),
         ("DaemonSet", "Available") => json!(count(&st["numberAvailable"])),
         ("DaemonSet", "Node Selector") => {
-            let ns: Vec<String> = spec["template"]["spec"]["nodeSelector"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect()).unwrap_or_default();
+            let ns: Vec<String> = spec["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+                .unwrap_or_default();
             json!(or_none(ns.join(",")))
         }
         ("Job", "Status") => {
             let conds = st["conditions"].as_array().cloned().unwrap_or_default();
-            let has = |t: &str| conds.iter().any(|c| c["type"] == t && c["status"] == "True");
-            let status = if has("Complete") { "Complete" } else if has("Failed") { "Failed" } else if has("Suspended") { "Suspended" } else if has("FailureTarget") { "FailureTarget" } else { "Running" };
+            let has = |t: &str| {
+                conds
+                    .iter()
+                    .any(|c| c["type"] == t && c["status"] == "True")
+            };
+            let status = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if has("Suspended") {
+                "Suspended"
+            } else if has("FailureTarget") {
+                "FailureTarget"
+            } else {
+                "Running"
+            };
             json!(status)
         }
-        ("Job", "Completions") => json!(format!("{}/{}", count(&st["succeeded"]), spec["completions"].as_i64().map_or("1".to_string(), |c| c.to_string()))),
+        ("Job", "Completions") => json!(format!(
+            "{}/{}",
+            count(&st["succeeded"]),
+            spec["completions"]
+                .as_i64()
+                .map_or("1".to_string(), |c| c.to_string())
+        )),
         ("Job", "Duration") => {
-            let start = st["startTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
-            let end = st["completionTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or_else(jiff::Timestamp::now);
+            let start = st["startTime"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let end = st["completionTime"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .unwrap_or_else(jiff::Timestamp::now);
             json!(start.map_or(String::new(), |s| human_duration((end - s).get_seconds())))
         }
         ("CronJob", "Schedule") => json!(s(&spec["schedule"])),
         ("CronJob", "Timezone") => json!(or_none(s(&spec["timeZone"]).to_string())),
         ("CronJob", "Suspend") => json!(spec["suspend"].as_bool().unwrap_or(false)),
         ("CronJob", "Active") => json!(st["active"].as_array().map_or(0, Vec::len)),
-        ("CronJob", "Last Schedule") => json!(if st["lastScheduleTime"].is_string() { age_of(&st["lastScheduleTime"]) } else { "<none>".into() }),
-        ("HorizontalPodAutoscaler", "Reference") => json!(format!("{}/{}", s(&spec["scaleTargetRef"]["kind"]), s(&spec["scaleTargetRef"]["name"]))),
+        ("CronJob", "Last Schedule") => json!(if st["lastScheduleTime"].is_string() {
+            age_of(&st["lastScheduleTime"])
+        } else {
+            "<none>".into()
+        }),
+        ("HorizontalPodAutoscaler", "Reference") => json!(format!(
+            "{}/{}",
+            s(&spec["scaleTargetRef"]["kind"]),
+            s(&spec["scaleTargetRef"]["name"])
+        )),
         ("HorizontalPodAutoscaler", "Targets") => {
             let metrics = spec["metrics"].as_array().cloned().unwrap_or_default();
-            let parts: Vec<String> = metrics.iter().map(|m| {
-                let t = &m["resource"]["target"];
-                let target = if t["averageUtilization"].is_number() { format!("{}%", count(&t["averageUtilization"])) } else { s(&t["averageValue"]).to_string() };
-                format!("{}: <unknown>/{target}", s(&m["resource"]["name"]))
-            }).collect();
+            let parts: Vec<String> = metrics
+                .iter()
+                .map(|m| {
+                    let t = &m["resource"]["target"];
+                    let target = if t["averageUtilization"].is_number() {
+                        format!("{}%", count(&t["averageUtilization"]))
+                    } else {
+                        s(&t["averageValue"]).to_string()
+                    };
+                    format!("{}: <unknown>/{target}", s(&m["resource"]["name"]))
+                })
+                .collect();
             json!(or_none(parts.join(", ")))
         }
-        ("HorizontalPodAutoscaler", "MinPods") => json!(spec["minReplicas"].as_i64().unwrap_or(1).to_string()),
+        ("HorizontalPodAutoscaler", "MinPods") => {
+            json!(spec["minReplicas"].as_i64().unwrap_or(1).to_string())
+        }
         ("HorizontalPodAutoscaler", "MaxPods") => json!(count(&spec["maxReplicas"])),
         ("HorizontalPodAutoscaler", "Replicas") => json!(count(&st["currentReplicas"])),
         ("Ingress", "Class") => json!(or_none(s(&spec["ingressClassName"]).to_string())),
         ("Ingress", "Hosts") => {
-            let hosts: Vec<String> = spec["rules"].as_array().map(|r| r.iter().map(|x| if x["host"].is_string() { s(&x["host"]).to_string() } else { "*".into() }).collect()).unwrap_or_default();
-            json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") })
+            let hosts: Vec<String> = spec["rules"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .map(|x| {
+                            if x["host"].is_string() {
+                                s(&x["host"]).to_string()
+                            } else {
+                                "*".into()
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!(if hosts.is_empty() {
+                "*".to_string()
+            } else {
+                hosts.join(",")
+            })
         }
         ("Ingress", "Address") => {
-            let a: Vec<String> = st["loadBalancer"]["ingress"].as_array().map(|r| r.iter().map(|i| if i["ip"].is_string() { s(&i["ip"]).to_string() } else { s(&i["hostname"]).to_string() }).collect()).unwrap_or_default();
+            let a: Vec<String> = st["loadBalancer"]["ingress"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .map(|i| {
+                            if i["ip"].is_string() {
+                                s(&i["ip"]).to_string()
+                            } else {
+                                s(&i["hostname"]).to_string()
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             json!(a.join(","))
         }
-        ("Ingress", "Ports") => json!(if spec["tls"].as_array().is_some_and(|t| !t.is_empty()) { "80, 443" } else { "80" }),
+        ("Ingress", "Ports") => json!(if spec["tls"].as_array().is_some_and(|t| !t.is_empty()) {
+            "80, 443"
+        } else {
+            "80"
+        }),
         ("PersistentVolumeClaim", "Status") => json!(s(&st["phase"])),
         ("PersistentVolumeClaim", "Volume") => json!(s(&spec["volumeName"])),
         ("PersistentVolumeClaim", "Capacity") => json!(s(&st["capacity"]["storage"])),
-        ("PersistentVolumeClaim", "Access Modes") => json!(st["accessModes"].as_array().map(|a| a.iter().map(|m| match s(m) { "ReadWriteOnce" => "RWO", "ReadOnlyMany" => "ROX", "ReadWriteMany" => "RWX", "ReadWriteOncePod" => "RWOP", x => x }).collect::<Vec<_>>().join(",")).unwrap_or_default()),
-        ("PersistentVolumeClaim", "StorageClass") => json!(or_none(s(&spec["storageClassName"]).to_string())),
+        ("PersistentVolumeClaim", "Access Modes") => json!(
+            st["accessModes"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .map(|m| match s(m) {
+                        "ReadWriteOnce" => "RWO",
+                        "ReadOnlyMany" => "ROX",
+                        "ReadWriteMany" => "RWX",
+                        "ReadWriteOncePod" => "RWOP",
+                        x => x,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default()
+        ),
+        ("PersistentVolumeClaim", "StorageClass") => {
+            json!(or_none(s(&spec["storageClassName"]).to_string()))
+        }
         ("Lease", "Holder") => json!(s(&spec["holderIdentity"])),
         _ => json!(""),
     }

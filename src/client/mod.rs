@@ -38,7 +38,10 @@ impl ClientConfig {
     /// A client authenticating as `user` in `groups`.
     pub fn client_for(&self, user: &str, groups: &[&str]) -> Result<kube::Client, Error> {
         let (cert, key) = pki::issue_client_cert(&self.ca_pem, &self.ca_key_pem, user, groups)?;
-        let url = self.url.parse::<http::Uri>().map_err(|_| Error::Url(self.url.clone()))?;
+        let url = self
+            .url
+            .parse::<http::Uri>()
+            .map_err(|_| Error::Url(self.url.clone()))?;
         let mut config = kube::Config::new(url);
         config.root_cert = Some(pem_to_der(&self.ca_pem));
         let b64 = base64::engine::general_purpose::STANDARD;

@@ -12,7 +12,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => {
             init_tracing(args.debug);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(server::run(args))
         }
     }
@@ -20,7 +22,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_tracing(debug: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if debug { "debug,sled=info,hyper=info,h2=info,rustls=info,kube=info,tower=info" } else { "info" };
+    let default = if debug {
+        "debug,sled=info,hyper=info,h2=info,rustls=info,kube=info,tower=info"
+    } else {
+        "info"
+    };
     let filter = EnvFilter::try_from_env("KAJI_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -18,7 +18,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server_dir = args.data_dir.join("server");
-    std::fs::create_dir_all(&server_dir).with_context(|| format!("creating {}", server_dir.display()))?;
+    std::fs::create_dir_all(&server_dir)
+        .with_context(|| format!("creating {}", server_dir.display()))?;
 
     let token = ensure_token(&server_dir, args.token.as_deref())?;
     let _ = token;
@@ -50,7 +51,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .context("preparing certificates")?;
 
     let db = server_dir.join("db");
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&db).with_context(|| format!("opening store at {}", db.display()))?);
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open(&db).with_context(|| format!("opening store at {}", db.display()))?,
+    );
 
     let tokens = match &args.token_auth_file {
         Some(p) => TokenAuthenticator::from_file(p)?,
@@ -58,11 +61,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     let bind = SocketAddr::new(args.bind_address, args.https_listen_port);
-    let advertise_ip = args.advertise_address.unwrap_or(if args.bind_address.is_unspecified() {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        args.bind_address
-    });
+    let advertise_ip = args
+        .advertise_address
+        .unwrap_or(if args.bind_address.is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            args.bind_address
+        });
     let running = apiserver::start(
         apiserver::Config {
             bind,
@@ -111,7 +116,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .context("starting controllers")?;
 
     if !args.disable_agent {
-        tracing::warn!("the node agent is not part of this build yet; running the control plane only (as with --disable-agent)");
+        tracing::warn!(
+            "the node agent is not part of this build yet; running the control plane only (as with --disable-agent)"
+        );
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, url = %local, "kaji server is ready");
 
@@ -145,7 +152,10 @@ fn ensure_token(server_dir: &std::path::Path, given: Option<&str>) -> anyhow::Re
     if let Some(t) = given {
         if let Ok(existing) = std::fs::read_to_string(&path) {
             if existing.trim() != t {
-                anyhow::bail!("--token does not match the token this server was initialised with ({})", path.display());
+                anyhow::bail!(
+                    "--token does not match the token this server was initialised with ({})",
+                    path.display()
+                );
             }
             return Ok(t.to_string());
         }
@@ -157,10 +167,17 @@ fn ensure_token(server_dir: &std::path::Path, given: Option<&str>) -> anyhow::Re
         None => {
             use rand::Rng;
             let mut rng = rand::rng();
-            (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+            (0..32)
+                .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+                .collect()
         }
     };
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&path)
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
         .with_context(|| format!("writing {}", path.display()))?;
     writeln!(f, "{token}")?;
     Ok(token)

@@ -58,7 +58,13 @@ pub struct ServerArgs {
     #[arg(short = 'c', long, env = "KAJI_CONFIG_FILE", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Folder to hold state.
-    #[arg(short = 'd', long, env = "KAJI_DATA_DIR", default_value = "/var/lib/kaji", value_name = "DIR")]
+    #[arg(
+        short = 'd',
+        long,
+        env = "KAJI_DATA_DIR",
+        default_value = "/var/lib/kaji",
+        value_name = "DIR"
+    )]
     pub data_dir: PathBuf,
     /// IP address the API server listens on.
     #[arg(long, env = "KAJI_BIND_ADDRESS", default_value = "0.0.0.0")]
@@ -73,7 +79,13 @@ pub struct ServerArgs {
     #[arg(long, env = "KAJI_TLS_SAN", value_delimiter = ',')]
     pub tls_san: Vec<String>,
     /// Write the admin kubeconfig to this file.
-    #[arg(short = 'o', long, env = "KAJI_KUBECONFIG_OUTPUT", default_value = "/etc/kaji/kaji.yaml", value_name = "FILE")]
+    #[arg(
+        short = 'o',
+        long,
+        env = "KAJI_KUBECONFIG_OUTPUT",
+        default_value = "/etc/kaji/kaji.yaml",
+        value_name = "FILE"
+    )]
     pub write_kubeconfig: PathBuf,
     /// Write the kubeconfig with this mode (octal).
     #[arg(long, env = "KAJI_KUBECONFIG_MODE", default_value = "0600", value_parser = parse_mode)]
@@ -103,15 +115,26 @@ pub struct ServerArgs {
     #[arg(long, env = "KAJI_DEBUG")]
     pub debug: bool,
     /// Seconds between compactions of the store's history.
-    #[arg(long, env = "KAJI_STORE_COMPACTION_INTERVAL", default_value_t = 300, hide = true)]
+    #[arg(
+        long,
+        env = "KAJI_STORE_COMPACTION_INTERVAL",
+        default_value_t = 300,
+        hide = true
+    )]
     pub store_compaction_interval: u64,
     /// Revisions of history kept by each compaction.
-    #[arg(long, env = "KAJI_STORE_COMPACTION_RETAIN", default_value_t = 10_000, hide = true)]
+    #[arg(
+        long,
+        env = "KAJI_STORE_COMPACTION_RETAIN",
+        default_value_t = 10_000,
+        hide = true
+    )]
     pub store_compaction_retain: u64,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|e| format!("invalid octal mode {s:?}: {e}"))
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|e| format!("invalid octal mode {s:?}: {e}"))
 }
 
 impl ServerArgs {
@@ -171,12 +194,19 @@ fn find_flag(args: &[OsString], long: &str, short: &str) -> Option<PathBuf> {
 
 /// Turns a config file into command-line flags.
 pub fn config_file_args(path: &Path) -> Result<Vec<String>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.display().to_string(), source })?;
-    let invalid = |reason: String| Error::Invalid { path: path.display().to_string(), reason };
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let invalid = |reason: String| Error::Invalid {
+        path: path.display().to_string(),
+        reason,
+    };
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let doc: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     let map = match doc {
         serde_json::Value::Object(m) => m,
         serde_json::Value::Null => return Ok(Vec::new()),
@@ -185,8 +215,13 @@ pub fn config_file_args(path: &Path) -> Result<Vec<String>, Error> {
     let cmd = ServerArgs::augment_args(clap::Command::new("server"));
     let mut out = Vec::new();
     for (key, value) in map {
-        let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(key.as_str())) else {
-            return Err(invalid(format!("unknown key {key:?} (keys are `kaji server` flag names)")));
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()))
+        else {
+            return Err(invalid(format!(
+                "unknown key {key:?} (keys are `kaji server` flag names)"
+            )));
         };
         if key == "config" {
             continue;
@@ -251,10 +286,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("config.yaml");
         std::fs::write(&f, "https-listen-port: 7443\ntls-san:\n  - a.example\n  - b.example\ndisable-agent: true\ncluster-domain: corp.local\n").unwrap();
-        let args: Vec<OsString> = ["kaji", "server", "--config", f.to_str().unwrap(), "--cluster-domain", "x.local"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let args: Vec<OsString> = [
+            "kaji",
+            "server",
+            "--config",
+            f.to_str().unwrap(),
+            "--cluster-domain",
+            "x.local",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         let merged = with_config_file(args).unwrap();
         let Command::Server(s) = Cli::parse_from(merged).command;
         assert_eq!(s.https_listen_port, 7443);

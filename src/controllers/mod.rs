@@ -25,7 +25,10 @@ impl Controllers {
 }
 
 /// Starts every controller; they run until `shutdown`.
-pub async fn start(cfg: ClientConfig, shutdown: CancellationToken) -> Result<Controllers, client::Error> {
+pub async fn start(
+    cfg: ClientConfig,
+    shutdown: CancellationToken,
+) -> Result<Controllers, client::Error> {
     let client = cfg.client_for("system:kube-controller-manager", &[])?;
     let tasks = vec![tokio::spawn(namespace::run(client, shutdown))];
     Ok(Controllers { tasks })

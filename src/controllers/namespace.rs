@@ -24,8 +24,6 @@ pub const FINALIZER: &str = "kubernetes";
 enum Error {
     #[error("API request failed: {0}")]
     Kube(#[from] kube::Error),
-    #[error("encoding the finalize request: {0}")]
-    Encode(#[from] serde_json::Error),
 }
 
 struct Ctx {
@@ -56,13 +54,30 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if ns.metadata.deletion_timestamp.is_none() {
         return Ok(Action::await_change());
     }
-    let finalizers = ns.spec.as_ref().and_then(|s| s.finalizers.clone()).unwrap_or_default();
+    let finalizers = ns
+        .spec
+        .as_ref()
+        .and_then(|s| s.finalizers.clone())
+        .unwrap_or_default();
     if !finalizers.iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
     let name = ns.name_any();
+    // Give clients deleting a manifest (namespace first, then its contents) a moment to
+    // delete their own objects before the sweep, as the upstream controller's discovery
+    // pass does in practice.
+    if let Some(ts) = &ns.metadata.deletion_timestamp {
+        let age = jiff::Timestamp::now().duration_since(ts.0);
+        if age < jiff::SignedDuration::from_secs(2) {
+            let wait = (jiff::SignedDuration::from_secs(2) - age).unsigned_abs();
+            return Ok(Action::requeue(wait.min(Duration::from_secs(2))));
+        }
+    }
     let mut remaining = 0usize;
-    for ri in RESOURCES.iter().filter(|r| r.namespaced && r.is_storage_version()) {
+    for ri in RESOURCES
+        .iter()
+        .filter(|r| r.namespaced && r.is_storage_version())
+    {
         let gvk = GroupVersionKind::gvk(ri.group, ri.version, ri.kind);
         let ar = ApiResource::from_gvk_with_plural(&gvk, ri.plural);
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &name, &ar);
@@ -70,7 +85,9 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         if left.items.is_empty() {
             continue;
         }
-        let _ = api.delete_collection(&DeleteParams::background(), &ListParams::default()).await?;
+        let _ = api
+            .delete_collection(&DeleteParams::background(), &ListParams::default())
+            .await?;
         let after = api.list_metadata(&ListParams::default()).await?;
         remaining += after.items.len();
     }
@@ -84,7 +101,7 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
     finalized.metadata.managed_fields = None;
     let api: Api<Namespace> = Api::all(ctx.client.clone());
-    api.replace_subresource("finalize", &name, &PostParams::default(), serde_json::to_vec(&finalized)?)
+    api.replace_subresource("finalize", &name, &PostParams::default(), &finalized)
         .await?;
     tracing::info!(namespace = %name, "namespace emptied and finalized");
     Ok(Action::await_change())

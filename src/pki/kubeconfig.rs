@@ -72,8 +72,16 @@ mod tests {
         })
         .unwrap();
         let url = "https://127.0.0.1:6443";
-        write_kubeconfig(&path, 0o600, url, &pki.ca_cert_pem, &pki.admin_cert_pem, &pki.admin_key_pem, "default")
-            .unwrap();
+        write_kubeconfig(
+            &path,
+            0o600,
+            url,
+            &pki.ca_cert_pem,
+            &pki.admin_cert_pem,
+            &pki.admin_key_pem,
+            "default",
+        )
+        .unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
@@ -89,16 +97,39 @@ mod tests {
         assert_eq!(v["clusters"][0]["cluster"]["server"], url);
         assert_eq!(v["users"][0]["name"], "default");
         let decode = |v: &Value| {
-            let b = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
             String::from_utf8(b).unwrap()
         };
-        assert_eq!(decode(&v["clusters"][0]["cluster"]["certificate-authority-data"]), pki.ca_cert_pem);
-        assert_eq!(decode(&v["users"][0]["user"]["client-certificate-data"]), pki.admin_cert_pem);
-        assert_eq!(decode(&v["users"][0]["user"]["client-key-data"]), pki.admin_key_pem);
+        assert_eq!(
+            decode(&v["clusters"][0]["cluster"]["certificate-authority-data"]),
+            pki.ca_cert_pem
+        );
+        assert_eq!(
+            decode(&v["users"][0]["user"]["client-certificate-data"]),
+            pki.admin_cert_pem
+        );
+        assert_eq!(
+            decode(&v["users"][0]["user"]["client-key-data"]),
+            pki.admin_key_pem
+        );
 
         // Rewriting replaces the file (and its mode) atomically, leaving no temporary files.
-        write_kubeconfig(&path, 0o644, "https://10.0.0.1:6443", "ca", "cert", "key", "default").unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        write_kubeconfig(
+            &path,
+            0o644,
+            "https://10.0.0.1:6443",
+            "ca",
+            "cert",
+            "key",
+            "default",
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         let entries: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(entries.len(), 1);
     }

@@ -98,7 +98,10 @@ pub enum Error {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn gen_err(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> Error {
@@ -161,20 +164,24 @@ pub fn ensure(cfg: &PkiConfig) -> Result<ServerPki, Error> {
     let ca = Ca::parse(&ca_cert_pem, &ca_key_pem)?;
 
     let (dns, ips) = serving_sans(cfg);
-    let serving = load_pair(&cfg.dir, SERVING_CERT, SERVING_KEY)?
-        .filter(|(cert, key)| {
-            leaf_reusable(&ca, cert, key, SERVING_CERT, |c| covers_sans(c, &dns, &ips))
-        });
+    let serving = load_pair(&cfg.dir, SERVING_CERT, SERVING_KEY)?.filter(|(cert, key)| {
+        leaf_reusable(&ca, cert, key, SERVING_CERT, |c| covers_sans(c, &dns, &ips))
+    });
     let (serving_cert_pem, serving_key_pem) = match serving {
         Some(pair) => pair,
         None => {
             let mut params = leaf_params(SERVING_CN, &[])?;
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             for name in &dns {
-                let san = name.clone().try_into().map_err(|_| Error::Name(name.clone()))?;
+                let san = name
+                    .clone()
+                    .try_into()
+                    .map_err(|_| Error::Name(name.clone()))?;
                 params.subject_alt_names.push(SanType::DnsName(san));
             }
-            params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+            params
+                .subject_alt_names
+                .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
             let pair = ca.issue(params, "serving certificate")?;
             store_pair(&cfg.dir, SERVING_CERT, SERVING_KEY, &pair)?;
             tracing::info!(dns = ?dns, ips = ?ips, "issued API server serving certificate");
@@ -230,7 +237,12 @@ pub fn identity_from_der(der: &[u8]) -> Option<(String, Vec<String>)> {
 
 fn identity(cert: &X509Certificate<'_>) -> Option<(String, Vec<String>)> {
     let subject = cert.subject();
-    let cn = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     let groups = subject
         .iter_organization()
         .filter_map(|o| o.as_str().ok())
@@ -262,7 +274,8 @@ impl Ca {
                 return Err(Error::Ca("key does not match the certificate".into()));
             }
             if !cert.validity().is_valid() {
-                tracing::warn!(not_after = %cert.validity().not_after, "the cluster CA certificate is not valid now");
+                let not_after = cert.validity().not_after;
+                tracing::warn!(%not_after, "the cluster CA certificate is not valid now");
             }
         }
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
@@ -270,10 +283,16 @@ impl Ca {
         Ok(Ca { der, issuer })
     }
 
-    fn issue(&self, params: CertificateParams, what: impl Into<String>) -> Result<(String, String), Error> {
+    fn issue(
+        &self,
+        params: CertificateParams,
+        what: impl Into<String>,
+    ) -> Result<(String, String), Error> {
         let what = what.into();
         let key = KeyPair::generate().map_err(gen_err(format!("key for {what}")))?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(gen_err(what))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(gen_err(what))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
@@ -303,9 +322,10 @@ fn ensure_ca(dir: &Path) -> Result<(String, String), Error> {
             let key = KeyPair::generate().map_err(gen_err("CA key"))?;
             let mut params = CertificateParams::default();
             params.distinguished_name = DistinguishedName::new();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, format!("kaji-server-ca@{}", unix_now().as_secs()));
+            params.distinguished_name.push(
+                DnType::CommonName,
+                format!("kaji-server-ca@{}", unix_now().as_secs()),
+            );
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             params.key_usages = vec![
                 KeyUsagePurpose::KeyCertSign,
@@ -314,7 +334,9 @@ fn ensure_ca(dir: &Path) -> Result<(String, String), Error> {
             ];
             set_validity(&mut params, CA_VALIDITY_DAYS);
             params.serial_number = Some(random_serial());
-            let cert = params.self_signed(&key).map_err(gen_err("CA certificate"))?;
+            let cert = params
+                .self_signed(&key)
+                .map_err(gen_err("CA certificate"))?;
             let pair = (cert.pem(), key.serialize_pem());
             // Key first: a crash in between leaves no certificate, which regenerates both.
             write_atomic(&key_path, pair.1.as_bytes(), 0o600)?;
@@ -340,8 +362,12 @@ fn leaf_params(cn: &str, orgs: &[&str]) -> Result<CertificateParams, Error> {
         [] => {}
         [o] => params.distinguished_name.push(DnType::OrganizationName, *o),
         [o1, o2] => {
-            params.distinguished_name.push(DnType::OrganizationName, *o1);
-            params.distinguished_name.push(DnType::CustomDnType(vec![2, 5, 4, 10]), *o2);
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, *o1);
+            params
+                .distinguished_name
+                .push(DnType::CustomDnType(vec![2, 5, 4, 10]), *o2);
         }
         more => return Err(Error::TooManyOrganizations(more.len())),
     }
@@ -401,10 +427,16 @@ fn serving_sans(cfg: &PkiConfig) -> (BTreeSet<String>, BTreeSet<IpAddr>) {
     .collect();
     let domain = cfg.cluster_domain.trim_matches('.');
     if !domain.is_empty() {
-        dns.insert(format!("kubernetes.default.svc.{}", domain.to_ascii_lowercase()));
+        dns.insert(format!(
+            "kubernetes.default.svc.{}",
+            domain.to_ascii_lowercase()
+        ));
     }
-    let mut ips: BTreeSet<IpAddr> =
-        [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)].into();
+    let mut ips: BTreeSet<IpAddr> = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ]
+    .into();
     for h in &cfg.hostnames {
         let h = h.trim();
         match h.parse::<IpAddr>() {
@@ -449,7 +481,9 @@ fn covers_sans(cert: &X509Certificate<'_>, dns: &BTreeSet<String>, ips: &BTreeSe
 // Helpers
 
 fn unix_now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 fn set_validity(params: &mut CertificateParams, days: u64) {
@@ -498,8 +532,15 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
         _ => Path::new("."),
     };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{file_name}.tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let result = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -508,7 +549,8 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         // The umask may have narrowed the mode; set it exactly.
-        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err(&tmp))?;
         f.write_all(contents).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         fs::rename(&tmp, path).map_err(io_err(path))
@@ -561,13 +603,24 @@ mod tests {
         for key in [CA_KEY, SERVING_KEY, ADMIN_KEY] {
             assert_eq!(mode(&c.dir.join(key)), 0o600, "{key}");
         }
-        assert_eq!(fs::read_to_string(c.dir.join(CA_CERT)).unwrap(), first.ca_cert_pem);
+        assert_eq!(
+            fs::read_to_string(c.dir.join(CA_CERT)).unwrap(),
+            first.ca_cert_pem
+        );
         let ca = pem_to_der(&first.ca_cert_pem).unwrap();
         let (_, ca) = X509Certificate::from_der(&ca).unwrap();
-        let cn = ca.subject().iter_common_name().next().unwrap().as_str().unwrap().to_string();
+        let cn = ca
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(cn.starts_with("kaji-server-ca@"), "{cn}");
         assert!(ca.is_ca());
-        let years = (ca.validity().not_after.timestamp() - ca.validity().not_before.timestamp()) / (365 * 86400);
+        let years = (ca.validity().not_after.timestamp() - ca.validity().not_before.timestamp())
+            / (365 * 86400);
         assert_eq!(years, 10);
         // Keys are not printed.
         assert!(!format!("{first:?}").contains("PRIVATE KEY"));
@@ -588,7 +641,9 @@ mod tests {
         let leaf = der(&second.serving_cert_pem);
         for name in ["api.example.com", "192.168.1.10", "node1", "10.43.0.1"] {
             let name = ServerName::try_from(name).unwrap();
-            verifier.verify_server_cert(&leaf, &[], &name, &[], UnixTime::now()).unwrap();
+            verifier
+                .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+                .unwrap();
         }
         // Dropping a SAN keeps the (still covering) certificate.
         c.hostnames.pop();
@@ -606,7 +661,13 @@ mod tests {
         assert_ne!(first.serving_cert_pem, second.serving_cert_pem);
         assert_ne!(first.admin_cert_pem, second.admin_cert_pem);
         server_verifier(&second.ca_cert_pem)
-            .verify_server_cert(&der(&second.serving_cert_pem), &[], &ServerName::try_from("localhost").unwrap(), &[], UnixTime::now())
+            .verify_server_cert(
+                &der(&second.serving_cert_pem),
+                &[],
+                &ServerName::try_from("localhost").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
             .unwrap();
     }
 
@@ -652,11 +713,19 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         let other = ServerName::try_from("example.com").unwrap();
-        assert!(verifier.verify_server_cert(&leaf, &[], &other, &[], UnixTime::now()).is_err());
+        assert!(
+            verifier
+                .verify_server_cert(&leaf, &[], &other, &[], UnixTime::now())
+                .is_err()
+        );
         // The admin certificate is a client certificate, not a server one.
         let admin = der(&pki.admin_cert_pem);
         let localhost = ServerName::try_from("localhost").unwrap();
-        assert!(verifier.verify_server_cert(&admin, &[], &localhost, &[], UnixTime::now()).is_err());
+        assert!(
+            verifier
+                .verify_server_cert(&admin, &[], &localhost, &[], UnixTime::now())
+                .is_err()
+        );
     }
 
     #[test]
@@ -672,24 +741,42 @@ mod tests {
         .build()
         .unwrap();
         let admin = der(&pki.admin_cert_pem);
-        verifier.verify_client_cert(&admin, &[], UnixTime::now()).unwrap();
+        verifier
+            .verify_client_cert(&admin, &[], UnixTime::now())
+            .unwrap();
         assert_eq!(
             identity_from_der(&admin),
-            Some(("system:admin".to_string(), vec!["system:masters".to_string()]))
+            Some((
+                "system:admin".to_string(),
+                vec!["system:masters".to_string()]
+            ))
         );
 
-        let (cert, key) =
-            issue_client_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "system:kube-scheduler", &[]).unwrap();
+        let (cert, key) = issue_client_cert(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            "system:kube-scheduler",
+            &[],
+        )
+        .unwrap();
         assert!(key.contains("PRIVATE KEY"));
         let d = der(&cert);
-        verifier.verify_client_cert(&d, &[], UnixTime::now()).unwrap();
-        assert_eq!(identity_from_der(&d), Some(("system:kube-scheduler".to_string(), vec![])));
+        verifier
+            .verify_client_cert(&d, &[], UnixTime::now())
+            .unwrap();
+        assert_eq!(
+            identity_from_der(&d),
+            Some(("system:kube-scheduler".to_string(), vec![]))
+        );
 
         let (cert, _) =
             issue_client_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "alice", &["dev", "ops"]).unwrap();
         assert_eq!(
             identity_from_der(&der(&cert)),
-            Some(("alice".to_string(), vec!["dev".to_string(), "ops".to_string()]))
+            Some((
+                "alice".to_string(),
+                vec!["dev".to_string(), "ops".to_string()]
+            ))
         );
         assert!(matches!(
             issue_client_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "bob", &["a", "b", "c"]),
@@ -718,9 +805,12 @@ mod tests {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der(&pki.ca_cert_pem)).unwrap();
         let roots = Arc::new(roots);
-        let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .unwrap();
+        let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
         let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()

@@ -148,8 +148,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads keys starting with `prefix` in key order, strictly after `start_after` when
     /// given, at most `limit` of them (`0` = no limit), as one consistent snapshot.
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize)
-    -> Result<ListResult>;
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult>;
 
     /// Creates `key` if absent; fails with [`Error::AlreadyExists`] otherwise.
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue>;

@@ -18,7 +18,11 @@ pub struct Server {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn kaji_bin() -> PathBuf {
@@ -132,13 +136,24 @@ impl Server {
             .env("HOME", self.dir.path())
             .arg(format!("--cache-dir={}", cache.display()))
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
         if let Some(input) = stdin {
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
         }
         child.wait_with_output().unwrap()
     }
@@ -146,7 +161,9 @@ impl Server {
     /// A kube-rs client for the admin kubeconfig.
     pub async fn client(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
         kube::Client::try_from(cfg).unwrap()
     }
 }
@@ -169,13 +186,21 @@ impl Drop for Server {
 }
 
 pub fn signal(pid: i32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// GET /readyz over TLS without verification (it is unauthenticated).
 pub fn readyz(port: u16) -> bool {
     let out = Command::new("curl")
-        .args(["-sk", "--max-time", "2", &format!("https://127.0.0.1:{port}/readyz")])
+        .args([
+            "-sk",
+            "--max-time",
+            "2",
+            &format!("https://127.0.0.1:{port}/readyz"),
+        ])
         .output();
     matches!(out, Ok(o) if o.status.success() && o.stdout == b"ok")
 }
@@ -192,7 +217,9 @@ pub fn kubectl_path(bin: &str) -> PathBuf {
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file())
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
     })
 }
 
@@ -207,10 +234,18 @@ pub fn stderr(o: &Output) -> String {
 /// Asserts a kubectl run succeeded and returns its stdout.
 #[track_caller]
 pub fn ok(o: Output) -> String {
-    assert!(o.status.success(), "kubectl failed ({}):\nstdout: {}\nstderr: {}", o.status, stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "kubectl failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
     stdout(&o)
 }
 
 pub fn testdata(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(p)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(p)
 }

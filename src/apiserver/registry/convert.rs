@@ -54,19 +54,28 @@ fn set_type(obj: &mut Value, api_version: &str, kind: &str) {
 }
 
 fn annotations(obj: &mut Value) -> Option<&mut Map<String, Value>> {
-    let meta = obj.as_object_mut()?.entry("metadata").or_insert_with(|| json!({}));
-    let ann = meta.as_object_mut()?.entry("annotations").or_insert_with(|| json!({}));
+    let meta = obj
+        .as_object_mut()?
+        .entry("metadata")
+        .or_insert_with(|| json!({}));
+    let ann = meta
+        .as_object_mut()?
+        .entry("annotations")
+        .or_insert_with(|| json!({}));
     ann.as_object_mut()
 }
 
 fn take_annotation(obj: &mut Value, key: &str) -> Option<Value> {
-    let ann = obj.get_mut("metadata")?.get_mut("annotations")?.as_object_mut()?;
+    let ann = obj
+        .get_mut("metadata")?
+        .get_mut("annotations")?
+        .as_object_mut()?;
     let raw = ann.remove(key)?;
     let parsed = raw.as_str().and_then(|s| serde_json::from_str(s).ok());
-    if ann.is_empty() {
-        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.remove("annotations");
-        }
+    if ann.is_empty()
+        && let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        meta.remove("annotations");
     }
     parsed
 }
@@ -226,7 +235,10 @@ mod tests {
                      "maxReplicas": 5, "targetCPUUtilizationPercentage": 50}});
         let stored = to_storage(v1, obj.clone());
         assert_eq!(stored["apiVersion"], "autoscaling/v2");
-        assert_eq!(stored["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 50);
+        assert_eq!(
+            stored["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            50
+        );
         let back = from_storage(v1, &stored);
         assert_eq!(back, obj);
     }

@@ -139,12 +139,15 @@ pub fn list_prefix(ri: &ResourceInfo, namespace: Option<&str>) -> String {
 
 /// The storage-version row for a served resource.
 pub fn storage_info(ri: &ResourceInfo) -> &'static ResourceInfo {
-    lookup(ri.storage.group, ri.storage.version, ri.storage.resource)
-        .unwrap_or_else(|| lookup(ri.group, ri.version, ri.plural).unwrap_or(&crate::api::RESOURCES[0]))
+    lookup(ri.storage.group, ri.storage.version, ri.storage.resource).unwrap_or_else(|| {
+        lookup(ri.group, ri.version, ri.plural).unwrap_or(&crate::api::RESOURCES[0])
+    })
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn meta(obj: &Value) -> &Value {
@@ -188,7 +191,9 @@ fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Encodes an object for the store: no resourceVersion (the revision is the version).
@@ -197,7 +202,9 @@ fn encode(obj: &Value) -> Result<Bytes, Status> {
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
-    serde_json::to_vec(&v).map(Bytes::from).map_err(|e| Status::internal(e.to_string()))
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| Status::internal(e.to_string()))
 }
 
 /// Maps a store error to an API Status for the given object.
@@ -241,11 +248,16 @@ fn decode_continue(token: &str) -> Result<(u64, String), Status> {
 }
 
 /// Whether `obj` passes the label and field selectors of `opts`.
-pub fn matches(ri: &ResourceInfo, obj: &Value, label: Option<&LabelSelector>, field: Option<&FieldSelector>) -> bool {
-    if let Some(l) = label {
-        if !l.matches(meta(obj).get("labels").and_then(Value::as_object)) {
-            return false;
-        }
+pub fn matches(
+    ri: &ResourceInfo,
+    obj: &Value,
+    label: Option<&LabelSelector>,
+    field: Option<&FieldSelector>,
+) -> bool {
+    if let Some(l) = label
+        && !l.matches(meta(obj).get("labels").and_then(Value::as_object))
+    {
+        return false;
     }
     if let Some(f) = field {
         let sri = storage_info(ri);
@@ -285,8 +297,16 @@ impl Registry {
     }
 
     /// Reads one object, in the version of `ri`.
-    pub async fn get(&self, ri: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<Value, Status> {
-        self.cache.sync().await.map_err(|e| Status::internal(e.to_string()))?;
+    pub async fn get(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, Status> {
+        self.cache
+            .sync()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         match self.cache.get(&key(ri, ns, name)).await {
             Some(e) => Ok(convert::from_storage(ri, &e.object)),
             None => Err(Status::not_found(ri.group, ri.plural, name)),
@@ -294,7 +314,12 @@ impl Registry {
     }
 
     /// Lists objects, in the version of `ri`.
-    pub async fn list(&self, ri: &ResourceInfo, ns: Option<&str>, opts: &ListOptions) -> Result<ListPage, Status> {
+    pub async fn list(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ListPage, Status> {
         if let Some(f) = &opts.field {
             check_field_selector(ri, f)?;
         }
@@ -304,26 +329,40 @@ impl Registry {
         if let Some(token) = opts.continue_token.as_deref().filter(|t| !t.is_empty()) {
             let (rv, start) = decode_continue(token)?;
             if !start.starts_with(&prefix) {
-                return Err(Status::bad_request("continue key is not valid: key does not match the request"));
+                return Err(Status::bad_request(
+                    "continue key is not valid: key does not match the request",
+                ));
             }
             start_after = Some(start);
             list_rev = Some(rv);
         }
         match opts.resource_version.as_deref() {
             None | Some("") => {
-                self.cache.sync().await.map_err(|e| Status::internal(e.to_string()))?;
+                self.cache
+                    .sync()
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
             }
             Some("0") => {}
             Some(rv) => {
                 let want = parse_rv(rv)?;
-                if opts.resource_version_match.as_deref() == Some("Exact") && want != self.cache.revision() {
+                if opts.resource_version_match.as_deref() == Some("Exact")
+                    && want != self.cache.revision()
+                {
                     return Err(Status::gone(format!(
                         "too old resource version: {want} ({})",
                         self.cache.revision()
                     )));
                 }
-                if !self.cache.wait_for(want, std::time::Duration::from_secs(3)).await {
-                    let mut s = Status::timeout(format!("Too large resource version: {want}, current: {}", self.cache.revision()));
+                if !self
+                    .cache
+                    .wait_for(want, std::time::Duration::from_secs(3))
+                    .await
+                {
+                    let mut s = Status::timeout(format!(
+                        "Too large resource version: {want}, current: {}",
+                        self.cache.revision()
+                    ));
                     s.reason = "Timeout";
                     s.retry_after = Some(1);
                     return Err(s);
@@ -337,7 +376,10 @@ impl Registry {
             })
             .await;
         let revision = list_rev.unwrap_or(revision);
-        let items = entries.iter().map(|e| convert::from_storage(ri, &e.object)).collect();
+        let items = entries
+            .iter()
+            .map(|e| convert::from_storage(ri, &e.object))
+            .collect();
         Ok(ListPage {
             items,
             revision,
@@ -347,9 +389,16 @@ impl Registry {
 
     /// Decodes a request body into a typed-checked object in the version of `ri`,
     /// dropping unknown fields per `fieldValidation`.
-    pub fn decode_object(&self, ri: &ResourceInfo, obj: Value, fv: FieldValidation) -> Result<(Value, Vec<String>), Status> {
+    pub fn decode_object(
+        &self,
+        ri: &ResourceInfo,
+        obj: Value,
+        fv: FieldValidation,
+    ) -> Result<(Value, Vec<String>), Status> {
         if !obj.is_object() {
-            return Err(Status::bad_request("the body of the request is not a JSON object"));
+            return Err(Status::bad_request(
+                "the body of the request is not a JSON object",
+            ));
         }
         // apiVersion/kind, when present, must name this resource.
         let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
@@ -378,11 +427,23 @@ impl Registry {
         if !checked.unknown_fields.is_empty() {
             match fv {
                 FieldValidation::Strict => {
-                    let list: Vec<String> = checked.unknown_fields.iter().map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.'))).collect();
-                    return Err(Status::bad_request(format!("strict decoding error: {}", list.join(", "))));
+                    let list: Vec<String> = checked
+                        .unknown_fields
+                        .iter()
+                        .map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.')))
+                        .collect();
+                    return Err(Status::bad_request(format!(
+                        "strict decoding error: {}",
+                        list.join(", ")
+                    )));
                 }
                 FieldValidation::Warn => {
-                    warnings.extend(checked.unknown_fields.iter().map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.'))));
+                    warnings.extend(
+                        checked
+                            .unknown_fields
+                            .iter()
+                            .map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.'))),
+                    );
                 }
                 FieldValidation::Ignore => {}
             }
@@ -399,10 +460,16 @@ impl Registry {
             return Ok(());
         }
         let Some(ns) = ns else {
-            return Err(Status::bad_request("the namespace of the object is required"));
+            return Err(Status::bad_request(
+                "the namespace of the object is required",
+            ));
         };
-        self.cache.sync().await.map_err(|e| Status::internal(e.to_string()))?;
-        let nsri = lookup("", "v1", "namespaces").ok_or_else(|| Status::internal("namespaces not served"))?;
+        self.cache
+            .sync()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let nsri = lookup("", "v1", "namespaces")
+            .ok_or_else(|| Status::internal("namespaces not served"))?;
         match self.cache.get(&key(nsri, None, ns)).await {
             None => Err(Status::not_found("", "namespaces", ns)),
             Some(e) => {
@@ -411,7 +478,9 @@ impl Registry {
                         "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                         ri.plural, ""
                     ));
-                    s.message = format!("unable to create new content in namespace {ns} because it is being terminated");
+                    s.message = format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    );
                     s.reason = "Forbidden";
                     return Err(s);
                 }
@@ -421,7 +490,12 @@ impl Registry {
     }
 
     fn validate(&self, sri: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Result<(), Status> {
-        let mut causes: Vec<Cause> = validate_object_meta(meta(obj), sri.namespaced, strategy::name_rule(sri), "metadata");
+        let mut causes: Vec<Cause> = validate_object_meta(
+            meta(obj),
+            sri.namespaced,
+            strategy::name_rule(sri),
+            "metadata",
+        );
         causes.extend(match old {
             None => strategy::validate_create(sri, obj),
             Some(old) => strategy::validate_update(sri, obj, old),
@@ -429,14 +503,22 @@ impl Registry {
         if causes.is_empty() {
             Ok(())
         } else {
-            let name = meta_str(obj, "name").or_else(|| meta_str(obj, "generateName")).unwrap_or("");
+            let name = meta_str(obj, "name")
+                .or_else(|| meta_str(obj, "generateName"))
+                .unwrap_or("");
             Err(Status::invalid(sri.group, sri.kind, name, causes))
         }
     }
 
     /// Creates an object given in the version of `ri` (already decoded with
     /// [`Registry::decode_object`]).
-    pub async fn create(&self, ri: &ResourceInfo, ns: Option<&str>, obj: Value, opts: &WriteOptions) -> Result<Written, Status> {
+    pub async fn create(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Written, Status> {
         let sri = storage_info(ri);
         let mut obj = convert::to_storage(ri, obj);
         // Namespace: from the URL; the body may repeat it but not contradict it.
@@ -458,11 +540,13 @@ impl Registry {
         }
         // Names.
         let has_name = meta_str(&obj, "name").is_some_and(|n| !n.is_empty());
-        if !has_name {
-            if let Some(gen) = meta_str(&obj, "generateName").filter(|g| !g.is_empty()).map(str::to_string) {
-                let base: String = gen.chars().take(63 - 5).collect();
-                meta_mut(&mut obj).insert("name".into(), json!(format!("{base}{}", random_suffix())));
-            }
+        if !has_name
+            && let Some(generate) = meta_str(&obj, "generateName")
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+        {
+            let base: String = generate.chars().take(63 - 5).collect();
+            meta_mut(&mut obj).insert("name".into(), json!(format!("{base}{}", random_suffix())));
         }
         // System-owned metadata.
         {
@@ -481,12 +565,14 @@ impl Registry {
         }
         // Status is not settable on create for kinds with a status subresource (except
         // nodes, whose agent reports status from the start).
-        if sri.has_status() && sri.kind != "Node" {
-            if let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
+        if sri.has_status()
+            && sri.kind != "Node"
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
         }
         strategy::default_object(sri, &mut obj);
+        strategy::prepare_for_create(sri, &mut obj);
         self.validate(sri, &obj, None)?;
         self.check_namespace(ri, ns).await?;
         let name = meta_str(&obj, "name").unwrap_or("").to_string();
@@ -496,19 +582,43 @@ impl Registry {
             if self.cache.get(&k).await.is_some() {
                 return Err(Status::already_exists(ri.group, ri.plural, &name));
             }
-            return Ok(Written { object: convert::from_storage(ri, &obj), created: true, warnings: vec![] });
+            return Ok(Written {
+                object: convert::from_storage(ri, &obj),
+                created: true,
+                warnings: vec![],
+            });
         }
-        let kv = self.store.create(&k, bytes).await.map_err(|e| store_err(ri, &name, e))?;
+        let kv = self
+            .store
+            .create(&k, bytes)
+            .await
+            .map_err(|e| store_err(ri, &name, e))?;
         cache::set_resource_version(&mut obj, kv.mod_revision);
-        Ok(Written { object: convert::from_storage(ri, &obj), created: true, warnings: vec![] })
+        Ok(Written {
+            object: convert::from_storage(ri, &obj),
+            created: true,
+            warnings: vec![],
+        })
     }
 
     /// Reads the current stored object (fresh from the store, for compare-and-swap).
-    async fn current(&self, sri: &ResourceInfo, ri: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<(Value, u64), Status> {
+    async fn current(
+        &self,
+        sri: &ResourceInfo,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<(Value, u64), Status> {
         let k = key(sri, ns, name);
-        match self.store.get(&k).await.map_err(|e| store_err(ri, name, e))? {
+        match self
+            .store
+            .get(&k)
+            .await
+            .map_err(|e| store_err(ri, name, e))?
+        {
             Some(kv) => {
-                let obj = cache::decode(&kv.value, kv.mod_revision).map_err(|e| Status::internal(e.to_string()))?;
+                let obj = cache::decode(&kv.value, kv.mod_revision)
+                    .map_err(|e| Status::internal(e.to_string()))?;
                 Ok((obj, kv.mod_revision))
             }
             None => Err(Status::not_found(ri.group, ri.plural, name)),
@@ -536,33 +646,38 @@ impl Registry {
                 Update::Mutate(f) => f(&old_served)?,
             };
             // Preconditions: a resourceVersion in the body must match.
-            if let Some(rv) = meta_str(&requested, "resourceVersion").filter(|s| !s.is_empty()) {
-                if parse_rv(rv).ok() != Some(old_rev) {
-                    return Err(Status::conflict(
-                        ri.group,
-                        ri.plural,
-                        name,
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    ));
-                }
+            if let Some(rv) = meta_str(&requested, "resourceVersion").filter(|s| !s.is_empty())
+                && parse_rv(rv).ok() != Some(old_rev)
+            {
+                return Err(Status::conflict(
+                    ri.group,
+                    ri.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
             }
-            if let Some(n) = meta_str(&requested, "name") {
-                if n != name {
-                    return Err(Status::bad_request(format!(
-                        "the name of the object ({n}) does not match the name on the URL ({name})"
-                    )));
-                }
+            if let Some(n) = meta_str(&requested, "name")
+                && n != name
+            {
+                return Err(Status::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
             }
-            if let (Some(u), Some(b)) = (ns, meta_str(&requested, "namespace")) {
-                if ri.namespaced && !b.is_empty() && u != b {
-                    return Err(Status::bad_request(
-                        "the namespace of the provided object does not match the namespace sent on the request",
-                    ));
-                }
+            if let (Some(u), Some(b)) = (ns, meta_str(&requested, "namespace"))
+                && ri.namespaced
+                && !b.is_empty()
+                && u != b
+            {
+                return Err(Status::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             let requested = convert::to_storage(ri, requested);
             let mut obj = self.prepare_update(sri, subresource, requested, &old)?;
             strategy::default_object(sri, &mut obj);
+            if subresource.is_none() {
+                strategy::prepare_for_update(sri, &mut obj, &old);
+            }
             self.validate(sri, &obj, Some(&old))?;
             // Identical objects are not rewritten (no new revision, no watch event).
             let mut old_cmp = old.clone();
@@ -570,56 +685,106 @@ impl Registry {
             let mut new_cmp = obj.clone();
             cache::set_resource_version(&mut new_cmp, 0);
             if old_cmp == new_cmp {
-                return Ok(Written { object: old_served, created: false, warnings });
+                return Ok(Written {
+                    object: old_served,
+                    created: false,
+                    warnings,
+                });
             }
             // Removing the last finalizer of an object being deleted deletes it.
             let deleting = !obj["metadata"]["deletionTimestamp"].is_null();
             let ns_finalizers_left = sri.kind == "Namespace"
-                && obj["spec"]["finalizers"].as_array().is_some_and(|a| !a.is_empty());
-            if deleting && finalizers_empty(&obj) && !ns_finalizers_left && subresource != Some("status") {
+                && obj["spec"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty());
+            if deleting
+                && finalizers_empty(&obj)
+                && !ns_finalizers_left
+                && subresource != Some("status")
+            {
                 if opts.dry_run {
-                    return Ok(Written { object: convert::from_storage(ri, &obj), created: false, warnings });
+                    return Ok(Written {
+                        object: convert::from_storage(ri, &obj),
+                        created: false,
+                        warnings,
+                    });
                 }
                 match self.store.delete(&key(sri, ns, name), Some(old_rev)).await {
                     Ok(kv) => {
                         cache::set_resource_version(&mut obj, kv.mod_revision);
-                        return Ok(Written { object: convert::from_storage(ri, &obj), created: false, warnings });
+                        return Ok(Written {
+                            object: convert::from_storage(ri, &obj),
+                            created: false,
+                            warnings,
+                        });
                     }
                     Err(store::Error::Conflict { .. }) => continue,
                     Err(e) => return Err(store_err(ri, name, e)),
                 }
             }
             if opts.dry_run {
-                return Ok(Written { object: convert::from_storage(ri, &obj), created: false, warnings });
+                return Ok(Written {
+                    object: convert::from_storage(ri, &obj),
+                    created: false,
+                    warnings,
+                });
             }
-            match self.store.update(&key(sri, ns, name), old_rev, encode(&obj)?).await {
+            match self
+                .store
+                .update(&key(sri, ns, name), old_rev, encode(&obj)?)
+                .await
+            {
                 Ok(kv) => {
                     cache::set_resource_version(&mut obj, kv.mod_revision);
-                    return Ok(Written { object: convert::from_storage(ri, &obj), created: false, warnings });
+                    return Ok(Written {
+                        object: convert::from_storage(ri, &obj),
+                        created: false,
+                        warnings,
+                    });
                 }
                 Err(store::Error::Conflict { .. }) => {
                     // With an explicit resourceVersion the caller must retry; otherwise
                     // re-read and apply again (upstream's GuaranteedUpdate).
-                    if let Update::Replace(obj) = &new {
-                        if meta_str(obj, "resourceVersion").is_some_and(|s| !s.is_empty()) {
-                            return Err(store_err(ri, name, store::Error::Conflict {
+                    if let Update::Replace(obj) = &new
+                        && meta_str(obj, "resourceVersion").is_some_and(|s| !s.is_empty())
+                    {
+                        return Err(store_err(
+                            ri,
+                            name,
+                            store::Error::Conflict {
                                 key: String::new(),
                                 expected: old_rev,
-                                current: Box::new(store::KeyValue { key: String::new(), value: Bytes::new(), create_revision: 0, mod_revision: 0 }),
-                            }));
-                        }
+                                current: Box::new(store::KeyValue {
+                                    key: String::new(),
+                                    value: Bytes::new(),
+                                    create_revision: 0,
+                                    mod_revision: 0,
+                                }),
+                            },
+                        ));
                     }
                     continue;
                 }
                 Err(e) => return Err(store_err(ri, name, e)),
             }
         }
-        Err(Status::conflict(ri.group, ri.plural, name, "too many concurrent updates; please retry"))
+        Err(Status::conflict(
+            ri.group,
+            ri.plural,
+            name,
+            "too many concurrent updates; please retry",
+        ))
     }
 
     /// Applies the update rules: system metadata is kept, the status subresource changes
     /// only status, the main resource never changes status, generation follows spec.
-    fn prepare_update(&self, sri: &ResourceInfo, subresource: Option<&str>, requested: Value, old: &Value) -> Result<Value, Status> {
+    fn prepare_update(
+        &self,
+        sri: &ResourceInfo,
+        subresource: Option<&str>,
+        requested: Value,
+        old: &Value,
+    ) -> Result<Value, Status> {
         let mut obj = match subresource {
             Some("status") => {
                 let mut o = old.clone();
@@ -631,10 +796,10 @@ impl Registry {
             Some("finalize") if sri.kind == "Namespace" => {
                 let mut o = old.clone();
                 o["spec"]["finalizers"] = requested["spec"]["finalizers"].clone();
-                if o["spec"]["finalizers"].is_null() {
-                    if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
-                        spec.remove("finalizers");
-                    }
+                if o["spec"]["finalizers"].is_null()
+                    && let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut)
+                {
+                    spec.remove("finalizers");
                 }
                 o
             }
@@ -659,7 +824,14 @@ impl Registry {
         // System metadata is immutable through updates.
         let old_meta = meta(old).clone();
         let m = meta_mut(&mut obj);
-        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+            "name",
+        ] {
             match old_meta.get(k) {
                 Some(v) => {
                     m.insert(k.into(), v.clone());
@@ -673,10 +845,17 @@ impl Registry {
         // Finalizers may only be removed, not added, once deletion started (upstream allows
         // additions too, but nothing here relies on it); keep as requested.
         if tracks_generation(sri) {
-            let old_gen = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+            let old_gen = old_meta
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             let changed = spec_of(&obj) != spec_of(old);
-            let gen = if changed && subresource.is_none() { old_gen + 1 } else { old_gen };
-            meta_mut(&mut obj).insert("generation".into(), json!(gen));
+            let generation = if changed && subresource.is_none() {
+                old_gen + 1
+            } else {
+                old_gen
+            };
+            meta_mut(&mut obj).insert("generation".into(), json!(generation));
         } else {
             meta_mut(&mut obj).remove("generation");
         }
@@ -686,24 +865,40 @@ impl Registry {
     /// Deletes an object, honouring preconditions, graceful deletion (pods on a node) and
     /// finalizers. Returns the object as it was (or is, while finalizers remain) and
     /// whether it is now gone.
-    pub async fn delete(&self, ri: &ResourceInfo, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<(Value, bool), Status> {
+    pub async fn delete(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<(Value, bool), Status> {
         let sri = storage_info(ri);
         for _attempt in 0..16 {
             let (old, old_rev) = self.current(sri, ri, ns, name).await?;
             if let Some(uid) = &opts.uid {
                 let actual = meta_str(&old, "uid").unwrap_or("");
                 if uid != actual {
-                    return Err(Status::conflict(ri.group, ri.plural, name, &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
-                    )));
+                    return Err(Status::conflict(
+                        ri.group,
+                        ri.plural,
+                        name,
+                        &format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                        ),
+                    ));
                 }
             }
-            if let Some(rv) = &opts.resource_version {
-                if parse_rv(rv).ok() != Some(old_rev) {
-                    return Err(Status::conflict(ri.group, ri.plural, name, &format!(
+            if let Some(rv) = &opts.resource_version
+                && parse_rv(rv).ok() != Some(old_rev)
+            {
+                return Err(Status::conflict(
+                    ri.group,
+                    ri.plural,
+                    name,
+                    &format!(
                         "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {old_rev}"
-                    )));
-                }
+                    ),
+                ));
             }
             let mut obj = old.clone();
             let already_deleting = !obj["metadata"]["deletionTimestamp"].is_null();
@@ -722,13 +917,18 @@ impl Registry {
                     if !already_deleting || current.is_some_and(|c| grace < c) {
                         let ts = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
                         let m = meta_mut(&mut obj);
-                        m.insert("deletionTimestamp".into(), json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                        m.insert(
+                            "deletionTimestamp".into(),
+                            json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                        );
                         m.insert("deletionGracePeriodSeconds".into(), json!(grace));
                     }
                 }
             }
             let namespace_finalizers = sri.kind == "Namespace"
-                && obj["spec"]["finalizers"].as_array().is_some_and(|a| !a.is_empty());
+                && obj["spec"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty());
             if graceful || !finalizers_empty(&obj) || namespace_finalizers {
                 if !graceful && !already_deleting {
                     let m = meta_mut(&mut obj);
@@ -744,7 +944,11 @@ impl Registry {
                 if opts.dry_run {
                     return Ok((convert::from_storage(ri, &obj), false));
                 }
-                match self.store.update(&key(sri, ns, name), old_rev, encode(&obj)?).await {
+                match self
+                    .store
+                    .update(&key(sri, ns, name), old_rev, encode(&obj)?)
+                    .await
+                {
                     Ok(kv) => {
                         cache::set_resource_version(&mut obj, kv.mod_revision);
                         return Ok((convert::from_storage(ri, &obj), false));
@@ -765,28 +969,59 @@ impl Registry {
                 Err(e) => return Err(store_err(ri, name, e)),
             }
         }
-        Err(Status::conflict(ri.group, ri.plural, name, "too many concurrent updates; please retry"))
+        Err(Status::conflict(
+            ri.group,
+            ri.plural,
+            name,
+            "too many concurrent updates; please retry",
+        ))
     }
 
     /// Deletes every object matching the selectors; returns what was deleted.
-    pub async fn delete_collection(&self, ri: &ResourceInfo, ns: Option<&str>, list: &ListOptions, opts: &DeleteOptions) -> Result<ListPage, Status> {
-        let page = self.list(ri, ns, &ListOptions { limit: 0, continue_token: None, ..list.clone() }).await?;
+    pub async fn delete_collection(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        list: &ListOptions,
+        opts: &DeleteOptions,
+    ) -> Result<ListPage, Status> {
+        let page = self
+            .list(
+                ri,
+                ns,
+                &ListOptions {
+                    limit: 0,
+                    continue_token: None,
+                    ..list.clone()
+                },
+            )
+            .await?;
         let mut deleted = Vec::new();
         for item in page.items {
             let name = meta_str(&item, "name").unwrap_or("").to_string();
             let item_ns = meta_str(&item, "namespace").map(str::to_string);
-            match self.delete(ri, item_ns.as_deref().or(ns), &name, opts).await {
+            match self
+                .delete(ri, item_ns.as_deref().or(ns), &name, opts)
+                .await
+            {
                 Ok((obj, _)) => deleted.push(obj),
                 Err(s) if s.code == 404 => {}
                 Err(s) => return Err(s),
             }
         }
-        Ok(ListPage { items: deleted, revision: self.cache.revision(), continue_token: None })
+        Ok(ListPage {
+            items: deleted,
+            revision: self.cache.revision(),
+            continue_token: None,
+        })
     }
 
     /// The store's current revision.
     pub async fn current_revision(&self) -> Result<u64, Status> {
-        self.store.current_revision().await.map_err(|e| Status::internal(e.to_string()))
+        self.store
+            .current_revision()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))
     }
 
     /// Compacts the store's history up to `revision`.
@@ -809,7 +1044,9 @@ pub enum Update<'a> {
 fn fold_string_data(obj: &mut Value) {
     use base64::Engine;
     let Some(m) = obj.as_object_mut() else { return };
-    let Some(Value::Object(string_data)) = m.remove("stringData") else { return };
+    let Some(Value::Object(string_data)) = m.remove("stringData") else {
+        return;
+    };
     let data = m.entry("data").or_insert_with(|| json!({}));
     if !data.is_object() {
         *data = json!({});
@@ -821,7 +1058,9 @@ fn fold_string_data(obj: &mut Value) {
 }
 
 fn finalizers_empty(obj: &Value) -> bool {
-    obj["metadata"]["finalizers"].as_array().is_none_or(|a| a.is_empty())
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(|a| a.is_empty())
 }
 
 #[cfg(test)]
@@ -831,7 +1070,10 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip() {
         let t = encode_continue(42, "/registry/pods/default/x");
-        assert_eq!(decode_continue(&t).unwrap(), (42, "/registry/pods/default/x".to_string()));
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            (42, "/registry/pods/default/x".to_string())
+        );
         assert!(decode_continue("garbage!").is_err());
     }
 
