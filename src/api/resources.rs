@@ -56,6 +56,9 @@ pub struct ResourceInfo {
     pub storage: Storage,
     /// Whether this is the preferred version of its group.
     pub preferred: bool,
+    /// Verbs served. Stored resources serve [`RESOURCE_VERBS`]; virtual ones (reviews)
+    /// only `create`.
+    pub verbs: &'static [&'static str],
 }
 
 /// Verbs every stored resource supports.
@@ -106,6 +109,11 @@ impl ResourceInfo {
         self.subresource("status").is_some()
     }
 
+    /// Whether objects of this resource are persisted (reviews are computed, not stored).
+    pub fn is_stored(&self) -> bool {
+        self.verbs.contains(&"get")
+    }
+
     /// Whether this row is the storage version itself (no conversion needed).
     pub fn is_storage_version(&self) -> bool {
         self.storage.group == self.group && self.storage.version == self.version
@@ -146,6 +154,33 @@ const fn status(group: &'static str, version: &'static str, kind: &'static str) 
     }
 }
 
+const CREATE_ONLY: &[&str] = &["create"];
+
+/// A computed, create-only resource (access and token reviews).
+const fn virtual_resource(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+) -> ResourceInfo {
+    ResourceInfo {
+        group,
+        version,
+        kind,
+        plural,
+        singular,
+        namespaced,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        storage: Storage { group, version, resource: plural },
+        preferred: true,
+        verbs: CREATE_ONLY,
+    }
+}
+
 const SCALE: Subresource = sub!("scale", "autoscaling", "v1", "Scale", STATUS_VERBS);
 
 macro_rules! res {
@@ -164,6 +199,7 @@ macro_rules! res {
             subresources: &[$($sub),*],
             storage: res!(@store $group, $version, $plural $(, $sg, $sv, $sr)?),
             preferred: res!(@pref $($pref)?),
+            verbs: RESOURCE_VERBS,
         }
     };
     (@store $g:literal, $v:literal, $p:literal) => { Storage { group: $g, version: $v, resource: $p } };
@@ -178,14 +214,15 @@ macro_rules! res {
 pub static RESOURCES: &[ResourceInfo] = &[
     // core/v1
     res!(""/"v1", "Pod", "pods", "pod", ns: true, short: ["po"], cat: ["all"],
-         subs: [status("", "v1", "Pod"), sub!("binding", "", "v1", "Binding", &["create"])]),
+         subs: [status("", "v1", "Pod"), sub!("binding", "", "v1", "Binding", &["create"]),
+                sub!("eviction", "policy", "v1", "Eviction", &["create"])]),
     res!(""/"v1", "Service", "services", "service", ns: true, short: ["svc"], cat: ["all"],
          subs: [status("", "v1", "Service")]),
     res!(""/"v1", "Endpoints", "endpoints", "endpoints", ns: true, short: ["ep"], cat: [], subs: []),
     res!(""/"v1", "ConfigMap", "configmaps", "configmap", ns: true, short: ["cm"], cat: [], subs: []),
     res!(""/"v1", "Secret", "secrets", "secret", ns: true, short: [], cat: [], subs: []),
     res!(""/"v1", "ServiceAccount", "serviceaccounts", "serviceaccount", ns: true, short: ["sa"],
-         cat: [], subs: []),
+         cat: [], subs: [sub!("token", "authentication.k8s.io", "v1", "TokenRequest", &["create"])]),
     res!(""/"v1", "Event", "events", "event", ns: true, short: ["ev"], cat: [], subs: []),
     res!(""/"v1", "Node", "nodes", "node", ns: false, short: ["no"], cat: [],
          subs: [status("", "v1", "Node")]),
@@ -250,6 +287,13 @@ pub static RESOURCES: &[ResourceInfo] = &[
          short: [], cat: [], subs: []),
     res!("rbac.authorization.k8s.io"/"v1", "Role", "roles", "role", ns: true, short: [], cat: [],
          subs: []),
+    // authentication.k8s.io/v1 and authorization.k8s.io/v1: computed reviews
+    virtual_resource("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", "tokenreview", false),
+    virtual_resource("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", false),
+    virtual_resource("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", "localsubjectaccessreview", true),
+    virtual_resource("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", false),
+    virtual_resource("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", false),
+    virtual_resource("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", false),
     // policy/v1
     res!("policy"/"v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget",
          ns: true, short: ["pdb"], cat: [], subs: [status("policy", "v1", "PodDisruptionBudget")]),

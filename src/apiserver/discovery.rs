@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::api::resources::{self, RESOURCE_VERBS, ResourceInfo};
+use crate::api::resources::{self, ResourceInfo};
 
 /// The Kubernetes API level kaji implements.
 pub const KUBE_MAJOR: &str = "1";
@@ -65,8 +65,8 @@ pub fn aggregated_content_type(version: &str) -> String {
     format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList")
 }
 
-fn verbs_of(_ri: &ResourceInfo) -> Vec<&'static str> {
-    RESOURCE_VERBS.to_vec()
+fn verbs_of(ri: &ResourceInfo) -> Vec<&'static str> {
+    ri.verbs.to_vec()
 }
 
 fn aggregated_resource(ri: &ResourceInfo) -> Value {

@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::State;
-use super::auth::{Decision, UserInfo, forbidden_message};
+use super::auth::{Authorizer, Decision, UserInfo, forbidden_message};
 use super::cache::{self, CacheEvent, Change, Subscription};
 use super::discovery;
+use super::{eviction, rbac, serviceaccount};
 use super::metrics::{LatencyLabels, RequestLabels};
 use super::registry::{self, DeleteOptions, FieldValidation, ListOptions, Update, WriteOptions};
 use super::request::{RequestInfo, resolve};
@@ -220,15 +221,27 @@ fn parse_body(ct: &str, body: &[u8]) -> Result<Value, Status> {
             serde_saphyr::from_str::<Value>(text)
                 .map_err(|e| Status::bad_request(format!("error converting YAML to JSON: {e}")))
         }
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body)
+            .map_err(|e| Status::unsupported_media_type(&format!("application/vnd.kubernetes.protobuf ({e})"))),
         other => Err(Status::unsupported_media_type(other)),
     }
 }
 
-fn write_options(q: &Query) -> Result<WriteOptions, Status> {
+fn write_options(q: &Query, headers: &HeaderMap, user: &UserInfo) -> Result<WriteOptions, Status> {
+    // Without ?fieldManager the manager is the client's name from its User-Agent, as
+    // upstream (`kubectl/v1.33.1 (linux/amd64) ...` → `kubectl`).
+    let from_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .map(|s| s.chars().take(128).collect::<String>())
+        .filter(|s| !s.is_empty());
     Ok(WriteOptions {
         dry_run: q.get("dryRun") == Some("All"),
-        field_manager: q.get("fieldManager").map(str::to_string),
+        field_manager: q.get("fieldManager").map(str::to_string).or(from_agent),
         field_validation: FieldValidation::parse(q.get("fieldValidation").unwrap_or(""))?,
+        user: Some(user.clone()),
+        apply: false,
     })
 }
 
@@ -308,7 +321,7 @@ pub async fn serve(
     resp
 }
 
-fn authenticate(
+async fn authenticate(
     state: &State,
     headers: &HeaderMap,
     cert_user: Option<UserInfo>,
@@ -318,7 +331,10 @@ fn authenticate(
         .and_then(|v| v.to_str().ok())
         && let Some(token) = auth.strip_prefix("Bearer ").map(str::trim)
     {
-        return match state.tokens.authenticate(token) {
+        if let Some(u) = state.tokens.authenticate(token) {
+            return Ok(Some(u));
+        }
+        return match serviceaccount::authenticate(&state.registry, &state.issuer, token).await {
             Some(u) => Ok(Some(u)),
             None => Err(Status::unauthorized()),
         };
@@ -351,11 +367,15 @@ async fn serve_inner(
         "/version" => return json_response(200, &discovery::version()),
         _ => {}
     }
-    let user = match authenticate(state, req.headers(), cert_user) {
+    let user = match authenticate(state, req.headers(), cert_user).await {
         Ok(Some(u)) => u,
         Ok(None) | Err(_) => return status_response(&Status::unauthorized()),
     };
-    if let Decision::Deny(_) = state.authz.authorize(&user, info) {
+    let user = match rbac::impersonate(state.registry.rbac(), user, req.headers()) {
+        Ok(u) => u,
+        Err(s) => return status_response(&s),
+    };
+    if let Decision::Deny(_) = state.registry.rbac().authorize(&user, info) {
         return status_response(&Status::forbidden(forbidden_message(&user, info)));
     }
     if !info.is_resource {
@@ -367,7 +387,7 @@ async fn serve_inner(
     let Some(ri) = lookup(&info.group, &info.version, &info.resource) else {
         return status_response(&Status::not_found_path());
     };
-    match resource(state, req, info, ri, q).await {
+    match resource(state, req, info, ri, q, &user).await {
         Ok(r) => r,
         Err(s) => status_response(&s),
     }
@@ -407,6 +427,17 @@ async fn non_resource(
                 discovery::api_group_list()
             };
             json_response(200, &doc)
+        }
+        "/.well-known/openid-configuration" | "/openid/v1/jwks" => {
+            let doc = if path.ends_with("jwks") {
+                serviceaccount::jwks(&state.issuer)
+            } else {
+                serviceaccount::openid_configuration(&state.issuer)
+            };
+            match doc {
+                Some(d) => json_response(200, &d),
+                None => status_response(&Status::not_found_path()),
+            }
         }
         "/metrics" => respond(
             200,
@@ -495,6 +526,7 @@ async fn resource(
     info: &RequestInfo,
     ri: &'static ResourceInfo,
     q: &Query,
+    user: &UserInfo,
 ) -> Result<Response<Body>, Status> {
     let output = negotiate(req.headers(), q)?;
     let ns = info.namespace.as_deref();
@@ -515,7 +547,35 @@ async fn resource(
         return Err(Status::not_found_path());
     }
     let reg = &state.registry;
+    if !ri.is_stored() {
+        // Computed, create-only resources: access reviews and token reviews.
+        if info.verb != "create" || info.name.is_some() {
+            return Err(Status::method_not_allowed(format!(
+                "{} only supports create",
+                ri.group_resource()
+            )));
+        }
+        let (headers, body) = read_body(req).await?;
+        let obj = parse_body(&content_type(&headers), &body)?;
+        let (obj, _) = reg.decode_object(ri, obj, FieldValidation::Ignore)?;
+        let out = match ri.plural {
+            "tokenreviews" => serviceaccount::token_review(reg, &state.issuer, obj).await?,
+            _ => rbac::review(reg, ri, ns, user, obj).await?,
+        };
+        return Ok(json_response(201, &out));
+    }
     match (info.verb.as_str(), sub) {
+        ("create", Some("eviction")) | ("create", Some("token")) => {
+            let name = info.name.clone().unwrap_or_default();
+            let (headers, body) = read_body(req).await?;
+            let obj = parse_body(&content_type(&headers), &body)?;
+            let out = if sub == Some("eviction") {
+                eviction::evict(reg, ns.unwrap_or_default(), &name, obj, Some(user)).await?
+            } else {
+                serviceaccount::token_request(reg, &state.issuer, ns.unwrap_or_default(), &name, obj).await?
+            };
+            Ok(json_response(201, &out))
+        }
         ("get", None) | ("get", Some("status")) => {
             let name = info.name.as_deref().unwrap_or("");
             let obj = reg.get(ri, ns, name).await?;
@@ -552,7 +612,7 @@ async fn resource(
         }
         ("watch", None) => watch(state, ri, ns, info.name.as_deref(), q, output).await,
         ("create", None) => {
-            let opts = write_options(q)?;
+            let opts = write_options(q, req.headers(), user)?;
             let (headers, body) = read_body(req).await?;
             let obj = parse_body(&content_type(&headers), &body)?;
             let (obj, warnings) = reg.decode_object(ri, obj, opts.field_validation)?;
@@ -566,11 +626,11 @@ async fn resource(
             let name = info.name.clone().unwrap_or_default();
             let (headers, body) = read_body(req).await?;
             let binding = parse_body(&content_type(&headers), &body)?;
-            bind_pod(state, ri, ns, &name, &binding, &write_options(q)?).await
+            bind_pod(state, ri, ns, &name, &binding, &write_options(q, &headers, user)?).await
         }
         ("update", None) | ("update", Some("status")) | ("update", Some("finalize")) => {
             let name = info.name.clone().unwrap_or_default();
-            let opts = write_options(q)?;
+            let opts = write_options(q, req.headers(), user)?;
             let (headers, body) = read_body(req).await?;
             let obj = parse_body(&content_type(&headers), &body)?;
             let (obj, warnings) = reg.decode_object(ri, obj, opts.field_validation)?;
@@ -584,7 +644,7 @@ async fn resource(
         }
         ("update", Some("scale")) | ("patch", Some("scale")) => {
             let name = info.name.clone().unwrap_or_default();
-            let opts = write_options(q)?;
+            let opts = write_options(q, req.headers(), user)?;
             let patch_kind = content_type(req.headers());
             let is_patch = info.verb == "patch";
             let (headers, body) = read_body(req).await?;
@@ -624,11 +684,19 @@ async fn resource(
         }
         ("patch", None) | ("patch", Some("status")) => {
             let name = info.name.clone().unwrap_or_default();
-            let opts = write_options(q)?;
+            let opts = write_options(q, req.headers(), user)?;
             let patch_kind = content_type(req.headers());
             if patch_kind == "application/apply-patch+yaml" {
-                return Err(Status::unsupported_media_type(
-                    "application/apply-patch+yaml (server-side apply is not implemented yet)",
+                let (headers, body) = read_body(req).await?;
+                let applied = parse_body(&content_type(&headers), &body)?;
+                let (applied, warnings) = reg.decode_object(ri, applied, opts.field_validation)?;
+                let written = reg
+                    .apply(ri, ns, &name, sub, &applied, q.flag("force"), &opts)
+                    .await?;
+                let code = if written.created { 201 } else { 200 };
+                return Ok(with_warnings(
+                    json_response(code, &render_one(ri, &written.object, &output)),
+                    &warnings,
                 ));
             }
             let (headers, body) = read_body(req).await?;
@@ -662,7 +730,8 @@ async fn resource(
         ("delete", None) => {
             let name = info.name.clone().unwrap_or_default();
             let (headers, body) = read_body(req).await?;
-            let opts = delete_options(q, &content_type(&headers), &body)?;
+            let mut opts = delete_options(q, &content_type(&headers), &body)?;
+            opts.user = Some(user.clone());
             let (obj, gone) = reg.delete(ri, ns, &name, &opts).await?;
             let _ = gone;
             Ok(json_response(200, &obj))
@@ -670,7 +739,8 @@ async fn resource(
         ("deletecollection", None) => {
             let lopts = list_options(q)?;
             let (headers, body) = read_body(req).await?;
-            let opts = delete_options(q, &content_type(&headers), &body)?;
+            let mut opts = delete_options(q, &content_type(&headers), &body)?;
+            opts.user = Some(user.clone());
             let page = reg.delete_collection(ri, ns, &lopts, &opts).await?;
             Ok(json_response(200, &list_body(ri, &page)))
         }

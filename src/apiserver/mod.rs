@@ -7,14 +7,20 @@
 //! Depends on: `api`, `store`, `pki`. Must not depend on: controllers, agent, or any other
 //! API client component.
 
+pub mod admission;
 pub mod auth;
 pub mod cache;
 pub mod discovery;
+pub mod eviction;
+pub mod fieldmanager;
 pub mod handlers;
 pub mod metrics;
 pub mod openapi;
+pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod request;
+pub mod serviceaccount;
 pub mod strategic;
 pub mod table;
 
@@ -86,13 +92,17 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// How many revisions of history to keep at each compaction.
     pub compaction_retain: u64,
+    /// Where the service account signing key lives (`<data-dir>/server/tls`).
+    pub service_account_key_dir: std::path::PathBuf,
+    /// The service account token issuer (`https://kubernetes.default.svc.<domain>`).
+    pub service_account_issuer: String,
 }
 
 /// Shared state of the request handlers.
 pub struct State {
     registry: registry::Registry,
     tokens: TokenAuthenticator,
-    authz: Box<dyn auth::Authorizer>,
+    issuer: serviceaccount::TokenIssuer,
     openapi: openapi::OpenApi,
     metrics: metrics::Metrics,
     ready: AtomicBool,
@@ -122,10 +132,16 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, Error> {
     let cache = cache::Cache::start(store.clone(), shutdown.clone()).await?;
+    let rbac = rbac::Rbac::new(cache.clone(), shutdown.clone());
+    let issuer = serviceaccount::TokenIssuer::load_or_create(
+        &cfg.service_account_key_dir,
+        &cfg.service_account_issuer,
+    )
+    .map_err(|status| Error::Bootstrap { what: "service account signing key".into(), status })?;
     let state = Arc::new(State {
-        registry: registry::Registry::new(store.clone(), cache),
+        registry: registry::Registry::new(store.clone(), cache, rbac),
         tokens: cfg.tokens.clone(),
-        authz: Box::new(auth::BootstrapAuthorizer),
+        issuer,
         openapi: openapi::OpenApi::build(&discovery::git_version()),
         metrics: metrics::Metrics::new(),
         ready: AtomicBool::new(false),
@@ -180,6 +196,9 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
             }
         }
     }
+    rbac::bootstrap(&state.registry)
+        .await
+        .map_err(|status| Error::Bootstrap { what: "RBAC bootstrap policy".into(), status })?;
     Ok(())
 }
 

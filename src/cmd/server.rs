@@ -80,6 +80,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             advertise: format!("{advertise_ip}:{}", args.https_listen_port),
             compaction_interval: Duration::from_secs(args.store_compaction_interval.max(1)),
             compaction_retain: args.store_compaction_retain,
+            service_account_key_dir: server_dir.join("tls"),
+            service_account_issuer: format!("https://kubernetes.default.svc.{}", args.cluster_domain),
         },
         store.clone(),
         shutdown.clone(),

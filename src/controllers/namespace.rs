@@ -76,7 +76,7 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let mut remaining = 0usize;
     for ri in RESOURCES
         .iter()
-        .filter(|r| r.namespaced && r.is_storage_version())
+        .filter(|r| r.namespaced && r.is_stored() && r.is_storage_version())
     {
         let gvk = GroupVersionKind::gvk(ri.group, ri.version, ri.kind);
         let ar = ApiResource::from_gvk_with_plural(&gvk, ri.plural);

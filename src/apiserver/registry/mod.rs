@@ -16,7 +16,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::admission::{self, Attributes, Operation};
+use super::auth::UserInfo;
 use super::cache::{self, Cache};
+use super::fieldmanager;
+use super::rbac::Rbac;
 use crate::api::ResourceInfo;
 use crate::api::resources::lookup;
 use crate::api::selector::{FieldSelector, LabelSelector};
@@ -59,6 +63,11 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     /// `fieldValidation`.
     pub field_validation: FieldValidation,
+    /// The requesting user, for admission (None for the server's own writes).
+    pub user: Option<UserInfo>,
+    /// Whether this write is a server-side apply (managedFields are then computed by the
+    /// apply itself, not recorded as an update).
+    pub apply: bool,
 }
 
 /// Options of a delete (`DeleteOptions` body and query parameters).
@@ -74,6 +83,8 @@ pub struct DeleteOptions {
     pub propagation: Option<String>,
     /// `dryRun=All`.
     pub dry_run: bool,
+    /// The requesting user.
+    pub user: Option<UserInfo>,
 }
 
 /// Options of a list.
@@ -119,6 +130,7 @@ pub struct Written {
 pub struct Registry {
     store: Arc<dyn Store>,
     cache: Arc<Cache>,
+    rbac: Arc<Rbac>,
 }
 
 /// The store key of an object.
@@ -287,8 +299,13 @@ pub fn check_field_selector(ri: &ResourceInfo, f: &FieldSelector) -> Result<(), 
 
 impl Registry {
     /// A registry over `store`, reading through `cache`.
-    pub fn new(store: Arc<dyn Store>, cache: Arc<Cache>) -> Registry {
-        Registry { store, cache }
+    pub fn new(store: Arc<dyn Store>, cache: Arc<Cache>, rbac: Arc<Rbac>) -> Registry {
+        Registry { store, cache, rbac }
+    }
+
+    /// The RBAC authorizer.
+    pub fn rbac(&self) -> &Arc<Rbac> {
+        &self.rbac
     }
 
     /// The watch cache.
@@ -573,9 +590,23 @@ impl Registry {
         }
         strategy::default_object(sri, &mut obj);
         strategy::prepare_for_create(sri, &mut obj);
+        let name = meta_str(&obj, "name").unwrap_or("").to_string();
+        let attrs = Attributes {
+            operation: Operation::Create,
+            resource: sri,
+            subresource: None,
+            namespace: ns,
+            name: &name,
+            user: opts.user.as_ref(),
+            dry_run: opts.dry_run,
+        };
+        admission::mutate(self, &attrs, &mut obj, None).await?;
+        if !opts.apply {
+            fieldmanager::update(ri.group, ri.version, ri.kind, None, &mut obj, &manager(opts), None);
+        }
         self.validate(sri, &obj, None)?;
         self.check_namespace(ri, ns).await?;
-        let name = meta_str(&obj, "name").unwrap_or("").to_string();
+        admission::validate(self, &attrs, &obj, None).await?;
         let k = key(sri, ns, &name);
         let bytes = encode(&obj)?;
         if opts.dry_run {
@@ -678,7 +709,21 @@ impl Registry {
             if subresource.is_none() {
                 strategy::prepare_for_update(sri, &mut obj, &old);
             }
+            let attrs = Attributes {
+                operation: Operation::Update,
+                resource: sri,
+                subresource,
+                namespace: ns,
+                name,
+                user: opts.user.as_ref(),
+                dry_run: opts.dry_run,
+            };
+            admission::mutate(self, &attrs, &mut obj, Some(&old)).await?;
+            if !opts.apply {
+                fieldmanager::update(ri.group, ri.version, ri.kind, Some(&old), &mut obj, &manager(opts), subresource);
+            }
             self.validate(sri, &obj, Some(&old))?;
+            admission::validate(self, &attrs, &obj, Some(&old)).await?;
             // Identical objects are not rewritten (no new revision, no watch event).
             let mut old_cmp = old.clone();
             cache::set_resource_version(&mut old_cmp, 0);
@@ -862,6 +907,70 @@ impl Registry {
         Ok(obj)
     }
 
+    /// Server-side apply (`application/apply-patch+yaml`): creates the object if absent,
+    /// otherwise merges `applied` into it as `fieldManager`, with conflict detection.
+    /// `applied` has been decoded with [`Registry::decode_object`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        applied: &Value,
+        force: bool,
+        opts: &WriteOptions,
+    ) -> Result<Written, Status> {
+        let Some(manager) = opts.field_manager.clone().filter(|m| !m.is_empty()) else {
+            return Err(Status::bad_request(
+                "PATCH, with apply, requires a non-empty fieldManager",
+            ));
+        };
+        if let Some(n) = meta_str(applied, "name") {
+            if n != name {
+                return Err(Status::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        let mut opts = opts.clone();
+        opts.apply = true;
+        let sri = storage_info(ri);
+        for _attempt in 0..8 {
+            match self.current(sri, ri, ns, name).await {
+                Err(s) if s.code == 404 && subresource.is_none() => {
+                    let mut obj = fieldmanager::apply(ri.group, ri.version, ri.kind, None, applied, &manager, force, None)?;
+                    meta_mut(&mut obj).insert("name".into(), json!(name));
+                    match self.create(ri, ns, obj, &opts).await {
+                        Err(s) if s.reason == "AlreadyExists" => continue,
+                        other => return other,
+                    }
+                }
+                Err(s) => return Err(s),
+                Ok(_) => {
+                    let manager = manager.clone();
+                    return self
+                        .update(
+                            ri,
+                            ns,
+                            name,
+                            subresource,
+                            Update::Mutate(Box::new(move |cur: &Value| {
+                                let mut next = fieldmanager::apply(ri.group, ri.version, ri.kind, Some(cur), applied, &manager, force, subresource)?;
+                                if let Some(m) = next["metadata"].as_object_mut() {
+                                    m.remove("resourceVersion");
+                                }
+                                Ok((next, Vec::new()))
+                            })),
+                            &opts,
+                        )
+                        .await;
+                }
+            }
+        }
+        Err(Status::conflict(ri.group, ri.plural, name, "too many concurrent updates; please retry"))
+    }
+
     /// Deletes an object, honouring preconditions, graceful deletion (pods on a node) and
     /// finalizers. Returns the object as it was (or is, while finalizers remain) and
     /// whether it is now gone.
@@ -923,6 +1032,21 @@ impl Registry {
                         );
                         m.insert("deletionGracePeriodSeconds".into(), json!(grace));
                     }
+                }
+            }
+            // Foreground and Orphan deletion hand the object to the garbage collector
+            // through its finalizers.
+            let gc_finalizer = match opts.propagation.as_deref() {
+                Some("Foreground") => Some("foregroundDeletion"),
+                Some("Orphan") => Some("orphan"),
+                _ => None,
+            };
+            if let Some(f) = gc_finalizer {
+                let m = meta_mut(&mut obj);
+                let list = m.entry("finalizers").or_insert_with(|| json!([]));
+                if let Some(a) = list.as_array_mut() {
+                    a.retain(|x| x != "foregroundDeletion" && x != "orphan");
+                    a.push(json!(f));
                 }
             }
             let namespace_finalizers = sri.kind == "Namespace"
@@ -1028,6 +1152,12 @@ impl Registry {
     pub async fn compact(&self, revision: u64) -> Result<(), store::Error> {
         self.store.compact(revision).await
     }
+}
+
+/// The field manager of a write: `fieldManager`, else the client's name (as upstream
+/// derives it from the User-Agent, done by the handler), else `unknown`.
+fn manager(opts: &WriteOptions) -> String {
+    opts.field_manager.clone().unwrap_or_else(|| "unknown".to_string())
 }
 
 /// The new state for [`Registry::update`].

@@ -1,0 +1,27 @@
+//! The limit ranger admission plugin (not yet implemented: admits everything unchanged).
+
+use serde_json::Value;
+
+use super::Attributes;
+use crate::api::status::Status;
+use crate::apiserver::registry::Registry;
+
+/// Mutating phase.
+pub async fn mutate(
+    _reg: &Registry,
+    _attrs: &Attributes<'_>,
+    _obj: &mut Value,
+    _old: Option<&Value>,
+) -> Result<(), Status> {
+    Ok(())
+}
+
+/// Validating phase.
+pub async fn validate(
+    _reg: &Registry,
+    _attrs: &Attributes<'_>,
+    _obj: &Value,
+    _old: Option<&Value>,
+) -> Result<(), Status> {
+    Ok(())
+}
