@@ -7,11 +7,12 @@
 //! | L0 | [`config`], [`api`] | flags and config file; Kubernetes vocabulary without IO |
 //! | L1 | [`store`], [`pki`], [`client`] | versioned KV store; certificates; API clients |
 //! | L2 | [`apiserver`] | the only user of the store |
-//! | L2 | [`controllers`] | API clients only |
+//! | L2 | [`controllers`], [`agent`] | API clients only |
 //! | L3 | [`cmd`] | wires the roles together |
 //!
 //! See docs/ARCHITECTURE.md for the full picture.
 
+pub mod agent;
 pub mod api;
 pub mod apiserver;
 pub mod client;

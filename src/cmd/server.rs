@@ -117,11 +117,27 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .await
     .context("starting controllers")?;
 
-    if !args.disable_agent {
-        tracing::warn!(
-            "the node agent is not part of this build yet; running the control plane only (as with --disable-agent)"
-        );
-    }
+    let agent = if args.disable_agent {
+        None
+    } else {
+        let cfg = crate::agent::AgentConfig::from_args(
+            &args.agent,
+            args.data_dir.clone(),
+            true,
+            args.cluster_dns,
+            &args.cluster_domain,
+        )
+        .context("agent settings")?;
+        let client_cfg = crate::client::ClientConfig {
+            url: local.clone(),
+            ca_pem: material.ca_cert_pem.clone(),
+            ca_key_pem: material.ca_key_pem.clone(),
+        };
+        let client = client_cfg
+            .client_for(&format!("system:node:{}", cfg.node_name), &["system:nodes"])
+            .context("agent client")?;
+        Some(crate::agent::run(client, cfg, shutdown.clone()).await.context("starting the node agent")?)
+    };
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, url = %local, "kaji server is ready");
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -133,6 +149,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), running.done).await;
     controllers.stop().await;
+    if let Some(agent) = agent {
+        let _ = tokio::time::timeout(Duration::from_secs(15), agent).await;
+    }
     drop(store);
     tracing::info!("kaji server stopped");
     Ok(())

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+/// The version the node agent reports (the Kubernetes API level plus kaji's version).
+pub const KUBELET_VERSION: &str = concat!("v1.33.0+kaji.", env!("CARGO_PKG_VERSION"));
+
 /// Default config file.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/kaji/config.yaml";
 
@@ -48,6 +51,32 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (API server, store, controllers) and, unless disabled, a node agent.
     Server(ServerArgs),
+}
+
+/// Node agent flags, shared by `kaji server` and `kaji agent`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct AgentArgs {
+    /// Node name (default: the hostname).
+    #[arg(long, env = "KAJI_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// IP address to advertise for the node (default: the address of the default route).
+    #[arg(long, env = "KAJI_NODE_IP")]
+    pub node_ip: Option<std::net::IpAddr>,
+    /// Labels to register the node with (`key=value`, repeatable).
+    #[arg(long, env = "KAJI_NODE_LABEL", value_delimiter = ',')]
+    pub node_label: Vec<String>,
+    /// Taints to register the node with (`key=value:Effect`, repeatable).
+    #[arg(long, env = "KAJI_NODE_TAINT", value_delimiter = ',')]
+    pub node_taint: Vec<String>,
+    /// Use this CRI socket instead of starting an embedded containerd.
+    #[arg(long, env = "KAJI_CONTAINER_RUNTIME_ENDPOINT", value_name = "SOCKET")]
+    pub container_runtime_endpoint: Option<String>,
+    /// The sandbox ("pause") image (default: the one kaji provides offline).
+    #[arg(long, env = "KAJI_PAUSE_IMAGE")]
+    pub pause_image: Option<String>,
+    /// Kubelet-style overrides (`key=value`, repeatable), e.g. `max-pods=50`.
+    #[arg(long, env = "KAJI_KUBELET_ARG", value_delimiter = ',')]
+    pub kubelet_arg: Vec<String>,
 }
 
 /// Flags of `kaji server`.
@@ -114,6 +143,9 @@ pub struct ServerArgs {
     /// Turn on debug logs.
     #[arg(long, env = "KAJI_DEBUG")]
     pub debug: bool,
+    /// Node agent settings (used unless --disable-agent).
+    #[command(flatten)]
+    pub agent: AgentArgs,
     /// Seconds between compactions of the store's history.
     #[arg(
         long,

@@ -1,0 +1,148 @@
+//! The node agent (kaji's kubelet): registers the Node and keeps its Lease and status
+//! fresh, runs the embedded containerd, and (as the pod workers land) runs every Pod bound
+//! to the node through CRI.
+//!
+//! The same code runs inside `kaji server` and as `kaji agent` on another machine: it
+//! reaches the control plane only through a `kube::Client` (a URL and credentials).
+//!
+//! Depends on: `client`, `api`, `config`. Must not depend on: `store`, `apiserver`.
+
+pub mod containerd;
+pub mod node;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+
+/// Errors of the node agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A required program is not installed.
+    #[error("{0} not found on PATH (install the Debian package that provides it)")]
+    MissingBinary(&'static str),
+    /// The container runtime failed.
+    #[error("container runtime: {0}")]
+    Runtime(String),
+    /// An API request failed.
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// A flag value is invalid.
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+/// The pause image kaji builds and imports itself, offline.
+pub const DEFAULT_PAUSE_IMAGE: &str = "kaji.local/pause:3.10";
+
+/// Settings of one node agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The node's name.
+    pub node_name: String,
+    /// The node's InternalIP.
+    pub node_ip: IpAddr,
+    /// Extra node labels.
+    pub labels: Vec<(String, String)>,
+    /// Node taints (`key`, `value`, `effect`).
+    pub taints: Vec<(String, String, String)>,
+    /// Whether this node also runs the control plane (adds the control-plane role labels).
+    pub server: bool,
+    /// `<data-dir>`.
+    pub data_dir: PathBuf,
+    /// Volatile runtime dir (sockets, containerd state).
+    pub run_dir: PathBuf,
+    /// A CRI socket to use instead of the embedded containerd.
+    pub runtime_endpoint: Option<String>,
+    /// The sandbox image.
+    pub pause_image: String,
+    /// Maximum pods on this node.
+    pub max_pods: u32,
+    /// The cluster DNS service IP.
+    pub cluster_dns: IpAddr,
+    /// The cluster domain.
+    pub cluster_domain: String,
+}
+
+impl AgentConfig {
+    /// Builds the agent configuration from flags.
+    pub fn from_args(args: &crate::config::AgentArgs, data_dir: PathBuf, server: bool, cluster_dns: IpAddr, cluster_domain: &str) -> Result<AgentConfig, Error> {
+        let node_name = args.node_name.clone().unwrap_or_else(node::hostname);
+        let node_ip = match args.node_ip {
+            Some(ip) => ip,
+            None => node::default_ip().ok_or_else(|| Error::Config("cannot determine the node IP; pass --node-ip".into()))?,
+        };
+        let labels = args
+            .node_label
+            .iter()
+            .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| Error::Config(format!("--node-label {l:?}: expected key=value"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let taints = args
+            .node_taint
+            .iter()
+            .map(|t| parse_taint(t).ok_or_else(|| Error::Config(format!("--node-taint {t:?}: expected key[=value]:Effect"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut max_pods = 110;
+        for arg in &args.kubelet_arg {
+            match arg.split_once('=') {
+                Some(("max-pods", v)) => max_pods = v.parse().map_err(|_| Error::Config(format!("--kubelet-arg {arg:?}")))?,
+                _ => return Err(Error::Config(format!("--kubelet-arg {arg:?}: unsupported (supported: max-pods)"))),
+            }
+        }
+        let run_dir = if data_dir == std::path::Path::new("/var/lib/kaji") { PathBuf::from("/run/kaji") } else { data_dir.join("run") };
+        Ok(AgentConfig {
+            node_name: node_name.to_lowercase(),
+            node_ip,
+            labels,
+            taints,
+            server,
+            run_dir,
+            data_dir,
+            runtime_endpoint: args.container_runtime_endpoint.clone(),
+            pause_image: args.pause_image.clone().unwrap_or_else(|| DEFAULT_PAUSE_IMAGE.to_string()),
+            max_pods,
+            cluster_dns,
+            cluster_domain: cluster_domain.to_string(),
+        })
+    }
+}
+
+fn parse_taint(s: &str) -> Option<(String, String, String)> {
+    let (kv, effect) = s.rsplit_once(':')?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return None;
+    }
+    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+    Some((k.to_string(), v.to_string(), effect.to_string()))
+}
+
+/// Runs the agent until `shutdown`: container runtime, node registration, heartbeats.
+pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>, Error> {
+    if cfg.runtime_endpoint.is_none() {
+        let paths = containerd::Paths::new(&cfg.data_dir, &cfg.run_dir);
+        containerd::start(&cfg, paths, shutdown.clone()).await?;
+    }
+    node::register(&client, &cfg).await?;
+    let handle = tokio::spawn(node::heartbeat(client, cfg, shutdown));
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints() {
+        assert_eq!(parse_taint("dedicated=gpu:NoSchedule"), Some(("dedicated".into(), "gpu".into(), "NoSchedule".into())));
+        assert_eq!(parse_taint("edge:NoExecute"), Some(("edge".into(), "".into(), "NoExecute".into())));
+        assert_eq!(parse_taint("x=y:Sometimes"), None);
+    }
+}
