@@ -85,6 +85,7 @@ def roots():
 
     names = [prefix(g, v) + "." + k for g, v, k in re.findall(r'res!\("([^"]*)"/"([^"]*)", "([^"]*)"', text)]
     names += [prefix(g, v) + "." + k for g, v, k in re.findall(r'sub!\("[^"]*", "([^"]*)", "([^"]*)", "([^"]*)"', text)]
+    names += [prefix(g, v) + "." + k for g, v, k in re.findall(r'virtual_resource\("([^"]*)", "([^"]*)", "([^"]*)"', text)]
     return list(dict.fromkeys(names + EXTRA_ROOTS))
 
 

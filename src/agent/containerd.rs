@@ -63,6 +63,17 @@ fn systemd_cgroup() -> bool {
     pid1.trim() == "systemd" && Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
+/// Whether this process may lower OOM scores (CAP_SYS_RESOURCE). Without it (nested
+/// containers, some sandboxes) containerd must not ask runc for negative scores.
+fn can_lower_oom_score() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
 /// Renders the containerd configuration (from `config.toml.tmpl` beside it if the user
 /// put one there, else the embedded template).
 pub fn render_config(paths: &Paths, sandbox_image: &str) -> String {
@@ -74,6 +85,7 @@ pub fn render_config(paths: &Paths, sandbox_image: &str) -> String {
         .replace("{{address}}", &paths.socket.display().to_string())
         .replace("{{sandbox_image}}", sandbox_image)
         .replace("{{systemd_cgroup}}", if systemd_cgroup() { "true" } else { "false" })
+        .replace("{{restrict_oom_score_adj}}", if can_lower_oom_score() { "false" } else { "true" })
         .replace("{{cni_bin_dir}}", &paths.cni_bin_dir.display().to_string())
         .replace("{{cni_conf_dir}}", &paths.cni_conf_dir.display().to_string())
 }

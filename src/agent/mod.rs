@@ -8,7 +8,16 @@
 //! Depends on: `client`, `api`, `config`. Must not depend on: `store`, `apiserver`.
 
 pub mod containerd;
+pub mod cri;
+pub mod env;
+pub mod events;
+pub mod images;
+pub mod network;
 pub mod node;
+pub mod pod_workers;
+pub mod probes;
+pub mod resources;
+pub mod volumes;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -70,6 +79,8 @@ pub struct AgentConfig {
     pub cluster_dns: IpAddr,
     /// The cluster domain.
     pub cluster_domain: String,
+    /// `runtimeName://version` of the container runtime, once connected.
+    pub runtime_version: String,
 }
 
 impl AgentConfig {
@@ -97,7 +108,7 @@ impl AgentConfig {
                 _ => return Err(Error::Config(format!("--kubelet-arg {arg:?}: unsupported (supported: max-pods)"))),
             }
         }
-        let run_dir = if data_dir == std::path::Path::new("/var/lib/kaji") { PathBuf::from("/run/kaji") } else { data_dir.join("run") };
+        let run_dir = default_run_dir(&data_dir);
         Ok(AgentConfig {
             node_name: node_name.to_lowercase(),
             node_ip,
@@ -111,8 +122,15 @@ impl AgentConfig {
             max_pods,
             cluster_dns,
             cluster_domain: cluster_domain.to_string(),
+            runtime_version: String::new(),
         })
     }
+}
+
+/// The volatile runtime dir of an agent: `/run/kaji` for the default data dir, else
+/// `<data-dir>/run`.
+pub fn default_run_dir(data_dir: &std::path::Path) -> PathBuf {
+    if data_dir == std::path::Path::new("/var/lib/kaji") { PathBuf::from("/run/kaji") } else { data_dir.join("run") }
 }
 
 fn parse_taint(s: &str) -> Option<(String, String, String)> {
@@ -130,8 +148,27 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: CancellationT
         let paths = containerd::Paths::new(&cfg.data_dir, &cfg.run_dir);
         containerd::start(&cfg, paths, shutdown.clone()).await?;
     }
+    let socket = match &cfg.runtime_endpoint {
+        Some(e) => std::path::PathBuf::from(e.strip_prefix("unix://").unwrap_or(e)),
+        None => containerd::Paths::new(&cfg.data_dir, &cfg.run_dir).socket,
+    };
+    let (cri, version) = cri::Cri::wait_ready(&socket).await?;
+    tracing::info!(runtime = %version, "container runtime ready");
+    if cfg.runtime_endpoint.is_none() {
+        images::prepare_node_images(&cfg, &socket).await.map_err(|e| Error::Runtime(e.to_string()))?;
+    }
+    let mut cfg = cfg;
+    cfg.runtime_version = version;
     node::register(&client, &cfg).await?;
-    let handle = tokio::spawn(node::heartbeat(client, cfg, shutdown));
+    let pod_cidr = node::wait_pod_cidr(&client, &cfg, &shutdown).await?;
+    network::write_conflist(&containerd::Paths::new(&cfg.data_dir, &cfg.run_dir).cni_conf_dir, &pod_cidr)?;
+    let cfg = std::sync::Arc::new(cfg);
+    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), (*cfg).clone(), shutdown.clone()));
+    let workers = tokio::spawn(pod_workers::run(client, cfg, cri, shutdown));
+    let handle = tokio::spawn(async move {
+        let _ = workers.await;
+        let _ = heartbeat.await;
+    });
     Ok(handle)
 }
 

@@ -169,7 +169,7 @@ pub fn status(cfg: &AgentConfig) -> Value {
             "bootID": read_trim("/proc/sys/kernel/random/boot_id"),
             "kernelVersion": read_trim("/proc/sys/kernel/osrelease"),
             "osImage": os_image(),
-            "containerRuntimeVersion": "containerd://1.6",
+            "containerRuntimeVersion": cfg.runtime_version,
             "kubeletVersion": crate::config::KUBELET_VERSION,
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
@@ -260,6 +260,26 @@ pub async fn heartbeat(client: kube::Client, cfg: AgentConfig, shutdown: Cancell
                     tracing::warn!(%err, node = %cfg.node_name, "posting node status");
                 }
             }
+        }
+    }
+}
+
+/// Waits until the node has a podCIDR (assigned by the node IPAM controller).
+pub async fn wait_pod_cidr(client: &kube::Client, cfg: &AgentConfig, shutdown: &CancellationToken) -> Result<String, Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut warned = false;
+    loop {
+        let node = nodes.get(&cfg.node_name).await?;
+        if let Some(cidr) = node.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()) {
+            return Ok(cidr);
+        }
+        if !warned {
+            tracing::info!(node = %cfg.node_name, "waiting for a podCIDR to be assigned");
+            warned = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(Error::Runtime("shutting down".into())),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }

@@ -3,10 +3,11 @@
 //! Authentication: client certificates verified against the cluster CA during the TLS
 //! handshake (CN = user, O = groups), and bearer tokens from a static token file
 //! (`token,user,uid,"group1,group2"` per line, as upstream's `--token-auth-file`).
-//! Authorization is behind the [`Authorizer`] trait; until RBAC lands the
-//! [`BootstrapAuthorizer`] allows `system:masters` and the built-in component identities.
+//! Authorization is behind the [`Authorizer`] trait, implemented by RBAC
+//! (`super::rbac::Rbac`); kaji's own components are authorized by the RBAC bootstrap
+//! policy like any other user.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::request::RequestInfo;
@@ -20,6 +21,8 @@ pub struct UserInfo {
     pub uid: String,
     /// Groups, including the implicit `system:authenticated`.
     pub groups: Vec<String>,
+    /// Extra attributes (from impersonation or the authenticator), key → values.
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 impl UserInfo {
@@ -36,6 +39,7 @@ impl UserInfo {
             name: name.into(),
             uid: uid.into(),
             groups,
+            extra: BTreeMap::new(),
         }
     }
 
@@ -153,40 +157,6 @@ pub trait Authorizer: Send + Sync {
     fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision;
 }
 
-/// Identities of kaji's own components, allowed everything until RBAC exists.
-pub const COMPONENT_USERS: &[&str] = &[
-    "system:kube-controller-manager",
-    "system:kube-scheduler",
-    "system:kube-proxy",
-    "system:kaji-controller",
-];
-
-/// Allows `system:masters`, kaji's component identities and nodes (`system:nodes`).
-#[derive(Debug, Default)]
-pub struct BootstrapAuthorizer;
-
-impl Authorizer for BootstrapAuthorizer {
-    fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision {
-        if user.in_group("system:masters")
-            || user.in_group("system:nodes")
-            || COMPONENT_USERS.contains(&user.name.as_str())
-        {
-            return Decision::Allow;
-        }
-        if !req.is_resource && matches!(req.path.as_str(), "/api" | "/apis" | "/version") {
-            return Decision::Allow;
-        }
-        if !req.is_resource
-            && (req.path.starts_with("/apis/")
-                || req.path.starts_with("/api/")
-                || req.path.starts_with("/openapi"))
-        {
-            return Decision::Allow;
-        }
-        Decision::Deny(String::new())
-    }
-}
-
 /// The upstream 403 message for a denied request.
 pub fn forbidden_message(user: &UserInfo, req: &RequestInfo) -> String {
     if !req.is_resource {
@@ -248,19 +218,13 @@ mod tests {
     }
 
     #[test]
-    fn bootstrap_policy() {
+    fn forbidden_messages() {
         let req = super::super::request::resolve(
             &http::Method::GET,
             "/api/v1/namespaces/default/pods",
             false,
         );
-        let admin = UserInfo::new("system:admin", "", vec!["system:masters".into()]);
-        assert_eq!(BootstrapAuthorizer.authorize(&admin, &req), Decision::Allow);
         let alice = UserInfo::new("alice", "", vec![]);
-        assert!(matches!(
-            BootstrapAuthorizer.authorize(&alice, &req),
-            Decision::Deny(_)
-        ));
         assert_eq!(
             forbidden_message(&alice, &req),
             "pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""

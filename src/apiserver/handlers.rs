@@ -222,7 +222,7 @@ fn parse_body(ct: &str, body: &[u8]) -> Result<Value, Status> {
                 .map_err(|e| Status::bad_request(format!("error converting YAML to JSON: {e}")))
         }
         "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body)
-            .map_err(|e| Status::unsupported_media_type(&format!("application/vnd.kubernetes.protobuf ({e})"))),
+            .map_err(|e| Status::bad_request(format!("error decoding protobuf request body: {e}"))),
         other => Err(Status::unsupported_media_type(other)),
     }
 }
@@ -689,7 +689,9 @@ async fn resource(
             if patch_kind == "application/apply-patch+yaml" {
                 let (headers, body) = read_body(req).await?;
                 let applied = parse_body(&content_type(&headers), &body)?;
-                let (applied, warnings) = reg.decode_object(ri, applied, opts.field_validation)?;
+                // Validated like any body, but applied as sent: the normalised form carries
+                // typed defaults (`selector: {}`, ...) the applier would come to own.
+                let (_, warnings) = reg.decode_object(ri, applied.clone(), opts.field_validation)?;
                 let written = reg
                     .apply(ri, ns, &name, sub, &applied, q.flag("force"), &opts)
                     .await?;

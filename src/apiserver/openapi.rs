@@ -573,6 +573,16 @@ fn resource_paths(r: &'static ResourceInfo, out: &mut Vec<PathSpec>) {
     } else {
         format!("{prefix}/{}", r.plural)
     };
+    if !r.is_stored() {
+        // Computed, create-only resources (access and token reviews): POST only.
+        out.push(PathSpec {
+            path: collection,
+            namespaced: r.namespaced,
+            named: None,
+            ops: vec![op(&CREATE, gvk, scope, "", "")],
+        });
+        return;
+    }
     out.push(PathSpec {
         path: collection.clone(),
         namespaced: r.namespaced,
@@ -648,11 +658,13 @@ impl Schemas {
         };
         for r in resources::RESOURCES {
             let name = schema_name(r.group, r.version, r.kind);
-            let list = format!("{name}List");
-            defs.entry(list.clone())
-                .or_insert_with(|| list_schema(r, &name));
+            if r.is_stored() {
+                let list = format!("{name}List");
+                defs.entry(list.clone())
+                    .or_insert_with(|| list_schema(r, &name));
+                add(list, r.group, r.version, r.list_kind());
+            }
             add(name, r.group, r.version, r.kind.to_string());
-            add(list, r.group, r.version, r.list_kind());
             for s in r.subresources {
                 add(
                     schema_name(s.group, s.version, s.kind),
@@ -1502,7 +1514,8 @@ mod tests {
     #[test]
     fn v3_every_patch_supports_field_validation() {
         let api = api();
-        for r in resources::RESOURCES {
+        for r in resources::RESOURCES.iter().filter(|r| r.is_stored()) {
+            // Create-only reviews have no PATCH (as upstream).
             let (doc, _) = api.v3_document(&gv_path(r.group, r.version)).unwrap();
             let doc = parse_json(doc);
             let want = gvk_value((r.group, r.version, r.kind));
@@ -1782,7 +1795,8 @@ mod tests {
             assert!(path_params.contains(&"name".to_string()), "{name}");
             patch_gvks.push((name, gvk));
         }
-        for r in resources::RESOURCES {
+        for r in resources::RESOURCES.iter().filter(|r| r.is_stored()) {
+            // Create-only reviews have no PATCH (as upstream).
             let first = patch_gvks.iter().find(|(_, g)| {
                 g["group"] == r.group && g["version"] == r.version && g["kind"] == r.kind
             });

@@ -408,6 +408,12 @@ fn columns(ri: &ResourceInfo) -> Vec<Column> {
             ),
             AGE,
         ],
+        ("policy", "PodDisruptionBudget") => &[
+            ("Min Available", "string", 0, "The minimum number or percentage of available pods this budget requires."),
+            ("Max Unavailable", "string", 0, "The maximum number or percentage of unavailable pods this budget requires."),
+            ("Allowed Disruptions", "integer", 0, "Calculated number of pods that may be disrupted at this time."),
+            AGE,
+        ],
         ("coordination.k8s.io", "Lease") => {
             &[("Holder", "string", 0, "The holder of the lease"), AGE]
         }
@@ -920,6 +926,15 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
             json!(or_none(s(&spec["storageClassName"]).to_string()))
         }
         ("Lease", "Holder") => json!(s(&spec["holderIdentity"])),
+        ("PodDisruptionBudget", "Min Available" | "Max Unavailable") => {
+            let v = &spec[if column == "Min Available" { "minAvailable" } else { "maxUnavailable" }];
+            json!(match v {
+                Value::Number(n) => n.to_string(),
+                Value::String(p) => p.clone(),
+                _ => "N/A".to_string(),
+            })
+        }
+        ("PodDisruptionBudget", "Allowed Disruptions") => json!(count(&st["disruptionsAllowed"])),
         _ => json!(""),
     }
 }

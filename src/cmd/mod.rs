@@ -3,6 +3,7 @@
 //!
 //! Depends on: everything. Nothing depends on it except `main.rs`.
 
+mod image;
 mod server;
 
 use crate::config::{Cli, Command};
@@ -16,6 +17,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(server::run(args))
+        }
+        Command::Image(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(image::run(args))
         }
     }
 }

@@ -112,6 +112,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ca_pem: material.ca_cert_pem.clone(),
             ca_key_pem: material.ca_key_pem.clone(),
         },
+        &args.cluster_cidr,
         shutdown.clone(),
     )
     .await

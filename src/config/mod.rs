@@ -51,6 +51,38 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (API server, store, controllers) and, unless disabled, a node agent.
     Server(ServerArgs),
+    /// Manage the container images of this node's containerd.
+    Image(ImageArgs),
+}
+
+/// Flags of `kaji image`.
+#[derive(Debug, Clone, Args)]
+pub struct ImageArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// Subcommands of `kaji image`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImageCommand {
+    /// Import image tarballs (OCI image layouts or `docker save` archives, plain or
+    /// gzip-compressed) into the node's containerd, unpacked and ready for pods.
+    Import(ImageImportArgs),
+}
+
+/// Flags of `kaji image import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImageImportArgs {
+    /// Image tarballs to import.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The agent's data dir (locates its containerd socket).
+    #[arg(short = 'd', long, env = "KAJI_DATA_DIR", default_value = "/var/lib/kaji", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// containerd socket to import into instead of the agent's embedded one.
+    #[arg(long, env = "KAJI_CONTAINER_RUNTIME_ENDPOINT", value_name = "SOCKET")]
+    pub container_runtime_endpoint: Option<String>,
 }
 
 /// Node agent flags, shared by `kaji server` and `kaji agent`.
@@ -305,7 +337,7 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = Cli::parse_from(["kaji", "server"]);
-        let Command::Server(s) = cli.command;
+        let Command::Server(s) = cli.command else { panic!("server") };
         assert_eq!(s.https_listen_port, 6443);
         assert_eq!(s.write_kubeconfig_mode, 0o600);
         assert_eq!(s.cluster_cidr, "10.42.0.0/16");
@@ -330,7 +362,7 @@ mod tests {
         .map(OsString::from)
         .collect();
         let merged = with_config_file(args).unwrap();
-        let Command::Server(s) = Cli::parse_from(merged).command;
+        let Command::Server(s) = Cli::parse_from(merged).command else { panic!("server") };
         assert_eq!(s.https_listen_port, 7443);
         assert_eq!(s.tls_san, vec!["a.example", "b.example"]);
         assert!(s.disable_agent);

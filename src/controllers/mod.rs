@@ -3,7 +3,13 @@
 //!
 //! Depends on: `client`, `api`. Must not depend on: `store`, `apiserver`.
 
+mod clusterrole_aggregation;
+mod disruption;
+mod garbage_collector;
 mod namespace;
+mod node_ipam;
+mod root_ca_publisher;
+mod serviceaccount;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,9 +33,18 @@ impl Controllers {
 /// Starts every controller; they run until `shutdown`.
 pub async fn start(
     cfg: ClientConfig,
+    cluster_cidr: &str,
     shutdown: CancellationToken,
 ) -> Result<Controllers, client::Error> {
     let client = cfg.client_for("system:kube-controller-manager", &[])?;
-    let tasks = vec![tokio::spawn(namespace::run(client, shutdown))];
+    let tasks = vec![
+        tokio::spawn(garbage_collector::run(client.clone(), shutdown.clone())),
+        tokio::spawn(clusterrole_aggregation::run(client.clone(), shutdown.clone())),
+        tokio::spawn(disruption::run(client.clone(), shutdown.clone())),
+        tokio::spawn(serviceaccount::run(client.clone(), shutdown.clone())),
+        tokio::spawn(root_ca_publisher::run(client.clone(), cfg.ca_pem.clone(), shutdown.clone())),
+        tokio::spawn(node_ipam::run(client.clone(), cluster_cidr.to_string(), shutdown.clone())),
+        tokio::spawn(namespace::run(client, shutdown)),
+    ];
     Ok(Controllers { tasks })
 }

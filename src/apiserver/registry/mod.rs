@@ -600,10 +600,12 @@ impl Registry {
             user: opts.user.as_ref(),
             dry_run: opts.dry_run,
         };
-        admission::mutate(self, &attrs, &mut obj, None).await?;
+        // Field ownership is recorded before admission, as upstream: what admission adds
+        // belongs to nobody.
         if !opts.apply {
             fieldmanager::update(ri.group, ri.version, ri.kind, None, &mut obj, &manager(opts), None);
         }
+        admission::mutate(self, &attrs, &mut obj, None).await?;
         self.validate(sri, &obj, None)?;
         self.check_namespace(ri, ns).await?;
         admission::validate(self, &attrs, &obj, None).await?;
@@ -718,10 +720,10 @@ impl Registry {
                 user: opts.user.as_ref(),
                 dry_run: opts.dry_run,
             };
-            admission::mutate(self, &attrs, &mut obj, Some(&old)).await?;
             if !opts.apply {
                 fieldmanager::update(ri.group, ri.version, ri.kind, Some(&old), &mut obj, &manager(opts), subresource);
             }
+            admission::mutate(self, &attrs, &mut obj, Some(&old)).await?;
             self.validate(sri, &obj, Some(&old))?;
             admission::validate(self, &attrs, &obj, Some(&old)).await?;
             // Identical objects are not rewritten (no new revision, no watch event).
@@ -834,6 +836,15 @@ impl Registry {
             Some("status") => {
                 let mut o = old.clone();
                 o["status"] = requested.get("status").cloned().unwrap_or(json!({}));
+                // managedFields as computed by a status apply (updates recompute them).
+                match requested["metadata"].get("managedFields") {
+                    Some(mf) => o["metadata"]["managedFields"] = mf.clone(),
+                    None => {
+                        if let Some(m) = o["metadata"].as_object_mut() {
+                            m.remove("managedFields");
+                        }
+                    }
+                }
                 // Labels and annotations may be changed through status too (upstream allows
                 // metadata updates via status for most kinds); keep the rest.
                 o
@@ -909,7 +920,8 @@ impl Registry {
 
     /// Server-side apply (`application/apply-patch+yaml`): creates the object if absent,
     /// otherwise merges `applied` into it as `fieldManager`, with conflict detection.
-    /// `applied` has been decoded with [`Registry::decode_object`].
+    /// `applied` is the configuration as sent (validated with [`Registry::decode_object`]);
+    /// the merged result is normalised here.
     #[allow(clippy::too_many_arguments)]
     pub async fn apply(
         &self,
@@ -939,7 +951,8 @@ impl Registry {
         for _attempt in 0..8 {
             match self.current(sri, ri, ns, name).await {
                 Err(s) if s.code == 404 && subresource.is_none() => {
-                    let mut obj = fieldmanager::apply(ri.group, ri.version, ri.kind, None, applied, &manager, force, None)?;
+                    let obj = fieldmanager::apply(ri.group, ri.version, ri.kind, None, applied, &manager, force, None)?;
+                    let (mut obj, _) = self.decode_object(ri, obj, FieldValidation::Ignore)?;
                     meta_mut(&mut obj).insert("name".into(), json!(name));
                     match self.create(ri, ns, obj, &opts).await {
                         Err(s) if s.reason == "AlreadyExists" => continue,
@@ -956,7 +969,8 @@ impl Registry {
                             name,
                             subresource,
                             Update::Mutate(Box::new(move |cur: &Value| {
-                                let mut next = fieldmanager::apply(ri.group, ri.version, ri.kind, Some(cur), applied, &manager, force, subresource)?;
+                                let next = fieldmanager::apply(ri.group, ri.version, ri.kind, Some(cur), applied, &manager, force, subresource)?;
+                                let (mut next, _) = self.decode_object(ri, next, FieldValidation::Ignore)?;
                                 if let Some(m) = next["metadata"].as_object_mut() {
                                     m.remove("resourceVersion");
                                 }

@@ -85,6 +85,12 @@ typed_kinds! {
     ("storage.k8s.io", "v1", "StorageClass") => k::storage::v1::StorageClass,
     ("scheduling.k8s.io", "v1", "PriorityClass") => k::scheduling::v1::PriorityClass,
     ("apiextensions.k8s.io", "v1", "CustomResourceDefinition") => apiext::CustomResourceDefinition,
+    ("authentication.k8s.io", "v1", "TokenReview") => k::authentication::v1::TokenReview,
+    ("authentication.k8s.io", "v1", "SelfSubjectReview") => k::authentication::v1::SelfSubjectReview,
+    ("authorization.k8s.io", "v1", "LocalSubjectAccessReview") => k::authorization::v1::LocalSubjectAccessReview,
+    ("authorization.k8s.io", "v1", "SelfSubjectAccessReview") => k::authorization::v1::SelfSubjectAccessReview,
+    ("authorization.k8s.io", "v1", "SelfSubjectRulesReview") => k::authorization::v1::SelfSubjectRulesReview,
+    ("authorization.k8s.io", "v1", "SubjectAccessReview") => k::authorization::v1::SubjectAccessReview,
 }
 
 /// Decodes `obj` as the typed object for `(group, version, kind)` and re-encodes it.
