@@ -7,7 +7,7 @@
 //! | L0 | [`config`], [`api`] | flags and config file; Kubernetes vocabulary without IO |
 //! | L1 | [`store`], [`pki`], [`client`] | versioned KV store; certificates; API clients |
 //! | L2 | [`apiserver`] | the only user of the store |
-//! | L2 | [`controllers`], [`agent`] | API clients only |
+//! | L2 | [`controllers`], [`scheduler`], [`agent`] | API clients only |
 //! | L3 | [`cmd`] | wires the roles together |
 //!
 //! See docs/ARCHITECTURE.md for the full picture.
@@ -20,4 +20,5 @@ pub mod cmd;
 pub mod config;
 pub mod controllers;
 pub mod pki;
+pub mod scheduler;
 pub mod store;

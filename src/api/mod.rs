@@ -4,6 +4,7 @@
 //! Depends on: k8s-openapi types, serde_json. Must not depend on: `store`, `apiserver`,
 //! or anything that performs IO.
 
+pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod status;

@@ -895,7 +895,7 @@ async fn bind_pod(
             ri,
             ns,
             name,
-            None,
+            Some("binding"),
             Update::Mutate(Box::new(move |cur: &Value| {
                 let current = cur["spec"]["nodeName"].as_str().unwrap_or("");
                 if !current.is_empty() {

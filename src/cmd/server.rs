@@ -118,6 +118,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .await
     .context("starting controllers")?;
 
+    let scheduler_client = crate::client::ClientConfig {
+        url: local.clone(),
+        ca_pem: material.ca_cert_pem.clone(),
+        ca_key_pem: material.ca_key_pem.clone(),
+    }
+    .client_for("system:kube-scheduler", &[])
+    .context("scheduler client")?;
+    let scheduler = tokio::spawn(crate::scheduler::run(
+        scheduler_client,
+        format!("{hostname}_{}", uuid::Uuid::new_v4()),
+        shutdown.clone(),
+    ));
     let agent = if args.disable_agent {
         None
     } else {
@@ -150,6 +162,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), running.done).await;
     controllers.stop().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), scheduler).await;
     if let Some(agent) = agent {
         let _ = tokio::time::timeout(Duration::from_secs(15), agent).await;
     }

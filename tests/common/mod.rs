@@ -15,6 +15,8 @@ pub struct Server {
     pub port: u16,
     pub kubeconfig: PathBuf,
     pub extra_args: Vec<String>,
+    /// Whether `spawn` runs the node agent (only servers from `start_with_agent` do).
+    pub agent: bool,
 }
 
 pub fn free_port() -> u16 {
@@ -41,6 +43,25 @@ impl Server {
             port,
             kubeconfig,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            agent: false,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts a server that also runs the node agent (embedded containerd); waits until
+    /// the API server is ready (the agent may still be starting).
+    pub fn start_with_agent(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let mut s = Server {
+            child: None,
+            dir,
+            port,
+            kubeconfig,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            agent: true,
         };
         s.spawn();
         s
@@ -59,7 +80,7 @@ impl Server {
             .unwrap();
         let child = Command::new(kaji_bin())
             .arg("server")
-            .arg("--disable-agent")
+            .args((!self.agent).then_some("--disable-agent"))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--https-listen-port={}", self.port))
             .arg(format!("--data-dir={}", self.data_dir().display()))

@@ -44,6 +44,8 @@ pub struct Entry {
     pub size: u64,
     /// The entry type.
     pub kind: Kind,
+    /// The permission bits.
+    pub mode: u32,
 }
 
 /// Streams the entries of a tar archive.
@@ -139,7 +141,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             };
             let kind = if kind == Kind::File && path.ends_with('/') { Kind::Dir } else { kind };
             let size = if matches!(kind, Kind::File) { self.remaining } else { 0 };
-            return Ok(Some(Entry { path: clean_path(&path), size, kind }));
+            let mode = (parse_number(&header[100..108])? & 0o7777) as u32;
+            return Ok(Some(Entry { path: clean_path(&path), size, kind, mode }));
         }
     }
 
@@ -380,6 +383,7 @@ mod tests {
         assert_eq!(data.len() % BLOCK, 0);
         let got = entries(&data).await;
         let summary: Vec<(String, Kind, usize)> = got.iter().map(|(e, body)| (e.path.clone(), e.kind.clone(), body.len())).collect();
+        assert_eq!(got.iter().map(|(e, _)| e.mode).collect::<Vec<_>>(), vec![0o755, 0o755, 0o777, 0o644, 0o644]);
         assert_eq!(
             summary,
             vec![
@@ -397,8 +401,8 @@ mod tests {
     #[tokio::test]
     async fn skips_unread_data_and_reads_pax_paths() {
         let mut b = Builder::new();
-        let pax = "30 path=very/long/pax/name.txt\n";
-        assert_eq!(pax.len(), 30);
+        let pax = "31 path=very/long/pax/name.txt\n";
+        assert_eq!(pax.len(), 31);
         b.raw_header("PaxHeaders/x", 0o644, pax.len() as u64, b'x', "");
         b.buf.extend_from_slice(pax.as_bytes());
         b.buf.resize(b.buf.len() + BLOCK - pax.len(), 0);

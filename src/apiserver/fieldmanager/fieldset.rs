@@ -157,11 +157,7 @@ impl Set {
             [last] => {
                 self.members.insert(last.clone());
             }
-            [first, rest @ ..] => self
-                .children
-                .entry(first.clone())
-                .or_default()
-                .insert(rest),
+            [first, rest @ ..] => self.children.entry(first.clone()).or_default().insert(rest),
         }
     }
 
@@ -282,7 +278,8 @@ impl Set {
     }
 
     fn collect_paths(&self, prefix: &mut Vec<PathElement>, out: &mut Vec<Vec<PathElement>>) {
-        let keys: BTreeSet<&PathElement> = self.members.iter().chain(self.children.keys()).collect();
+        let keys: BTreeSet<&PathElement> =
+            self.members.iter().chain(self.children.keys()).collect();
         for pe in keys {
             prefix.push(pe.clone());
             if self.members.contains(pe) {
@@ -298,7 +295,8 @@ impl Set {
     /// The `FieldsV1` JSON of this set.
     pub fn to_fields_v1(&self) -> Value {
         let mut obj = Map::new();
-        let keys: BTreeSet<&PathElement> = self.members.iter().chain(self.children.keys()).collect();
+        let keys: BTreeSet<&PathElement> =
+            self.members.iter().chain(self.children.keys()).collect();
         for pe in keys {
             let v = match self.children.get(pe) {
                 Some(child) => {
@@ -392,9 +390,16 @@ mod tests {
     #[test]
     fn key_elements_are_sorted_and_printed_like_upstream() {
         let pe = PathElement::key([("protocol", &json!("TCP")), ("containerPort", &json!(80))]);
-        assert_eq!(pe.to_fields_key(), r#"k:{"containerPort":80,"protocol":"TCP"}"#);
+        assert_eq!(
+            pe.to_fields_key(),
+            r#"k:{"containerPort":80,"protocol":"TCP"}"#
+        );
         assert_eq!(pe.to_string(), r#"[containerPort=80,protocol="TCP"]"#);
-        let path = vec![f("spec"), PathElement::key([("name", &json!("c"))]), f("image")];
+        let path = vec![
+            f("spec"),
+            PathElement::key([("name", &json!("c"))]),
+            f("image"),
+        ];
         assert_eq!(path_string(&path), r#".spec[name="c"].image"#);
         assert_eq!(PathElement::value(&json!("a")).to_string(), r#"[="a"]"#);
     }
@@ -418,10 +423,18 @@ mod tests {
         assert!(d.has(&[f("metadata"), f("labels"), f("app")]));
 
         let i = a.intersection(&b);
-        assert_eq!(i.paths(), vec![vec![f("metadata")], vec![f("spec"), f("replicas")]]);
+        assert_eq!(
+            i.paths(),
+            vec![vec![f("metadata")], vec![f("spec"), f("replicas")]]
+        );
         assert_eq!(b.union(&d), a);
         assert!(a.difference(&a).is_empty());
-        assert!(a.without_subtree(&f("spec")).paths().iter().all(|p| p[0] != f("spec")));
+        assert!(
+            a.without_subtree(&f("spec"))
+                .paths()
+                .iter()
+                .all(|p| p[0] != f("spec"))
+        );
         assert_eq!(a.only_subtree(&f("spec")).paths().len(), 2);
     }
 }

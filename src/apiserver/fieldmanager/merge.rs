@@ -60,7 +60,9 @@ pub enum MergeError {
         index: usize,
     },
     /// An item of a set is an object, a list or null.
-    #[error("{path}: element {index}: associative list without keys has an element that is not a scalar")]
+    #[error(
+        "{path}: element {index}: associative list without keys has an element that is not a scalar"
+    )]
     NotAScalar {
         /// The list's path.
         path: String,
@@ -85,9 +87,9 @@ impl Comparison {
     /// reset fields: `status` for the main resource, `spec` for `/status`).
     pub fn without_roots(&self, fields: &[&str]) -> Comparison {
         let strip = |s: &Set| {
-            fields
-                .iter()
-                .fold(s.clone(), |acc, f| acc.without_subtree(&PathElement::field(f)))
+            fields.iter().fold(s.clone(), |acc, f| {
+                acc.without_subtree(&PathElement::field(f))
+            })
         };
         Comparison {
             added: strip(&self.added),
@@ -134,7 +136,10 @@ fn shape<'s>(s: &'s Schema, ty: TypeId, values: [Option<&Value>; 2]) -> Shape<'s
                 Shape::Leaf
             }
         }
-        Node::List { kind: ListKind::Atomic, .. } => Shape::Leaf,
+        Node::List {
+            kind: ListKind::Atomic,
+            ..
+        } => Shape::Leaf,
         Node::List { kind, .. } => {
             if all_arrays() {
                 Shape::Items(ty, kind)
@@ -255,7 +260,9 @@ fn fieldset_walk(
             }
         }
         Shape::Items(lty, kind) => {
-            let Value::Array(items) = v else { return Ok(()) };
+            let Value::Array(items) = v else {
+                return Ok(());
+            };
             let pes = elements(kind, items, path)?;
             let mut seen = BTreeSet::new();
             let mut duplicates = BTreeSet::new();
@@ -351,9 +358,12 @@ fn merge_walk(
                     .and_modify(|v| *v = None)
                     .or_insert(Some(item));
             }
-            let order = merged_order(&lpes, &rpes, |pe| observed_rhs.contains_key(pe), |pe| {
-                observed_lhs.contains_key(pe)
-            });
+            let order = merged_order(
+                &lpes,
+                &rpes,
+                |pe| observed_rhs.contains_key(pe),
+                |pe| observed_lhs.contains_key(pe),
+            );
             let mut out = Vec::with_capacity(order.len());
             for step in order {
                 let (pe, l, r) = match step {
@@ -516,7 +526,10 @@ fn compare_walk(
 }
 
 /// Items by element, and whether any element repeats.
-fn index_items<'a>(pes: &'a [PathElement], items: &'a [Value]) -> (HashMap<&'a PathElement, &'a Value>, bool) {
+fn index_items<'a>(
+    pes: &'a [PathElement],
+    items: &'a [Value],
+) -> (HashMap<&'a PathElement, &'a Value>, bool) {
     let mut m = HashMap::new();
     let mut dup = false;
     for (pe, item) in pes.iter().zip(items) {
@@ -598,7 +611,13 @@ pub fn ensure_named_fields_are_members(s: &Schema, ty: TypeId, set: &Set) -> Set
 /// value structs, `null` for collections without `omitempty`.
 pub fn fill_zero(s: &Schema, ty: TypeId, v: &mut Value) {
     match (s.node(ty), v) {
-        (Node::Struct { fields, atomic: false }, Value::Object(obj)) => {
+        (
+            Node::Struct {
+                fields,
+                atomic: false,
+            },
+            Value::Object(obj),
+        ) => {
             for (name, f) in fields {
                 if f.zero_present && !obj.contains_key(name) {
                     let zero = match s.node(f.ty) {
@@ -612,7 +631,13 @@ pub fn fill_zero(s: &Schema, ty: TypeId, v: &mut Value) {
                 fill_zero(s, s.field(ty, k).0, child);
             }
         }
-        (Node::Map { elem, atomic: false }, Value::Object(obj)) => {
+        (
+            Node::Map {
+                elem,
+                atomic: false,
+            },
+            Value::Object(obj),
+        ) => {
             for child in obj.values_mut() {
                 fill_zero(s, *elem, child);
             }
@@ -692,7 +717,8 @@ mod tests {
             to_field_set(s, deploy(), &missing),
             Err(MergeError::MissingKey { .. })
         ));
-        let dup = json!({"spec": {"template": {"spec": {"containers": [{"name": "c"}, {"name": "c"}]}}}});
+        let dup =
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "c"}, {"name": "c"}]}}}});
         let live = json!({});
         assert_eq!(
             merge(s, deploy(), &live, &dup).unwrap_err().to_string(),
@@ -763,7 +789,11 @@ mod tests {
             ),
         ];
         for (live, config, want) in cases {
-            assert_eq!(merge(s, deploy(), &live, &config).unwrap(), want, "{live} + {config}");
+            assert_eq!(
+                merge(s, deploy(), &live, &config).unwrap(),
+                want,
+                "{live} + {config}"
+            );
         }
     }
 
@@ -777,7 +807,10 @@ mod tests {
             c.added.to_fields_v1(),
             json!({"f:metadata": {"f:labels": {".": {}, "f:x": {}}}, "f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"b\"}": {".": {}, "f:image": {}, "f:name": {}}}}}}})
         );
-        assert_eq!(c.modified.to_fields_v1(), json!({"f:spec": {"f:replicas": {}}}));
+        assert_eq!(
+            c.modified.to_fields_v1(),
+            json!({"f:spec": {"f:replicas": {}}})
+        );
         assert_eq!(
             c.removed.to_fields_v1(),
             json!({"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"a\"}": {".": {}, "f:image": {}, "f:name": {}}}}}}})
@@ -811,7 +844,13 @@ mod tests {
         let mut set = Set::new();
         let f = PathElement::field;
         set.insert(&[f("metadata"), f("labels"), f("a")]);
-        set.insert(&[f("spec"), f("template"), f("spec"), f("containers"), PathElement::key([("name", &json!("a"))])]);
+        set.insert(&[
+            f("spec"),
+            f("template"),
+            f("spec"),
+            f("containers"),
+            PathElement::key([("name", &json!("a"))]),
+        ]);
         remove_items(s, deploy(), &mut v, &set);
         assert_eq!(
             v,

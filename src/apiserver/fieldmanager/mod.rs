@@ -88,11 +88,24 @@ struct ManagerId {
 }
 
 impl ManagerId {
-    fn new(manager: &str, operation: &'static str, api_version: &str, subresource: Option<&str>) -> ManagerId {
+    fn new(
+        manager: &str,
+        operation: &'static str,
+        api_version: &str,
+        subresource: Option<&str>,
+    ) -> ManagerId {
         ManagerId {
-            manager: if manager.is_empty() { "unknown".to_string() } else { manager.to_string() },
+            manager: if manager.is_empty() {
+                "unknown".to_string()
+            } else {
+                manager.to_string()
+            },
             operation,
-            api_version: if operation == APPLY { String::new() } else { api_version.to_string() },
+            api_version: if operation == APPLY {
+                String::new()
+            } else {
+                api_version.to_string()
+            },
             subresource: subresource.unwrap_or("").to_string(),
         }
     }
@@ -158,10 +171,15 @@ impl Managed {
                 Some(f) if !f.is_null() => Set::from_fields_v1(f)?,
                 _ => Set::new(),
             };
-            let sub = Some(text("subresource")).filter(|s| !s.is_empty());
             let id = ManagerId {
                 manager: text("manager").to_string(),
-                ..ManagerId::new("-", operation, api_version, sub)
+                operation,
+                api_version: if operation == APPLY {
+                    String::new()
+                } else {
+                    api_version.to_string()
+                },
+                subresource: text("subresource").to_string(),
             };
             if out.get(&id).is_some() {
                 return Err(DecodeError::Duplicate(id.manager));
@@ -246,7 +264,9 @@ impl Managed {
 
     /// The union of every manager's fields.
     fn all_fields(&self) -> Set {
-        self.entries.iter().fold(Set::new(), |acc, e| acc.union(&e.set))
+        self.entries
+            .iter()
+            .fold(Set::new(), |acc, e| acc.union(&e.set))
     }
 }
 
@@ -258,7 +278,9 @@ fn seconds(t: &Option<String>) -> i64 {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn api_version(group: &str, version: &str) -> String {
@@ -296,7 +318,12 @@ fn strip_meta(set: &Set) -> Set {
 /// Root fields a write cannot change and so never owns (upstream's `GetResetFields`):
 /// `status` through the main resource of a kind with a status subresource, `spec`
 /// through `/status`.
-fn reset_fields(group: &str, version: &str, kind: &str, subresource: Option<&str>) -> &'static [&'static str] {
+fn reset_fields(
+    group: &str,
+    version: &str,
+    kind: &str,
+    subresource: Option<&str>,
+) -> &'static [&'static str] {
     match subresource {
         Some("status") => &["spec"],
         Some(_) => &[],
@@ -309,9 +336,9 @@ fn reset_fields(group: &str, version: &str, kind: &str, subresource: Option<&str
 }
 
 fn without_roots(set: &Set, roots: &[&str]) -> Set {
-    roots
-        .iter()
-        .fold(set.clone(), |acc, r| acc.without_subtree(&PathElement::field(r)))
+    roots.iter().fold(set.clone(), |acc, r| {
+        acc.without_subtree(&PathElement::field(r))
+    })
 }
 
 fn managed_fields(obj: &Value) -> Option<&Value> {
@@ -369,20 +396,35 @@ struct Conflict {
     path: Vec<PathElement>,
 }
 
-/// Upstream's `Updater.update`: compares `old` and `new` (zero-filled), takes changed and
-/// removed fields away from every manager but `workflow`, and fails on changed fields other
-/// managers own unless `force`.
-fn update_managers(
-    s: &Schema,
+/// The type of the objects written and the root fields the write cannot change.
+#[derive(Clone, Copy)]
+struct Typed<'a> {
+    s: &'a Schema,
     root: TypeId,
+    reset: &'a [&'a str],
+}
+
+impl Typed<'_> {
+    /// Changes from `old` to `new` as upstream's typed values see them, reset fields aside.
+    fn compare(&self, old: &Value, new: &Value) -> Comparison {
+        let (s, root) = (self.s, self.root);
+        merge::compare(s, root, &filled(s, root, old), &filled(s, root, new))
+            .without_roots(self.reset)
+    }
+}
+
+/// Upstream's `Updater.update`: compares `old` and `new`, takes changed and removed fields
+/// away from every manager but `workflow`, and fails on changed fields other managers own
+/// unless `force`.
+fn update_managers(
+    t: &Typed<'_>,
     old: &Value,
     new: &Value,
     managed: &mut Managed,
     workflow: Option<&ManagerId>,
     force: bool,
-    reset: &[&str],
 ) -> Result<Comparison, Vec<Conflict>> {
-    let cmp = merge::compare(s, root, &filled(s, root, old), &filled(s, root, new)).without_roots(reset);
+    let cmp = t.compare(old, new);
     let changed = cmp.changed();
     let mut conflicts = Vec::new();
     for e in &managed.entries {
@@ -428,7 +470,11 @@ fn conflict_status(conflicts: &[Conflict]) -> Status {
                 }
                 lines.push(format!("- {}", path_string(&c.path)));
             }
-            format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+            format!(
+                "Apply failed with {} conflicts: {}",
+                conflicts.len(),
+                lines.join("\n")
+            )
         }
     };
     let mut status = Status::new(409, "Conflict", message);
@@ -457,14 +503,20 @@ fn cap_update_managers(managed: &mut Managed) {
         return;
     }
     let time_of = |m: &Managed, id: &ManagerId| m.get(id).map_or(0, |e| seconds(&e.time));
-    updaters.sort_by(|a, b| time_of(managed, a).cmp(&time_of(managed, b)).then_with(|| a.cmp(b)));
+    updaters.sort_by(|a, b| {
+        time_of(managed, a)
+            .cmp(&time_of(managed, b))
+            .then_with(|| a.cmp(b))
+    });
     let mut first_of_version: std::collections::HashMap<String, ManagerId> = Default::default();
     let mut length = updaters.len();
     for id in updaters {
         if length <= MAX_UPDATE_MANAGERS {
             break;
         }
-        let Some(entry) = managed.get(&id).cloned() else { continue };
+        let Some(entry) = managed.get(&id).cloned() else {
+            continue;
+        };
         let bucket = ManagerId::new(ANCIENT_CHANGES, UPDATE, &entry.api_version, None);
         match first_of_version.get(&entry.api_version) {
             Some(first) => {
@@ -536,11 +588,13 @@ pub fn update(
         }
         None => json!({}),
     };
-    let reset = reset_fields(group, version, kind, subresource);
-    let Ok(cmp) = update_managers(s, root, &old_obj, new, &mut managed, None, true, reset) else {
-        // Forced updates do not fail.
-        return;
+    let typed = Typed {
+        s,
+        root,
+        reset: reset_fields(group, version, kind, subresource),
     };
+    // Forced, so it cannot fail.
+    let cmp = update_managers(&typed, &old_obj, new, &mut managed, None, true).unwrap_or_default();
     let id = ManagerId::new(manager, UPDATE, &api_version, subresource);
     let current = strip_meta(&cmp.changed());
     if !current.is_empty() {
@@ -587,11 +641,17 @@ pub fn apply(
         } else {
             format!("/{sent_version}")
         };
-        return Err(Status::bad_request(format!("invalid object type: {gv}, Kind={sent_kind}")));
+        return Err(Status::bad_request(format!(
+            "invalid object type: {gv}, Kind={sent_kind}"
+        )));
     }
     let s = schema::schema();
     let root = s.root(group, version, kind);
-    let reset = reset_fields(group, version, kind, subresource);
+    let typed = Typed {
+        s,
+        root,
+        reset: reset_fields(group, version, kind, subresource),
+    };
     let mut managed = match live {
         Some(l) => Managed::decode(managed_fields(l))
             .map_err(|e| Status::internal(format!("failed to decode managed fields: {e}")))?,
@@ -608,8 +668,7 @@ pub fn apply(
     if managed.is_empty() && live.is_some() {
         // An untracked object: whatever it holds belongs to `before-first-apply`.
         let id = ManagerId::new(BEFORE_FIRST_APPLY, UPDATE, &api_version, subresource);
-        let cmp = merge::compare(s, root, &filled(s, root, &json!({})), &filled(s, root, &live_obj))
-            .without_roots(reset);
+        let cmp = typed.compare(&json!({}), &live_obj);
         let set = strip_meta(&cmp.changed());
         if !set.is_empty() {
             managed.put(&id, &api_version, set);
@@ -620,13 +679,11 @@ pub fn apply(
     }
     let id = ManagerId::new(manager, APPLY, &api_version, subresource);
     let input = ApplyInput {
-        s,
-        root,
+        typed,
         live: &live_obj,
         config: applied,
         id: &id,
         api_version: &api_version,
-        reset,
     };
     let (mut obj, managed) = match apply_structured(&input, managed.clone(), force) {
         Ok(done) => done,
@@ -653,13 +710,11 @@ pub fn apply(
 }
 
 struct ApplyInput<'a> {
-    s: &'a Schema,
-    root: TypeId,
+    typed: Typed<'a>,
     live: &'a Value,
     config: &'a Value,
     id: &'a ManagerId,
     api_version: &'a str,
-    reset: &'a [&'a str],
 }
 
 enum ApplyError {
@@ -671,23 +726,28 @@ impl ApplyError {
     fn into_status(self) -> Status {
         match self {
             ApplyError::Conflicts(c) => conflict_status(&c),
-            ApplyError::Invalid(e) => Status::internal(format!("failed to create typed patch object: {e}")),
+            ApplyError::Invalid(e) => {
+                Status::internal(format!("failed to create typed patch object: {e}"))
+            }
         }
     }
 }
 
 /// Upstream's `Updater.Apply`: merge, take ownership, prune what the applier dropped,
 /// then take changed fields from the other managers (or fail on conflicts).
-fn apply_structured(input: &ApplyInput<'_>, mut managed: Managed, force: bool) -> Result<(Value, Managed), ApplyError> {
+fn apply_structured(
+    input: &ApplyInput<'_>,
+    mut managed: Managed,
+    force: bool,
+) -> Result<(Value, Managed), ApplyError> {
     let ApplyInput {
-        s,
-        root,
+        typed,
         live,
         config,
         id,
         api_version,
-        reset,
     } = *input;
+    let Typed { s, root, reset } = typed;
     let mut merged = merge::merge(s, root, live, config).map_err(ApplyError::Invalid)?;
     // What the write cannot change stays as it is (the registry's strategies do the same:
     // status through the main resource, everything but status through `/status`).
@@ -701,7 +761,8 @@ fn apply_structured(input: &ApplyInput<'_>, mut managed: Managed, force: bool) -
         let previously = merge::ensure_named_fields_are_members(s, root, &last);
         merge::remove_items(s, root, &mut merged, &previously.difference(&owned));
     }
-    update_managers(s, root, live, &merged, &mut managed, Some(id), force, reset).map_err(ApplyError::Conflicts)?;
+    update_managers(&typed, live, &merged, &mut managed, Some(id), force)
+        .map_err(ApplyError::Conflicts)?;
     let changed = merged != *live;
     if let Some(e) = managed.get_mut(id) {
         e.set = strip_meta(&e.set);
@@ -716,9 +777,15 @@ fn apply_structured(input: &ApplyInput<'_>, mut managed: Managed, force: bool) -
 /// Restores the `reset` root fields of `merged` from `live`; for `/status` (reset `spec`)
 /// everything but `status` is restored.
 fn project(merged: &mut Value, live: &Value, reset: &[&str]) {
-    let (Some(m), Some(l)) = (merged.as_object_mut(), live.as_object()) else { return };
+    let (Some(m), Some(l)) = (merged.as_object_mut(), live.as_object()) else {
+        return;
+    };
     let restore: Vec<String> = if reset.contains(&"spec") {
-        m.keys().chain(l.keys()).filter(|k| *k != "status").cloned().collect()
+        m.keys()
+            .chain(l.keys())
+            .filter(|k| *k != "status")
+            .cloned()
+            .collect()
     } else {
         reset.iter().map(|r| r.to_string()).collect()
     };
@@ -736,15 +803,26 @@ fn project(merged: &mut Value, live: &Value, reset: &[&str]) {
 
 /// The fields of the last-applied annotation whose live values still match it: what the
 /// client-side applier effectively owns.
-fn allowed_by_last_applied(s: &Schema, root: TypeId, live: &Value, api_version: &str) -> Option<Set> {
-    let text = live["metadata"]["annotations"][LAST_APPLIED].as_str().filter(|t| !t.is_empty())?;
+fn allowed_by_last_applied(
+    s: &Schema,
+    root: TypeId,
+    live: &Value,
+    api_version: &str,
+) -> Option<Set> {
+    let text = live["metadata"]["annotations"][LAST_APPLIED]
+        .as_str()
+        .filter(|t| !t.is_empty())?;
     let last: Value = serde_json::from_str(text).ok()?;
     if last.get("apiVersion").and_then(Value::as_str) != Some(api_version) {
         return None;
     }
     let set = merge::to_field_set(s, root, &last).ok()?;
     let cmp = merge::compare(s, root, &last, live);
-    Some(set.difference(&cmp.modified).difference(&cmp.added).difference(&cmp.removed))
+    Some(
+        set.difference(&cmp.modified)
+            .difference(&cmp.added)
+            .difference(&cmp.removed),
+    )
 }
 
 /// Rewrites an existing last-applied annotation to the configuration `kubectl` applied
@@ -764,7 +842,9 @@ fn update_last_applied(obj: &mut Value, applied: &Value) {
     {
         a.remove(LAST_APPLIED);
     }
-    let Ok(text) = serde_json::to_string(&config) else { return };
+    let Ok(text) = serde_json::to_string(&config) else {
+        return;
+    };
     if let Some(annotations) = obj["metadata"]["annotations"].as_object_mut() {
         annotations.insert(LAST_APPLIED.into(), Value::String(format!("{text}\n")));
         let size: usize = annotations

@@ -112,56 +112,228 @@ use Annotation::{AtomicMap, ListMap, ListSet};
 
 /// `(definition, field, annotation)` for every non-default list or map (v1.33 markers).
 const LIST_TYPES: &[(&str, &str, Annotation)] = &[
-    ("io.k8s.api.apps.v1.DaemonSetStatus", "conditions", ListMap(&["type"])),
-    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", ListMap(&["type"])),
-    ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", ListMap(&["type"])),
-    ("io.k8s.api.apps.v1.StatefulSetStatus", "conditions", ListMap(&["type"])),
-    ("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerStatus", "conditions", ListMap(&["type"])),
-    ("io.k8s.api.batch.v1.PodFailurePolicyOnExitCodesRequirement", "values", ListSet),
-    ("io.k8s.api.batch.v1.UncountedTerminatedPods", "succeeded", ListSet),
-    ("io.k8s.api.batch.v1.UncountedTerminatedPods", "failed", ListSet),
-    ("io.k8s.api.core.v1.Container", "ports", ListMap(&["containerPort", "protocol"])),
+    (
+        "io.k8s.api.apps.v1.DaemonSetStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
+    (
+        "io.k8s.api.apps.v1.ReplicaSetStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
+    (
+        "io.k8s.api.apps.v1.StatefulSetStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
+    (
+        "io.k8s.api.batch.v1.PodFailurePolicyOnExitCodesRequirement",
+        "values",
+        ListSet,
+    ),
+    (
+        "io.k8s.api.batch.v1.UncountedTerminatedPods",
+        "succeeded",
+        ListSet,
+    ),
+    (
+        "io.k8s.api.batch.v1.UncountedTerminatedPods",
+        "failed",
+        ListSet,
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "ports",
+        ListMap(&["containerPort", "protocol"]),
+    ),
     ("io.k8s.api.core.v1.Container", "env", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.Container", "volumeMounts", ListMap(&["mountPath"])),
-    ("io.k8s.api.core.v1.Container", "volumeDevices", ListMap(&["devicePath"])),
-    ("io.k8s.api.core.v1.ContainerStatus", "volumeMounts", ListMap(&["mountPath"])),
-    ("io.k8s.api.core.v1.ContainerStatus", "allocatedResourcesStatus", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.EphemeralContainer", "ports", ListMap(&["containerPort", "protocol"])),
-    ("io.k8s.api.core.v1.EphemeralContainer", "env", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", ListMap(&["mountPath"])),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", ListMap(&["devicePath"])),
-    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", ListMap(&["type"])),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeMounts",
+        ListMap(&["mountPath"]),
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeDevices",
+        ListMap(&["devicePath"]),
+    ),
+    (
+        "io.k8s.api.core.v1.ContainerStatus",
+        "volumeMounts",
+        ListMap(&["mountPath"]),
+    ),
+    (
+        "io.k8s.api.core.v1.ContainerStatus",
+        "allocatedResourcesStatus",
+        ListMap(&["name"]),
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "ports",
+        ListMap(&["containerPort", "protocol"]),
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "env",
+        ListMap(&["name"]),
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeMounts",
+        ListMap(&["mountPath"]),
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeDevices",
+        ListMap(&["devicePath"]),
+    ),
+    (
+        "io.k8s.api.core.v1.NamespaceStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
     ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", ListSet),
-    ("io.k8s.api.core.v1.NodeStatus", "conditions", ListMap(&["type"])),
-    ("io.k8s.api.core.v1.NodeStatus", "addresses", ListMap(&["type"])),
-    ("io.k8s.api.core.v1.PersistentVolumeClaimStatus", "conditions", ListMap(&["type"])),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "addresses",
+        ListMap(&["type"]),
+    ),
+    (
+        "io.k8s.api.core.v1.PersistentVolumeClaimStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
     ("io.k8s.api.core.v1.PodSpec", "volumes", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.PodSpec", "initContainers", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.PodSpec", "containers", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", ListMap(&["name"])),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "initContainers",
+        ListMap(&["name"]),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "containers",
+        ListMap(&["name"]),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "ephemeralContainers",
+        ListMap(&["name"]),
+    ),
     ("io.k8s.api.core.v1.PodSpec", "nodeSelector", AtomicMap),
-    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.PodSpec", "hostAliases", ListMap(&["ip"])),
-    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", ListMap(&["topologyKey", "whenUnsatisfiable"])),
-    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.PodStatus", "conditions", ListMap(&["type"])),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "imagePullSecrets",
+        ListMap(&["name"]),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "hostAliases",
+        ListMap(&["ip"]),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "topologySpreadConstraints",
+        ListMap(&["topologyKey", "whenUnsatisfiable"]),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "schedulingGates",
+        ListMap(&["name"]),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "resourceClaims",
+        ListMap(&["name"]),
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
     ("io.k8s.api.core.v1.PodStatus", "podIPs", ListMap(&["ip"])),
-    ("io.k8s.api.core.v1.PodStatus", "resourceClaimStatuses", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.ReplicationControllerSpec", "selector", AtomicMap),
-    ("io.k8s.api.core.v1.ReplicationControllerStatus", "conditions", ListMap(&["type"])),
-    ("io.k8s.api.core.v1.ResourceRequirements", "claims", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.ResourceStatus", "resources", ListMap(&["resourceID"])),
-    ("io.k8s.api.core.v1.ServiceAccount", "secrets", ListMap(&["name"])),
-    ("io.k8s.api.core.v1.ServiceSpec", "ports", ListMap(&["port", "protocol"])),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "resourceClaimStatuses",
+        ListMap(&["name"]),
+    ),
+    (
+        "io.k8s.api.core.v1.ReplicationControllerSpec",
+        "selector",
+        AtomicMap,
+    ),
+    (
+        "io.k8s.api.core.v1.ReplicationControllerStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
+    (
+        "io.k8s.api.core.v1.ResourceRequirements",
+        "claims",
+        ListMap(&["name"]),
+    ),
+    (
+        "io.k8s.api.core.v1.ResourceStatus",
+        "resources",
+        ListMap(&["resourceID"]),
+    ),
+    (
+        "io.k8s.api.core.v1.ServiceAccount",
+        "secrets",
+        ListMap(&["name"]),
+    ),
+    (
+        "io.k8s.api.core.v1.ServiceSpec",
+        "ports",
+        ListMap(&["port", "protocol"]),
+    ),
     ("io.k8s.api.core.v1.ServiceSpec", "selector", AtomicMap),
-    ("io.k8s.api.core.v1.ServiceStatus", "conditions", ListMap(&["type"])),
+    (
+        "io.k8s.api.core.v1.ServiceStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
     ("io.k8s.api.discovery.v1.Endpoint", "addresses", ListSet),
-    ("io.k8s.api.policy.v1.PodDisruptionBudgetStatus", "conditions", ListMap(&["type"])),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinitionStatus", "conditions", ListMap(&["type"])),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps", "x-kubernetes-validations", ListMap(&["rule"])),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", ListMap(&["uid"])),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", ListSet),
+    (
+        "io.k8s.api.policy.v1.PodDisruptionBudgetStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinitionStatus",
+        "conditions",
+        ListMap(&["type"]),
+    ),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps",
+        "x-kubernetes-validations",
+        ListMap(&["rule"]),
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "ownerReferences",
+        ListMap(&["uid"]),
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "finalizers",
+        ListSet,
+    ),
 ];
 
 /// Schema definitions marked `+structType=atomic`.
@@ -192,7 +364,12 @@ const ATOMIC_STRUCTS: &[&str] = &[
 /// `(definition, list field, key field, default)`: `+default` of list-map key fields.
 const KEY_DEFAULTS: &[(&str, &str, &str, &str)] = &[
     ("io.k8s.api.core.v1.Container", "ports", "protocol", "TCP"),
-    ("io.k8s.api.core.v1.EphemeralContainer", "ports", "protocol", "TCP"),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "ports",
+        "protocol",
+        "TCP",
+    ),
     ("io.k8s.api.core.v1.ServiceSpec", "ports", "protocol", "TCP"),
 ];
 
@@ -200,112 +377,307 @@ const KEY_DEFAULTS: &[(&str, &str, &str, &str)] = &[
 /// definition (non-pointer structs; slices and maps without `omitempty`).
 const ZERO_PRESENT: &[(&str, &[&str])] = &[
     ("io.k8s.api.apps.v1.ControllerRevision", &["metadata"]),
-    ("io.k8s.api.apps.v1.DaemonSet", &["metadata", "spec", "status"]),
-    ("io.k8s.api.apps.v1.DaemonSetSpec", &["template", "updateStrategy"]),
-    ("io.k8s.api.apps.v1.Deployment", &["metadata", "spec", "status"]),
-    ("io.k8s.api.apps.v1.DeploymentSpec", &["template", "strategy"]),
-    ("io.k8s.api.apps.v1.ReplicaSet", &["metadata", "spec", "status"]),
+    (
+        "io.k8s.api.apps.v1.DaemonSet",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.apps.v1.DaemonSetSpec",
+        &["template", "updateStrategy"],
+    ),
+    (
+        "io.k8s.api.apps.v1.Deployment",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentSpec",
+        &["template", "strategy"],
+    ),
+    (
+        "io.k8s.api.apps.v1.ReplicaSet",
+        &["metadata", "spec", "status"],
+    ),
     ("io.k8s.api.apps.v1.ReplicaSetSpec", &["template"]),
-    ("io.k8s.api.apps.v1.StatefulSet", &["metadata", "spec", "status"]),
-    ("io.k8s.api.apps.v1.StatefulSetSpec", &["template", "updateStrategy"]),
-    ("io.k8s.api.authentication.v1.SelfSubjectReview", &["metadata", "status"]),
-    ("io.k8s.api.authentication.v1.SelfSubjectReviewStatus", &["userInfo"]),
-    ("io.k8s.api.authentication.v1.TokenRequest", &["metadata", "spec", "status"]),
-    ("io.k8s.api.authentication.v1.TokenRequestSpec", &["audiences"]),
-    ("io.k8s.api.authentication.v1.TokenReview", &["metadata", "spec", "status"]),
+    (
+        "io.k8s.api.apps.v1.StatefulSet",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.apps.v1.StatefulSetSpec",
+        &["template", "updateStrategy"],
+    ),
+    (
+        "io.k8s.api.authentication.v1.SelfSubjectReview",
+        &["metadata", "status"],
+    ),
+    (
+        "io.k8s.api.authentication.v1.SelfSubjectReviewStatus",
+        &["userInfo"],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequest",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequestSpec",
+        &["audiences"],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenReview",
+        &["metadata", "spec", "status"],
+    ),
     ("io.k8s.api.authentication.v1.TokenReviewStatus", &["user"]),
-    ("io.k8s.api.authorization.v1.LocalSubjectAccessReview", &["metadata", "spec", "status"]),
+    (
+        "io.k8s.api.authorization.v1.LocalSubjectAccessReview",
+        &["metadata", "spec", "status"],
+    ),
     ("io.k8s.api.authorization.v1.NonResourceRule", &["verbs"]),
     ("io.k8s.api.authorization.v1.ResourceRule", &["verbs"]),
-    ("io.k8s.api.authorization.v1.SelfSubjectAccessReview", &["metadata", "spec", "status"]),
-    ("io.k8s.api.authorization.v1.SelfSubjectRulesReview", &["metadata", "spec", "status"]),
-    ("io.k8s.api.authorization.v1.SubjectAccessReview", &["metadata", "spec", "status"]),
-    ("io.k8s.api.authorization.v1.SubjectRulesReviewStatus", &["resourceRules", "nonResourceRules"]),
-    ("io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler", &["metadata", "spec", "status"]),
-    ("io.k8s.api.autoscaling.v1.HorizontalPodAutoscalerSpec", &["scaleTargetRef"]),
-    ("io.k8s.api.autoscaling.v1.Scale", &["metadata", "spec", "status"]),
-    ("io.k8s.api.autoscaling.v2.ContainerResourceMetricSource", &["target"]),
-    ("io.k8s.api.autoscaling.v2.ContainerResourceMetricStatus", &["current"]),
-    ("io.k8s.api.autoscaling.v2.ExternalMetricSource", &["metric", "target"]),
-    ("io.k8s.api.autoscaling.v2.ExternalMetricStatus", &["metric", "current"]),
-    ("io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler", &["metadata", "spec", "status"]),
-    ("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerSpec", &["scaleTargetRef"]),
-    ("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerStatus", &["currentMetrics"]),
-    ("io.k8s.api.autoscaling.v2.ObjectMetricSource", &["describedObject", "target", "metric"]),
-    ("io.k8s.api.autoscaling.v2.ObjectMetricStatus", &["metric", "current", "describedObject"]),
-    ("io.k8s.api.autoscaling.v2.PodsMetricSource", &["metric", "target"]),
-    ("io.k8s.api.autoscaling.v2.PodsMetricStatus", &["metric", "current"]),
-    ("io.k8s.api.autoscaling.v2.ResourceMetricSource", &["target"]),
-    ("io.k8s.api.autoscaling.v2.ResourceMetricStatus", &["current"]),
-    ("io.k8s.api.batch.v1.CronJob", &["metadata", "spec", "status"]),
+    (
+        "io.k8s.api.authorization.v1.SelfSubjectAccessReview",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SelfSubjectRulesReview",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SubjectAccessReview",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SubjectRulesReviewStatus",
+        &["resourceRules", "nonResourceRules"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v1.HorizontalPodAutoscalerSpec",
+        &["scaleTargetRef"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v1.Scale",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ContainerResourceMetricSource",
+        &["target"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ContainerResourceMetricStatus",
+        &["current"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ExternalMetricSource",
+        &["metric", "target"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ExternalMetricStatus",
+        &["metric", "current"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerSpec",
+        &["scaleTargetRef"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerStatus",
+        &["currentMetrics"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ObjectMetricSource",
+        &["describedObject", "target", "metric"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ObjectMetricStatus",
+        &["metric", "current", "describedObject"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.PodsMetricSource",
+        &["metric", "target"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.PodsMetricStatus",
+        &["metric", "current"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ResourceMetricSource",
+        &["target"],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ResourceMetricStatus",
+        &["current"],
+    ),
+    (
+        "io.k8s.api.batch.v1.CronJob",
+        &["metadata", "spec", "status"],
+    ),
     ("io.k8s.api.batch.v1.CronJobSpec", &["jobTemplate"]),
     ("io.k8s.api.batch.v1.Job", &["metadata", "spec", "status"]),
     ("io.k8s.api.batch.v1.JobSpec", &["template"]),
     ("io.k8s.api.batch.v1.JobTemplateSpec", &["metadata", "spec"]),
     ("io.k8s.api.batch.v1.PodFailurePolicy", &["rules"]),
-    ("io.k8s.api.batch.v1.PodFailurePolicyOnExitCodesRequirement", &["values"]),
+    (
+        "io.k8s.api.batch.v1.PodFailurePolicyOnExitCodesRequirement",
+        &["values"],
+    ),
     ("io.k8s.api.batch.v1.SuccessPolicy", &["rules"]),
     ("io.k8s.api.coordination.v1.Lease", &["metadata", "spec"]),
     ("io.k8s.api.core.v1.Binding", &["metadata", "target"]),
-    ("io.k8s.api.core.v1.CephFSPersistentVolumeSource", &["monitors"]),
+    (
+        "io.k8s.api.core.v1.CephFSPersistentVolumeSource",
+        &["monitors"],
+    ),
     ("io.k8s.api.core.v1.CephFSVolumeSource", &["monitors"]),
     ("io.k8s.api.core.v1.ConfigMap", &["metadata"]),
     ("io.k8s.api.core.v1.Container", &["resources"]),
     ("io.k8s.api.core.v1.ContainerImage", &["names"]),
-    ("io.k8s.api.core.v1.ContainerStatus", &["state", "lastState"]),
+    (
+        "io.k8s.api.core.v1.ContainerStatus",
+        &["state", "lastState"],
+    ),
     ("io.k8s.api.core.v1.Endpoints", &["metadata"]),
     ("io.k8s.api.core.v1.EphemeralContainer", &["resources"]),
-    ("io.k8s.api.core.v1.Event", &["metadata", "involvedObject", "source"]),
+    (
+        "io.k8s.api.core.v1.Event",
+        &["metadata", "involvedObject", "source"],
+    ),
     ("io.k8s.api.core.v1.LimitRange", &["metadata", "spec"]),
     ("io.k8s.api.core.v1.LimitRangeSpec", &["limits"]),
-    ("io.k8s.api.core.v1.Namespace", &["metadata", "spec", "status"]),
+    (
+        "io.k8s.api.core.v1.Namespace",
+        &["metadata", "spec", "status"],
+    ),
     ("io.k8s.api.core.v1.Node", &["metadata", "spec", "status"]),
-    ("io.k8s.api.core.v1.NodeDaemonEndpoints", &["kubeletEndpoint"]),
+    (
+        "io.k8s.api.core.v1.NodeDaemonEndpoints",
+        &["kubeletEndpoint"],
+    ),
     ("io.k8s.api.core.v1.NodeSelector", &["nodeSelectorTerms"]),
-    ("io.k8s.api.core.v1.NodeStatus", &["daemonEndpoints", "nodeInfo"]),
-    ("io.k8s.api.core.v1.PersistentVolume", &["metadata", "spec", "status"]),
-    ("io.k8s.api.core.v1.PersistentVolumeClaim", &["metadata", "spec", "status"]),
-    ("io.k8s.api.core.v1.PersistentVolumeClaimSpec", &["resources"]),
-    ("io.k8s.api.core.v1.PersistentVolumeClaimTemplate", &["metadata", "spec"]),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        &["daemonEndpoints", "nodeInfo"],
+    ),
+    (
+        "io.k8s.api.core.v1.PersistentVolume",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.core.v1.PersistentVolumeClaim",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.core.v1.PersistentVolumeClaimSpec",
+        &["resources"],
+    ),
+    (
+        "io.k8s.api.core.v1.PersistentVolumeClaimTemplate",
+        &["metadata", "spec"],
+    ),
     ("io.k8s.api.core.v1.Pod", &["metadata", "spec", "status"]),
     ("io.k8s.api.core.v1.PodSpec", &["containers"]),
     ("io.k8s.api.core.v1.PodTemplateSpec", &["metadata", "spec"]),
-    ("io.k8s.api.core.v1.PreferredSchedulingTerm", &["preference"]),
+    (
+        "io.k8s.api.core.v1.PreferredSchedulingTerm",
+        &["preference"],
+    ),
     ("io.k8s.api.core.v1.ProjectedVolumeSource", &["sources"]),
-    ("io.k8s.api.core.v1.RBDPersistentVolumeSource", &["monitors"]),
+    (
+        "io.k8s.api.core.v1.RBDPersistentVolumeSource",
+        &["monitors"],
+    ),
     ("io.k8s.api.core.v1.RBDVolumeSource", &["monitors"]),
-    ("io.k8s.api.core.v1.ReplicationController", &["metadata", "spec", "status"]),
-    ("io.k8s.api.core.v1.ResourceQuota", &["metadata", "spec", "status"]),
+    (
+        "io.k8s.api.core.v1.ReplicationController",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.core.v1.ResourceQuota",
+        &["metadata", "spec", "status"],
+    ),
     ("io.k8s.api.core.v1.Secret", &["metadata"]),
-    ("io.k8s.api.core.v1.Service", &["metadata", "spec", "status"]),
+    (
+        "io.k8s.api.core.v1.Service",
+        &["metadata", "spec", "status"],
+    ),
     ("io.k8s.api.core.v1.ServiceAccount", &["metadata"]),
     ("io.k8s.api.core.v1.ServiceStatus", &["loadBalancer"]),
-    ("io.k8s.api.core.v1.TopologySelectorLabelRequirement", &["values"]),
-    ("io.k8s.api.core.v1.WeightedPodAffinityTerm", &["podAffinityTerm"]),
-    ("io.k8s.api.discovery.v1.Endpoint", &["addresses", "conditions"]),
-    ("io.k8s.api.discovery.v1.EndpointSlice", &["metadata", "endpoints", "ports"]),
-    ("io.k8s.api.events.v1.Event", &["metadata", "regarding", "deprecatedSource"]),
+    (
+        "io.k8s.api.core.v1.TopologySelectorLabelRequirement",
+        &["values"],
+    ),
+    (
+        "io.k8s.api.core.v1.WeightedPodAffinityTerm",
+        &["podAffinityTerm"],
+    ),
+    (
+        "io.k8s.api.discovery.v1.Endpoint",
+        &["addresses", "conditions"],
+    ),
+    (
+        "io.k8s.api.discovery.v1.EndpointSlice",
+        &["metadata", "endpoints", "ports"],
+    ),
+    (
+        "io.k8s.api.events.v1.Event",
+        &["metadata", "regarding", "deprecatedSource"],
+    ),
     ("io.k8s.api.networking.v1.HTTPIngressPath", &["backend"]),
     ("io.k8s.api.networking.v1.HTTPIngressRuleValue", &["paths"]),
-    ("io.k8s.api.networking.v1.Ingress", &["metadata", "spec", "status"]),
-    ("io.k8s.api.networking.v1.IngressClass", &["metadata", "spec"]),
+    (
+        "io.k8s.api.networking.v1.Ingress",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.api.networking.v1.IngressClass",
+        &["metadata", "spec"],
+    ),
     ("io.k8s.api.networking.v1.IngressServiceBackend", &["port"]),
     ("io.k8s.api.networking.v1.IngressStatus", &["loadBalancer"]),
-    ("io.k8s.api.networking.v1.NetworkPolicy", &["metadata", "spec"]),
-    ("io.k8s.api.networking.v1.NetworkPolicySpec", &["podSelector"]),
+    (
+        "io.k8s.api.networking.v1.NetworkPolicy",
+        &["metadata", "spec"],
+    ),
+    (
+        "io.k8s.api.networking.v1.NetworkPolicySpec",
+        &["podSelector"],
+    ),
     ("io.k8s.api.policy.v1.Eviction", &["metadata"]),
-    ("io.k8s.api.policy.v1.PodDisruptionBudget", &["metadata", "spec", "status"]),
+    (
+        "io.k8s.api.policy.v1.PodDisruptionBudget",
+        &["metadata", "spec", "status"],
+    ),
     ("io.k8s.api.rbac.v1.ClusterRole", &["metadata", "rules"]),
-    ("io.k8s.api.rbac.v1.ClusterRoleBinding", &["metadata", "roleRef"]),
+    (
+        "io.k8s.api.rbac.v1.ClusterRoleBinding",
+        &["metadata", "roleRef"],
+    ),
     ("io.k8s.api.rbac.v1.PolicyRule", &["verbs"]),
     ("io.k8s.api.rbac.v1.Role", &["metadata", "rules"]),
     ("io.k8s.api.rbac.v1.RoleBinding", &["metadata", "roleRef"]),
     ("io.k8s.api.scheduling.v1.PriorityClass", &["metadata"]),
     ("io.k8s.api.storage.v1.StorageClass", &["metadata"]),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition", &["metadata", "spec", "status"]),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinitionSpec", &["names", "versions"]),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinitionStatus", &["conditions", "acceptedNames", "storedVersions"]),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.WebhookConversion", &["conversionReviewVersions"]),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition",
+        &["metadata", "spec", "status"],
+    ),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinitionSpec",
+        &["names", "versions"],
+    ),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinitionStatus",
+        &["conditions", "acceptedNames", "storedVersions"],
+    ),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.WebhookConversion",
+        &["conversionReviewVersions"],
+    ),
     ("io.k8s.apimachinery.pkg.apis.meta.v1.Status", &["metadata"]),
 ];
 
@@ -361,7 +733,10 @@ impl Schema {
             .get("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
             .copied()
             .unwrap_or(DEDUCED);
-        let field = |ty| Field { ty, zero_present: false };
+        let field = |ty| Field {
+            ty,
+            zero_present: false,
+        };
         let unknown_root = b.nodes.len();
         b.nodes.push(Node::Struct {
             fields: BTreeMap::from([
@@ -463,7 +838,11 @@ impl Builder {
         self.inline(schema, ann.map(|a| (a, defaults)))
     }
 
-    fn inline(&mut self, schema: &Value, ann: Option<(Annotation, Vec<(&'static str, Value)>)>) -> TypeId {
+    fn inline(
+        &mut self,
+        schema: &Value,
+        ann: Option<(Annotation, Vec<(&'static str, Value)>)>,
+    ) -> TypeId {
         if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
             return self.named.get(r).copied().unwrap_or(DEDUCED);
         }
@@ -520,27 +899,70 @@ mod tests {
         let s = schema();
         let deploy = s.root("apps", "v1", "Deployment");
         let pod_spec = ["spec", "template", "spec"];
-        let containers = path(s, deploy, &pod_spec.iter().copied().chain(["containers"]).collect::<Vec<_>>());
-        assert!(matches!(s.node(containers), Node::List { kind: ListKind::Map { keys: ["name"], .. }, .. }));
-        let ports = path(s, deploy, &["spec", "template", "spec", "containers", "ports"]);
+        let containers = path(
+            s,
+            deploy,
+            &pod_spec
+                .iter()
+                .copied()
+                .chain(["containers"])
+                .collect::<Vec<_>>(),
+        );
+        assert!(matches!(
+            s.node(containers),
+            Node::List {
+                kind: ListKind::Map { keys: ["name"], .. },
+                ..
+            }
+        ));
+        let ports = path(
+            s,
+            deploy,
+            &["spec", "template", "spec", "containers", "ports"],
+        );
         match s.node(ports) {
-            Node::List { kind: ListKind::Map { keys, defaults }, .. } => {
+            Node::List {
+                kind: ListKind::Map { keys, defaults },
+                ..
+            } => {
                 assert_eq!(*keys, ["containerPort", "protocol"]);
                 assert_eq!(defaults, &vec![("protocol", Value::String("TCP".into()))]);
             }
             other => panic!("ports: {other:?}"),
         }
         let tolerations = path(s, deploy, &["spec", "template", "spec", "tolerations"]);
-        assert!(matches!(s.node(tolerations), Node::List { kind: ListKind::Atomic, .. }));
+        assert!(matches!(
+            s.node(tolerations),
+            Node::List {
+                kind: ListKind::Atomic,
+                ..
+            }
+        ));
         let finalizers = path(s, deploy, &["metadata", "finalizers"]);
-        assert!(matches!(s.node(finalizers), Node::List { kind: ListKind::Set, .. }));
+        assert!(matches!(
+            s.node(finalizers),
+            Node::List {
+                kind: ListKind::Set,
+                ..
+            }
+        ));
         let selector = path(s, deploy, &["spec", "selector"]);
-        assert!(matches!(s.node(selector), Node::Struct { atomic: true, .. }));
+        assert!(matches!(
+            s.node(selector),
+            Node::Struct { atomic: true, .. }
+        ));
         let labels = path(s, deploy, &["metadata", "labels"]);
         assert!(matches!(s.node(labels), Node::Map { atomic: false, .. }));
         let svc_selector = path(s, s.root("", "v1", "Service"), &["spec", "selector"]);
-        assert!(matches!(s.node(svc_selector), Node::Map { atomic: true, .. }));
-        let max_surge = path(s, deploy, &["spec", "strategy", "rollingUpdate", "maxSurge"]);
+        assert!(matches!(
+            s.node(svc_selector),
+            Node::Map { atomic: true, .. }
+        ));
+        let max_surge = path(
+            s,
+            deploy,
+            &["spec", "strategy", "rollingUpdate", "maxSurge"],
+        );
         assert_eq!(max_surge, SCALAR);
         // Declared vs undeclared keys.
         assert!(s.field(deploy, "spec").1);
@@ -552,12 +974,22 @@ mod tests {
         let s = schema();
         let deploy = s.root("apps", "v1", "Deployment");
         let spec = s.field(deploy, "spec").0;
-        let Node::Struct { fields, .. } = s.node(spec) else { panic!("spec is a struct") };
-        assert!(fields["strategy"].zero_present, "DeploymentStrategy is a value struct");
+        let Node::Struct { fields, .. } = s.node(spec) else {
+            panic!("spec is a struct")
+        };
+        assert!(
+            fields["strategy"].zero_present,
+            "DeploymentStrategy is a value struct"
+        );
         assert!(fields["template"].zero_present);
-        assert!(!fields["selector"].zero_present, "*LabelSelector is a pointer");
+        assert!(
+            !fields["selector"].zero_present,
+            "*LabelSelector is a pointer"
+        );
         let strategy = fields["strategy"].ty;
-        let Node::Struct { fields, .. } = s.node(strategy) else { panic!("strategy is a struct") };
+        let Node::Struct { fields, .. } = s.node(strategy) else {
+            panic!("strategy is a struct")
+        };
         assert!(!fields["rollingUpdate"].zero_present);
     }
 
@@ -567,7 +999,13 @@ mod tests {
         let root = s.root("example.com", "v1", "Widget");
         let (meta, declared) = s.field(root, "metadata");
         assert!(declared);
-        assert!(matches!(s.node(s.field(meta, "finalizers").0), Node::List { kind: ListKind::Set, .. }));
+        assert!(matches!(
+            s.node(s.field(meta, "finalizers").0),
+            Node::List {
+                kind: ListKind::Set,
+                ..
+            }
+        ));
         assert_eq!(s.field(root, "spec"), (DEDUCED, false));
     }
 }

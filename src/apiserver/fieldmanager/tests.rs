@@ -79,8 +79,26 @@ fn run(steps: &[Step]) -> (Option<Value>, Option<Value>, Result<(), Status>) {
     for step in steps {
         prev = cur.clone();
         let next = match step {
-            Step::Apply(m, config, force) => apply("apps", "v1", "Deployment", cur.as_ref(), config, m, *force, None),
-            Step::ApplyStatus(m, config) => apply("apps", "v1", "Deployment", cur.as_ref(), config, m, false, Some("status")),
+            Step::Apply(m, config, force) => apply(
+                "apps",
+                "v1",
+                "Deployment",
+                cur.as_ref(),
+                config,
+                m,
+                *force,
+                None,
+            ),
+            Step::ApplyStatus(m, config) => apply(
+                "apps",
+                "v1",
+                "Deployment",
+                cur.as_ref(),
+                config,
+                m,
+                false,
+                Some("status"),
+            ),
             Step::Update(m, change) => {
                 let mut new = cur.clone().unwrap_or_else(|| json!({}));
                 change(&mut new);
@@ -140,7 +158,8 @@ fn fields_without(path: &[&str]) -> Value {
 
 fn cases() -> Vec<Case> {
     let mut csa_manifest = deploy(1, "nginx:1");
-    csa_manifest["metadata"]["annotations"] = json!({LAST_APPLIED: serde_json::to_string(&deploy(1, "nginx:1")).unwrap() + "\n"});
+    csa_manifest["metadata"]["annotations"] =
+        json!({LAST_APPLIED: serde_json::to_string(&deploy(1, "nginx:1")).unwrap() + "\n"});
     vec![
         Case {
             // kubernetes docs "Server-Side Apply" (field management): an applier owns exactly
@@ -169,7 +188,15 @@ fn cases() -> Vec<Case> {
             // are removed from the object when nobody else owns them.
             name: "apply removes a field it no longer applies",
             steps: vec![
-                Step::Apply("mgr", with_meta(deploy(1, "nginx:1"), "labels", json!({"app": "web", "tier": "fe"})), false),
+                Step::Apply(
+                    "mgr",
+                    with_meta(
+                        deploy(1, "nginx:1"),
+                        "labels",
+                        json!({"app": "web", "tier": "fe"}),
+                    ),
+                    false,
+                ),
                 Step::Apply("mgr", deploy(1, "nginx:1"), false),
             ],
             want: Want::Object {
@@ -186,7 +213,15 @@ fn cases() -> Vec<Case> {
             steps: vec![
                 Step::Apply("a", deploy(1, "nginx:1"), false),
                 Step::Apply("b", partial(json!({"replicas": 1})), false),
-                Step::Apply("a", with_meta(partial(json!({"template": deploy(1, "nginx:1")["spec"]["template"]})), "labels", json!({"app": "web"})), false),
+                Step::Apply(
+                    "a",
+                    with_meta(
+                        partial(json!({"template": deploy(1, "nginx:1")["spec"]["template"]})),
+                        "labels",
+                        json!({"app": "web"}),
+                    ),
+                    false,
+                ),
             ],
             want: Want::Object {
                 spec: Some(json!({
@@ -196,10 +231,14 @@ fn cases() -> Vec<Case> {
                 labels: None,
                 finalizers: None,
                 managers: vec![
-                    ("a", "Apply", fields_without(&["f:spec", "f:replicas"]).pipe(|mut v| {
-                        v["f:spec"].as_object_mut().unwrap().remove("f:selector");
-                        v
-                    })),
+                    (
+                        "a",
+                        "Apply",
+                        fields_without(&["f:spec", "f:replicas"]).pipe(|mut v| {
+                            v["f:spec"].as_object_mut().unwrap().remove("f:selector");
+                            v
+                        }),
+                    ),
                     ("b", "Apply", json!({"f:spec": {"f:replicas": {}}})),
                 ],
             },
@@ -212,7 +251,10 @@ fn cases() -> Vec<Case> {
                 Step::Apply("a", deploy(1, "nginx:1"), false),
                 Step::Apply("b", partial(json!({"replicas": 2})), false),
             ],
-            want: Want::Error(409, r#"Apply failed with 1 conflict: conflict with "a": .spec.replicas"#),
+            want: Want::Error(
+                409,
+                r#"Apply failed with 1 conflict: conflict with "a": .spec.replicas"#,
+            ),
         },
         Case {
             // docs "Server-Side Apply" (conflicts): an updater is named with its API version.
@@ -249,7 +291,13 @@ fn cases() -> Vec<Case> {
             name: "containers merge by name",
             steps: vec![
                 Step::Apply("a", deploy(1, "nginx:1"), false),
-                Step::Apply("b", partial(json!({"template": {"spec": {"containers": [{"name": "sidecar", "image": "busybox"}]}}})), false),
+                Step::Apply(
+                    "b",
+                    partial(
+                        json!({"template": {"spec": {"containers": [{"name": "sidecar", "image": "busybox"}]}}}),
+                    ),
+                    false,
+                ),
                 Step::Apply("a", deploy(1, "nginx:2"), false),
             ],
             want: Want::Object {
@@ -265,7 +313,11 @@ fn cases() -> Vec<Case> {
                 finalizers: None,
                 managers: vec![
                     ("a", "Apply", applied_deploy()),
-                    ("b", "Apply", json!({"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"sidecar\"}": {".": {}, "f:image": {}, "f:name": {}}}}}}})),
+                    (
+                        "b",
+                        "Apply",
+                        json!({"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"sidecar\"}": {".": {}, "f:image": {}, "f:name": {}}}}}}}),
+                    ),
                 ],
             },
         },
@@ -273,8 +325,16 @@ fn cases() -> Vec<Case> {
             // structured-merge-diff merge/set_test.go: set items belong to whoever applied them.
             name: "finalizers merge as a set",
             steps: vec![
-                Step::Apply("a", meta_only("finalizers", json!(["example.com/a"])), false),
-                Step::Apply("b", meta_only("finalizers", json!(["example.com/b"])), false),
+                Step::Apply(
+                    "a",
+                    meta_only("finalizers", json!(["example.com/a"])),
+                    false,
+                ),
+                Step::Apply(
+                    "b",
+                    meta_only("finalizers", json!(["example.com/b"])),
+                    false,
+                ),
                 Step::Apply("a", partial(json!({"paused": false})), false),
             ],
             want: Want::Object {
@@ -283,7 +343,11 @@ fn cases() -> Vec<Case> {
                 finalizers: Some(json!(["example.com/b"])),
                 managers: vec![
                     ("a", "Apply", json!({"f:spec": {"f:paused": {}}})),
-                    ("b", "Apply", json!({"f:metadata": {"f:finalizers": {"v:\"example.com/b\"": {}}}})),
+                    (
+                        "b",
+                        "Apply",
+                        json!({"f:metadata": {"f:finalizers": {"v:\"example.com/b\"": {}}}}),
+                    ),
                 ],
             },
         },
@@ -312,7 +376,10 @@ fn cases() -> Vec<Case> {
                 Step::Update("scaler", |o| o["spec"]["replicas"] = json!(3)),
                 Step::Apply("a", deploy(1, "nginx:1"), false),
             ],
-            want: Want::Error(409, r#"conflict with "scaler" using apps/v1: .spec.replicas"#),
+            want: Want::Error(
+                409,
+                r#"conflict with "scaler" using apps/v1: .spec.replicas"#,
+            ),
         },
         Case {
             // A create owns every field it set; maps and list items that appear are members
@@ -321,7 +388,8 @@ fn cases() -> Vec<Case> {
             steps: vec![Step::Create(
                 "kubectl-create",
                 with_meta(deploy(1, "nginx:1"), "uid", json!("u")).pipe(|mut d| {
-                    d["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%"}});
+                    d["spec"]["strategy"] =
+                        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%"}});
                     d["status"] = json!({"replicas": 0});
                     d
                 }),
@@ -370,7 +438,10 @@ fn cases() -> Vec<Case> {
                 Step::Update("edit", |o| o["metadata"]["managedFields"] = json!([])),
                 Step::Apply("a", partial(json!({"replicas": 2})), false),
             ],
-            want: Want::Error(409, r#"conflict with "before-first-apply" using apps/v1: .spec.replicas"#),
+            want: Want::Error(
+                409,
+                r#"conflict with "before-first-apply" using apps/v1: .spec.replicas"#,
+            ),
         },
         Case {
             // docs "Server-Side Apply" (upgrading from client-side apply) and apimachinery
@@ -405,12 +476,19 @@ fn cases() -> Vec<Case> {
                 Step::Create("kubectl-client-side-apply", csa_manifest),
                 Step::Apply("other", deploy(2, "nginx:1"), false),
             ],
-            want: Want::Error(409, "conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"),
+            want: Want::Error(
+                409,
+                "conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas",
+            ),
         },
         Case {
             // structuredmerge.go: an apply may not carry managedFields.
             name: "apply with managedFields is rejected",
-            steps: vec![Step::Apply("a", with_meta(deploy(1, "x"), "managedFields", json!([])), false)],
+            steps: vec![Step::Apply(
+                "a",
+                with_meta(deploy(1, "x"), "managedFields", json!([])),
+                false,
+            )],
             want: Want::Error(400, "metadata.managedFields must be nil"),
         },
         Case {
@@ -418,7 +496,10 @@ fn cases() -> Vec<Case> {
             name: "apply through status",
             steps: vec![
                 Step::Apply("a", deploy(1, "nginx:1"), false),
-                Step::ApplyStatus("ctrl", json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 9}, "status": {"replicas": 1}})),
+                Step::ApplyStatus(
+                    "ctrl",
+                    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 9}, "status": {"replicas": 1}}),
+                ),
             ],
             want: Want::Object {
                 spec: Some(deploy(1, "nginx:1")["spec"].clone()),
@@ -448,10 +529,16 @@ fn scenarios() {
             Want::Error(code, message) => {
                 let err = last.expect_err(case.name);
                 assert_eq!(err.code, code, "{}: {err}", case.name);
-                assert!(err.message.contains(message), "{}: got {:?}", case.name, err.message);
+                assert!(
+                    err.message.contains(message),
+                    "{}: got {:?}",
+                    case.name,
+                    err.message
+                );
                 if code == 409 {
                     assert_eq!(err.reason, "Conflict");
-                    assert!(err.causes.iter().all(|c| c.reason == "FieldManagerConflict" && c.message.starts_with("conflict with ")));
+                    assert!(err.causes.iter().all(|c| c.reason == "FieldManagerConflict"
+                        && c.message.starts_with("conflict with ")));
                 }
             }
             Want::Unchanged => {
@@ -473,7 +560,11 @@ fn scenarios() {
                     assert_eq!(obj["metadata"]["labels"], labels, "{}: labels", case.name);
                 }
                 if let Some(finalizers) = finalizers {
-                    assert_eq!(obj["metadata"]["finalizers"], finalizers, "{}: finalizers", case.name);
+                    assert_eq!(
+                        obj["metadata"]["finalizers"], finalizers,
+                        "{}: finalizers",
+                        case.name
+                    );
                 }
                 // Entries within one operation are ordered by time, which may tick between steps.
                 let mut got = entries(&obj);
@@ -513,10 +604,15 @@ fn kubectl_apply_rewrites_the_last_applied_annotation() {
     csa["metadata"]["annotations"] = json!({LAST_APPLIED: "{}\n"});
     let mut applied = deploy(1, "nginx:1");
     applied["metadata"]["annotations"] = json!({"team": "x"});
-    let (obj, _, last) = run(&[Step::Create("kubectl-client-side-apply", csa), Step::Apply("kubectl", applied.clone(), false)]);
+    let (obj, _, last) = run(&[
+        Step::Create("kubectl-client-side-apply", csa),
+        Step::Apply("kubectl", applied.clone(), false),
+    ]);
     last.unwrap();
     let obj = obj.unwrap();
-    let text = obj["metadata"]["annotations"][LAST_APPLIED].as_str().unwrap();
+    let text = obj["metadata"]["annotations"][LAST_APPLIED]
+        .as_str()
+        .unwrap();
     assert!(text.ends_with('\n'));
     let mut want = applied;
     want["metadata"]["annotations"] = json!({"team": "x"});
@@ -530,7 +626,15 @@ fn update_entries_are_capped() {
     for i in 0..12 {
         let old = obj.clone();
         obj["metadata"]["labels"][format!("l{i}")] = json!("x");
-        update("apps", "v1", "Deployment", Some(&old), &mut obj, &format!("m{i:02}"), None);
+        update(
+            "apps",
+            "v1",
+            "Deployment",
+            Some(&old),
+            &mut obj,
+            &format!("m{i:02}"),
+            None,
+        );
     }
     let list = entries(&obj);
     assert_eq!(list.len(), 10, "{list:?}");
@@ -542,7 +646,10 @@ fn update_entries_are_capped() {
         .fold(Set::new(), |a, b| a.union(&b));
     for i in 0..12 {
         let f = PathElement::field;
-        assert!(owned.has(&[f("metadata"), f("labels"), f(&format!("l{i}"))]), "l{i}");
+        assert!(
+            owned.has(&[f("metadata"), f("labels"), f(&format!("l{i}"))]),
+            "l{i}"
+        );
     }
 }
 
@@ -553,20 +660,47 @@ fn client_sent_managed_fields() {
     let stored = obj.clone();
     // Omitted: kept.
     let mut new = stored.clone();
-    new["metadata"].as_object_mut().unwrap().remove("managedFields");
+    new["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("managedFields");
     new["spec"]["replicas"] = json!(2);
-    update("apps", "v1", "Deployment", Some(&stored), &mut new, "scaler", None);
+    update(
+        "apps",
+        "v1",
+        "Deployment",
+        Some(&stored),
+        &mut new,
+        "scaler",
+        None,
+    );
     assert_eq!(entries(&new).len(), 2);
     // Edited: honoured as the new base.
     let mut new = stored.clone();
     new["metadata"]["managedFields"][0]["manager"] = json!("renamed");
-    update("apps", "v1", "Deployment", Some(&stored), &mut new, "x", None);
+    update(
+        "apps",
+        "v1",
+        "Deployment",
+        Some(&stored),
+        &mut new,
+        "x",
+        None,
+    );
     assert_eq!(entries(&new)[0].0, "renamed");
     // Through a subresource: ignored.
     let mut new = stored.clone();
     new["metadata"]["managedFields"] = json!([]);
     new["status"] = json!({"replicas": 1});
-    update("apps", "v1", "Deployment", Some(&stored), &mut new, "ctrl", Some("status"));
+    update(
+        "apps",
+        "v1",
+        "Deployment",
+        Some(&stored),
+        &mut new,
+        "ctrl",
+        Some("status"),
+    );
     let list = entries(&new);
     assert_eq!(list.len(), 2);
     assert_eq!(list[1].2, json!({"f:status": {"f:replicas": {}}}));
@@ -574,6 +708,17 @@ fn client_sent_managed_fields() {
     // Garbage: the stored ones are used.
     let mut new = stored.clone();
     new["metadata"]["managedFields"] = json!([{"manager": "x", "operation": "Bogus"}]);
-    update("apps", "v1", "Deployment", Some(&stored), &mut new, "y", None);
-    assert_eq!(new["metadata"]["managedFields"], stored["metadata"]["managedFields"]);
+    update(
+        "apps",
+        "v1",
+        "Deployment",
+        Some(&stored),
+        &mut new,
+        "y",
+        None,
+    );
+    assert_eq!(
+        new["metadata"]["managedFields"],
+        stored["metadata"]["managedFields"]
+    );
 }

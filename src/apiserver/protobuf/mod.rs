@@ -126,7 +126,7 @@ pub fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
         .find(|(g, _)| *g == group)
         .and_then(|(_, package)| schema.index(&format!("{package}.{version}.{kind}")))
         .or_else(|| {
-            if META_KINDS.contains(&kind) && version == "v1" {
+            if META_KINDS.contains(&kind) {
                 schema.index(&format!("meta.v1.{kind}"))
             } else {
                 None

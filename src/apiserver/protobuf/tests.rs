@@ -564,7 +564,7 @@ fn reviews_tokens_and_evictions() {
 
     // meta/v1 options under any group version.
     let opts = Msg::new().int(1, 30).str(4, "Foreground");
-    for api_version in ["v1", "apps/v1", "meta.k8s.io/v1"] {
+    for api_version in ["v1", "apps/v1", "autoscaling/v2", "meta.k8s.io/v1"] {
         let got = decode_object(&object(api_version, "DeleteOptions", opts.clone())).unwrap();
         assert_eq!(
             got,

@@ -724,7 +724,8 @@ impl Registry {
                 fieldmanager::update(ri.group, ri.version, ri.kind, Some(&old), &mut obj, &manager(opts), subresource);
             }
             admission::mutate(self, &attrs, &mut obj, Some(&old)).await?;
-            self.validate(sri, &obj, Some(&old))?;
+            let old_for_validation = if subresource == Some("binding") { None } else { Some(&old) };
+            self.validate(sri, &obj, old_for_validation)?;
             admission::validate(self, &attrs, &obj, Some(&old)).await?;
             // Identical objects are not rewritten (no new revision, no watch event).
             let mut old_cmp = old.clone();
@@ -849,6 +850,12 @@ impl Registry {
                 // metadata updates via status for most kinds); keep the rest.
                 o
             }
+            Some("binding") if sri.kind == "Pod" => {
+                // pods/binding assigns the node; nothing else of the spec changes.
+                let mut o = old.clone();
+                o["spec"]["nodeName"] = requested["spec"]["nodeName"].clone();
+                o
+            }
             Some("finalize") if sri.kind == "Namespace" => {
                 let mut o = old.clone();
                 o["spec"]["finalizers"] = requested["spec"]["finalizers"].clone();
@@ -938,12 +945,12 @@ impl Registry {
                 "PATCH, with apply, requires a non-empty fieldManager",
             ));
         };
-        if let Some(n) = meta_str(applied, "name") {
-            if n != name {
-                return Err(Status::bad_request(format!(
-                    "the name of the object ({n}) does not match the name on the URL ({name})"
-                )));
-            }
+        if let Some(n) = meta_str(applied, "name")
+            && n != name
+        {
+            return Err(Status::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
         }
         let mut opts = opts.clone();
         opts.apply = true;
