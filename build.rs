@@ -27,7 +27,9 @@ fn main() {
     if os != "linux" || !matches!(arch.as_str(), "x86_64" | "aarch64") {
         // kaji's node agent runs on Linux x86_64 and aarch64 only; elsewhere embed an
         // empty program so the rest of the crate still builds (the agent refuses to use it).
-        println!("cargo:warning=the pause program supports Linux x86_64 and aarch64 only; not building it for {target}");
+        println!(
+            "cargo:warning=the pause program supports Linux x86_64 and aarch64 only; not building it for {target}"
+        );
         std::fs::write(&out, b"").expect("writing OUT_DIR/pause");
         return;
     }
@@ -36,7 +38,13 @@ fn main() {
         .iter()
         .find_map(|v| std::env::var(v).ok())
         .or_else(|| (target == host).then(|| std::env::var("CC").ok()).flatten())
-        .unwrap_or_else(|| if target == host { "cc".to_string() } else { format!("{arch}-linux-gnu-gcc") });
+        .unwrap_or_else(|| {
+            if target == host {
+                "cc".to_string()
+            } else {
+                format!("{arch}-linux-gnu-gcc")
+            }
+        });
 
     let status = Command::new(&compiler)
         .args([

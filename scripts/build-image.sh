@@ -21,11 +21,12 @@
 # <data-dir>/agent/images/ before the agent starts. Pure bash + coreutils + tar.
 set -euo pipefail
 
-usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
+usage() { # exit-code
+  sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//' >&2
+  exit "${1:-2}"
 }
 
+[[ ${1:-} == -h || ${1:-} == --help ]] && usage 0
 (($# >= 2)) || usage
 name=$1
 out=$2
@@ -45,7 +46,7 @@ while (($#)); do
     --workdir) workdir=${2:?}; shift ;;
     --format) format=${2:?}; shift ;;
     --arch) arch=${2:?}; shift ;;
-    -h | --help) usage ;;
+    -h | --help) usage 0 ;;
     *) echo "build-image.sh: unknown option $1" >&2; usage ;;
   esac
   shift

@@ -2,6 +2,9 @@
 # Installs the Debian packages kaji's build and tests need. Idempotent; run as root.
 set -euo pipefail
 packages=(curl ca-certificates protobuf-compiler)
+# gcc builds the embedded pause program; containerd, runc and the CNI plugins run pods;
+# busybox-static goes into the test images scripts/build-image.sh assembles.
+packages+=(gcc containerd runc containernetworking-plugins busybox-static)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -107,6 +107,7 @@ pub async fn start(cfg: &AgentConfig, paths: Paths, shutdown: CancellationToken)
     }
     std::fs::write(&paths.config, render_config(&paths, &cfg.pause_image)).map_err(|e| io(&paths.config, e))?;
     let binary = which("containerd").ok_or(Error::MissingBinary("containerd"))?;
+    stop_stale(&paths).await;
     let mut child = spawn(&binary, &paths)?;
     wait_for_socket(&paths.socket, &mut child).await?;
     tokio::spawn(async move {
@@ -132,6 +133,31 @@ pub async fn start(cfg: &AgentConfig, paths: Paths, shutdown: CancellationToken)
     Ok(())
 }
 
+fn pid_file(paths: &Paths) -> PathBuf {
+    paths.state.join("kaji-containerd.pid")
+}
+
+/// Stops a containerd left running by a previous kaji that was killed (SIGKILL leaves its
+/// child behind). Its containers keep running: they belong to their shims, and the new
+/// containerd re-attaches to them.
+async fn stop_stale(paths: &Paths) {
+    let Ok(text) = std::fs::read_to_string(pid_file(paths)) else { return };
+    let Ok(pid) = text.trim().parse::<u32>() else { return };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "containerd" {
+        return;
+    }
+    tracing::info!(pid, "stopping the containerd left by a previous run");
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status().await;
+}
+
 fn spawn(binary: &Path, paths: &Paths) -> Result<Child, Error> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -147,6 +173,9 @@ fn spawn(binary: &Path, paths: &Paths) -> Result<Child, Error> {
         .kill_on_drop(false)
         .spawn()
         .map_err(|e| io(binary, e))?;
+    if let Some(pid) = child.id() {
+        let _ = std::fs::write(pid_file(paths), pid.to_string());
+    }
     tracing::info!(pid = child.id(), config = %paths.config.display(), "started containerd");
     Ok(child)
 }

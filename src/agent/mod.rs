@@ -12,11 +12,13 @@ pub mod cri;
 pub mod env;
 pub mod events;
 pub mod images;
+pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pod_workers;
 pub mod probes;
 pub mod resources;
+pub mod server;
 pub mod volumes;
 
 use std::net::IpAddr;
@@ -81,6 +83,10 @@ pub struct AgentConfig {
     pub cluster_domain: String,
     /// `runtimeName://version` of the container runtime, once connected.
     pub runtime_version: String,
+    /// The kubelet API port (0: an ephemeral port, the bound one is reported).
+    pub kubelet_port: u16,
+    /// The cluster CA (PEM) that signs the API server's kubelet client certificate.
+    pub ca_pem: String,
 }
 
 impl AgentConfig {
@@ -123,6 +129,8 @@ impl AgentConfig {
             cluster_dns,
             cluster_domain: cluster_domain.to_string(),
             runtime_version: String::new(),
+            kubelet_port: args.kubelet_port,
+            ca_pem: String::new(),
         })
     }
 }
@@ -130,7 +138,11 @@ impl AgentConfig {
 /// The volatile runtime dir of an agent: `/run/kaji` for the default data dir, else
 /// `<data-dir>/run`.
 pub fn default_run_dir(data_dir: &std::path::Path) -> PathBuf {
-    if data_dir == std::path::Path::new("/var/lib/kaji") { PathBuf::from("/run/kaji") } else { data_dir.join("run") }
+    if data_dir == std::path::Path::new("/var/lib/kaji") {
+        PathBuf::from("/run/kaji")
+    } else {
+        data_dir.join("run")
+    }
 }
 
 fn parse_taint(s: &str) -> Option<(String, String, String)> {
@@ -155,10 +167,14 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: CancellationT
     let (cri, version) = cri::Cri::wait_ready(&socket).await?;
     tracing::info!(runtime = %version, "container runtime ready");
     if cfg.runtime_endpoint.is_none() {
-        images::prepare_node_images(&cfg, &socket).await.map_err(|e| Error::Runtime(e.to_string()))?;
+        images::prepare_node_images(&cfg, &socket)
+            .await
+            .map_err(|e| Error::Runtime(e.to_string()))?;
     }
     let mut cfg = cfg;
     cfg.runtime_version = version;
+    let (kubelet_port, kubelet_api) = server::start(&cfg, cri.clone(), shutdown.clone()).await?;
+    cfg.kubelet_port = kubelet_port;
     node::register(&client, &cfg).await?;
     let pod_cidr = node::wait_pod_cidr(&client, &cfg, &shutdown).await?;
     network::write_conflist(&containerd::Paths::new(&cfg.data_dir, &cfg.run_dir).cni_conf_dir, &pod_cidr)?;
@@ -168,6 +184,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: CancellationT
     let handle = tokio::spawn(async move {
         let _ = workers.await;
         let _ = heartbeat.await;
+        let _ = kubelet_api.await;
     });
     Ok(handle)
 }

@@ -60,18 +60,22 @@ struct PodState {
 
 /// Runs the pod workers until `shutdown`.
 pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>, cri: Cri, shutdown: CancellationToken) {
-    let ctx = Arc::new(Ctx { client: client.clone(), cfg: cfg.clone(), cri, probes: Probes::new() });
+    let ctx = Arc::new(Ctx { client: client.clone(), cfg: cfg.clone(), cri, probes: Probes::new(client.clone(), &cfg.node_name, cfg.node_ip) });
     let pods: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let mut stream = watcher(pods, wc).boxed();
     let workers: Arc<Mutex<HashMap<String, watch::Sender<Option<Value>>>>> = Arc::default();
     let mut listed: Vec<String> = Vec::new();
-    let mut housekeeping = tokio::time::interval(Duration::from_secs(30));
+    // Orphans are only judged after the first full list of this node's pods.
+    let mut synced = false;
+    let mut housekeeping = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(30), Duration::from_secs(30));
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = housekeeping.tick() => {
-                remove_orphans(&ctx, &workers).await;
+                if synced {
+                    remove_orphans(&ctx, &workers).await;
+                }
                 continue;
             }
             e = stream.next() => e,
@@ -90,6 +94,7 @@ pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>, cri: Cri, shutdown
                 dispatch(&ctx, &workers, &uid, None, &shutdown).await;
             }
             Ok(watcher::Event::InitDone) => {
+                synced = true;
                 let gone: Vec<String> = workers.lock().await.keys().filter(|u| !listed.contains(u)).cloned().collect();
                 for uid in gone {
                     dispatch(&ctx, &workers, &uid, None, &shutdown).await;
@@ -131,6 +136,7 @@ async fn dispatch(ctx: &Arc<Ctx>, workers: &Arc<Mutex<HashMap<String, watch::Sen
 
 async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Value>>, shutdown: CancellationToken) {
     let mut state = PodState::default();
+    let probed = ctx.probes.changes(&uid);
     loop {
         let pod = rx.borrow_and_update().clone();
         let next = match pod {
@@ -154,6 +160,7 @@ async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Value
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+            _ = probed.notified() => {}
             _ = tokio::time::sleep(next) => {}
         }
     }
@@ -285,7 +292,10 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
         let restartable = ic["restartPolicy"] == "Always";
         match observed.latest.get(&name).map(|(_, s)| (state_of(s), s.exit_code, s.clone())) {
             Some((cri::ContainerState::ContainerExited, 0, _)) if !restartable => continue,
-            Some((cri::ContainerState::ContainerRunning, _, _)) if restartable => continue,
+            Some((cri::ContainerState::ContainerRunning, _, s)) if restartable => {
+                ctx.probes.ensure(&ctx.cri, pod, &ic, &s.id, pod_ip.as_deref());
+                continue;
+            }
             Some((cri::ContainerState::ContainerRunning, _, _)) | Some((cri::ContainerState::ContainerCreated, _, _)) => {
                 initialized = false;
                 next = Duration::from_millis(500);
@@ -327,9 +337,9 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
                         if !st.post_started.contains(&s.id) {
                             st.post_started.insert(s.id.clone());
                         }
-                        if ctx.probes.liveness_failed(&s.id) {
-                            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Normal, "Killing", format!("Container {name} failed liveness probe, will be restarted"), Some(&name));
-                            kill_container(ctx, pod, &ctr, &s.id, grace_of(pod)).await;
+                        if let Some(failed) = ctx.probes.failed_probe(&s.id) {
+                            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Normal, "Killing", format!("Container {name} failed {} probe, will be restarted", failed.probe), Some(&name));
+                            kill_container(ctx, pod, &ctr, &s.id, failed.grace.unwrap_or_else(|| grace_of(pod))).await;
                             next = Duration::from_millis(200);
                         }
                     }
@@ -805,9 +815,9 @@ fn container_status(spec: &Value, latest: Option<&cri::ContainerStatus>, previou
         out["imageID"] = json!(s.image_ref);
         match state_of(s) {
             cri::ContainerState::ContainerRunning => {
-                let started = probes.started(&s.id).unwrap_or(true);
+                let started = probes.started(&s.id, spec).unwrap_or(true);
                 out["started"] = json!(started);
-                out["ready"] = json!(started && probes.ready(&s.id).unwrap_or(true));
+                out["ready"] = json!(started && probes.ready(&s.id, spec).unwrap_or(true));
                 out["state"] = json!({"running": {"startedAt": ns_to_rfc3339(s.started_at).unwrap_or_else(now)}});
             }
             cri::ContainerState::ContainerExited => {

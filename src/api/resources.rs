@@ -215,7 +215,11 @@ pub static RESOURCES: &[ResourceInfo] = &[
     // core/v1
     res!(""/"v1", "Pod", "pods", "pod", ns: true, short: ["po"], cat: ["all"],
          subs: [status("", "v1", "Pod"), sub!("binding", "", "v1", "Binding", &["create"]),
-                sub!("eviction", "policy", "v1", "Eviction", &["create"])]),
+                sub!("eviction", "policy", "v1", "Eviction", &["create"]),
+                sub!("log", "", "v1", "Pod", &["get"]),
+                sub!("exec", "", "v1", "PodExecOptions", &["create", "get"]),
+                sub!("attach", "", "v1", "PodAttachOptions", &["create", "get"]),
+                sub!("portforward", "", "v1", "PodPortForwardOptions", &["create", "get"])]),
     res!(""/"v1", "Service", "services", "service", ns: true, short: ["svc"], cat: ["all"],
          subs: [status("", "v1", "Service")]),
     res!(""/"v1", "Endpoints", "endpoints", "endpoints", ns: true, short: ["ep"], cat: [], subs: []),

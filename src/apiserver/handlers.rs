@@ -528,6 +528,9 @@ async fn resource(
     q: &Query,
     user: &UserInfo,
 ) -> Result<Response<Body>, Status> {
+    if super::proxy::handles(ri, info) {
+        return super::proxy::serve(state, req, info, ri).await;
+    }
     let output = negotiate(req.headers(), q)?;
     let ns = info.namespace.as_deref();
     if ri.namespaced && ns.is_none() && !matches!(info.verb.as_str(), "list" | "watch") {

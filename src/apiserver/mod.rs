@@ -17,6 +17,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod openapi;
 pub mod protobuf;
+pub mod proxy;
 pub mod rbac;
 pub mod registry;
 pub mod request;
@@ -96,6 +97,8 @@ pub struct Config {
     pub service_account_key_dir: std::path::PathBuf,
     /// The service account token issuer (`https://kubernetes.default.svc.<domain>`).
     pub service_account_issuer: String,
+    /// The client certificate presented to kubelets (logs, exec, attach, port-forward).
+    pub kubelet_client: Option<proxy::KubeletClientConfig>,
 }
 
 /// Shared state of the request handlers.
@@ -108,6 +111,7 @@ pub struct State {
     ready: AtomicBool,
     shutdown: CancellationToken,
     server_address: String,
+    kubelet: Option<proxy::KubeletClient>,
 }
 
 impl State {
@@ -147,6 +151,7 @@ pub async fn start(
         ready: AtomicBool::new(false),
         shutdown: shutdown.clone(),
         server_address: cfg.advertise.clone(),
+        kubelet: cfg.kubelet_client.as_ref().map(proxy::KubeletClient::new).transpose().map_err(Error::Tls)?,
     });
     bootstrap(&state).await?;
     state.ready.store(true, Ordering::Release);

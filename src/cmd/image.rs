@@ -13,8 +13,12 @@ use crate::config::{ImageArgs, ImageCommand, ImageImportArgs};
 /// Runs `kaji image ...`.
 pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
     // Warnings only by default: the progress bar is the output.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KAJI_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KAJI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     match args.command {
         ImageCommand::Import(a) => import(a).await,
     }
@@ -36,19 +40,30 @@ async fn import(args: ImageImportArgs) -> anyhow::Result<()> {
     }
     let bar = ProgressBar::with_draw_target(Some(sizes.iter().sum()), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
     let mut done_before = 0u64;
     let mut all = Vec::new();
     for (file, size) in args.files.iter().zip(sizes) {
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         bar.set_message(format!("reading {name}"));
-        let f = tokio::fs::File::open(file).await.with_context(|| format!("{}", file.display()))?;
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("{}", file.display()))?;
         let result = images::import(&socket, f, |p| match p {
             Progress::Read(n) => bar.set_position(done_before + n.min(size)),
-            Progress::Unpack { image, layer, layers } => bar.set_message(format!("unpacking {image} (layer {layer}/{layers})")),
+            Progress::Unpack {
+                image,
+                layer,
+                layers,
+            } => bar.set_message(format!("unpacking {image} (layer {layer}/{layers})")),
             Progress::Imported(image) => bar.println(format!("imported {image}")),
             Progress::Blob { .. } => {}
         })
@@ -78,16 +93,38 @@ mod tests {
 
     #[test]
     fn parses_image_import() {
-        let cli = Cli::parse_from(["kaji", "image", "import", "a.tar", "b.tar.gz", "--data-dir", "/srv/kaji"]);
-        let Command::Image(args) = cli.command else { panic!("image") };
+        let cli = Cli::parse_from([
+            "kaji",
+            "image",
+            "import",
+            "a.tar",
+            "b.tar.gz",
+            "--data-dir",
+            "/srv/kaji",
+        ]);
+        let Command::Image(args) = cli.command else {
+            panic!("image")
+        };
         let ImageCommand::Import(i) = args.command;
-        assert_eq!(i.files, vec![std::path::PathBuf::from("a.tar"), "b.tar.gz".into()]);
+        assert_eq!(
+            i.files,
+            vec![std::path::PathBuf::from("a.tar"), "b.tar.gz".into()]
+        );
         assert_eq!(
             crate::agent::images::socket_path(&i.data_dir, i.container_runtime_endpoint.as_deref()),
             std::path::PathBuf::from("/srv/kaji/run/containerd/containerd.sock")
         );
-        let cli = Cli::parse_from(["kaji", "image", "import", "x.tar", "--container-runtime-endpoint", "unix:///run/containerd/containerd.sock"]);
-        let Command::Image(args) = cli.command else { panic!("image") };
+        let cli = Cli::parse_from([
+            "kaji",
+            "image",
+            "import",
+            "x.tar",
+            "--container-runtime-endpoint",
+            "unix:///run/containerd/containerd.sock",
+        ]);
+        let Command::Image(args) = cli.command else {
+            panic!("image")
+        };
         let ImageCommand::Import(i) = args.command;
         assert_eq!(
             crate::agent::images::socket_path(&i.data_dir, i.container_runtime_endpoint.as_deref()),
@@ -97,6 +134,9 @@ mod tests {
             crate::agent::images::socket_path(std::path::Path::new("/var/lib/kaji"), None),
             std::path::PathBuf::from("/run/kaji/containerd/containerd.sock")
         );
-        assert!(Cli::try_parse_from(["kaji", "image", "import"]).is_err(), "a file is required");
+        assert!(
+            Cli::try_parse_from(["kaji", "image", "import"]).is_err(),
+            "a file is required"
+        );
     }
 }

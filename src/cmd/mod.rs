@@ -19,7 +19,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(server::run(args))
         }
         Command::Image(args) => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(image::run(args))
         }
     }

@@ -55,6 +55,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         SledStore::open(&db).with_context(|| format!("opening store at {}", db.display()))?,
     );
 
+    let (cert_pem, key_pem) = pki::issue_client_cert(
+        &material.ca_cert_pem,
+        &material.ca_key_pem,
+        crate::agent::server::APISERVER_CLIENT_CN,
+        &["system:masters"],
+    )
+    .context("issuing the API server's kubelet client certificate")?;
+    let kubelet_client = apiserver::proxy::KubeletClientConfig { cert_pem, key_pem };
+
     let tokens = match &args.token_auth_file {
         Some(p) => TokenAuthenticator::from_file(p)?,
         None => TokenAuthenticator::default(),
@@ -82,6 +91,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             compaction_retain: args.store_compaction_retain,
             service_account_key_dir: server_dir.join("tls"),
             service_account_issuer: format!("https://kubernetes.default.svc.{}", args.cluster_domain),
+            kubelet_client: Some(kubelet_client),
         },
         store.clone(),
         shutdown.clone(),
@@ -133,7 +143,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let agent = if args.disable_agent {
         None
     } else {
-        let cfg = crate::agent::AgentConfig::from_args(
+        let mut cfg = crate::agent::AgentConfig::from_args(
             &args.agent,
             args.data_dir.clone(),
             true,
@@ -141,6 +151,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             &args.cluster_domain,
         )
         .context("agent settings")?;
+        cfg.ca_pem = material.ca_cert_pem.clone();
         let client_cfg = crate::client::ClientConfig {
             url: local.clone(),
             ca_pem: material.ca_cert_pem.clone(),

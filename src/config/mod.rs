@@ -48,6 +48,8 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process; boxing the server's flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the control plane (API server, store, controllers) and, unless disabled, a node agent.
     Server(ServerArgs),
@@ -78,7 +80,13 @@ pub struct ImageImportArgs {
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// The agent's data dir (locates its containerd socket).
-    #[arg(short = 'd', long, env = "KAJI_DATA_DIR", default_value = "/var/lib/kaji", value_name = "DIR")]
+    #[arg(
+        short = 'd',
+        long,
+        env = "KAJI_DATA_DIR",
+        default_value = "/var/lib/kaji",
+        value_name = "DIR"
+    )]
     pub data_dir: PathBuf,
     /// containerd socket to import into instead of the agent's embedded one.
     #[arg(long, env = "KAJI_CONTAINER_RUNTIME_ENDPOINT", value_name = "SOCKET")]
@@ -109,6 +117,9 @@ pub struct AgentArgs {
     /// Kubelet-style overrides (`key=value`, repeatable), e.g. `max-pods=50`.
     #[arg(long, env = "KAJI_KUBELET_ARG", value_delimiter = ',')]
     pub kubelet_arg: Vec<String>,
+    /// HTTPS port of the node's kubelet API (logs, exec, attach, port-forward); 0 picks a free one.
+    #[arg(long, env = "KAJI_KUBELET_PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
 }
 
 /// Flags of `kaji server`.
@@ -337,7 +348,9 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = Cli::parse_from(["kaji", "server"]);
-        let Command::Server(s) = cli.command else { panic!("server") };
+        let Command::Server(s) = cli.command else {
+            panic!("server")
+        };
         assert_eq!(s.https_listen_port, 6443);
         assert_eq!(s.write_kubeconfig_mode, 0o600);
         assert_eq!(s.cluster_cidr, "10.42.0.0/16");
@@ -362,7 +375,9 @@ mod tests {
         .map(OsString::from)
         .collect();
         let merged = with_config_file(args).unwrap();
-        let Command::Server(s) = Cli::parse_from(merged).command else { panic!("server") };
+        let Command::Server(s) = Cli::parse_from(merged).command else {
+            panic!("server")
+        };
         assert_eq!(s.https_listen_port, 7443);
         assert_eq!(s.tls_san, vec!["a.example", "b.example"]);
         assert!(s.disable_agent);

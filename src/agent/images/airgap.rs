@@ -48,7 +48,11 @@ fn archive_kind(name: &str) -> Option<bool> {
     }
     if name.ends_with(".tar") || name.ends_with(".tar.gz") || name.ends_with(".tgz") {
         Some(true)
-    } else if name.ends_with(".tar.zst") || name.ends_with(".tar.zstd") || name.ends_with(".tar.bz2") || name.ends_with(".tar.xz") {
+    } else if name.ends_with(".tar.zst")
+        || name.ends_with(".tar.zstd")
+        || name.ends_with(".tar.bz2")
+        || name.ends_with(".tar.xz")
+    {
         Some(false)
     } else {
         None
@@ -59,11 +63,20 @@ fn archive_kind(name: &str) -> Option<bool> {
 /// names imported now. A file that fails is logged and skipped (the others still count),
 /// and retried at the next start.
 pub async fn import_airgap_images(cfg: &AgentConfig, socket: &Path) -> Result<Vec<String>, Error> {
-    import_dir(&images_dir(&cfg.data_dir), &cfg.data_dir.join("agent").join(STATE_FILE), socket).await
+    import_dir(
+        &images_dir(&cfg.data_dir),
+        &cfg.data_dir.join("agent").join(STATE_FILE),
+        socket,
+    )
+    .await
 }
 
 /// Imports the archives of `dir`, remembering them in `state_path`.
-pub async fn import_dir(dir: &Path, state_path: &Path, socket: &Path) -> Result<Vec<String>, Error> {
+pub async fn import_dir(
+    dir: &Path,
+    state_path: &Path,
+    socket: &Path,
+) -> Result<Vec<String>, Error> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| Error::Io { path, source }
@@ -80,7 +93,9 @@ pub async fn import_dir(dir: &Path, state_path: &Path, socket: &Path) -> Result<
         let name = entry.file_name().to_string_lossy().into_owned();
         match archive_kind(&name) {
             Some(true) => files.push(name),
-            Some(false) => tracing::warn!(file = %entry.path().display(), "skipping an image archive in an unsupported compression (use .tar or .tar.gz)"),
+            Some(false) => {
+                tracing::warn!(file = %entry.path().display(), "skipping an image archive in an unsupported compression (use .tar or .tar.gz)")
+            }
             None => {}
         }
     }
@@ -103,7 +118,11 @@ pub async fn import_dir(dir: &Path, state_path: &Path, socket: &Path) -> Result<
                 continue;
             }
         };
-        let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         if let Some(rec) = state.files.get(&name).cloned()
             && rec.size == meta.len()
             && all_present(&ctd, &rec.images).await?
@@ -114,7 +133,9 @@ pub async fn import_dir(dir: &Path, state_path: &Path, socket: &Path) -> Result<
             }
             // Touched or copied anew: the same bytes need no import.
             if file_sha256(&path).await.ok().as_deref() == Some(rec.sha256.as_str()) {
-                state.files.insert(name.clone(), FileRecord { mtime_ns, ..rec });
+                state
+                    .files
+                    .insert(name.clone(), FileRecord { mtime_ns, ..rec });
                 save_state(state_path, &state)?;
                 continue;
             }
@@ -123,11 +144,21 @@ pub async fn import_dir(dir: &Path, state_path: &Path, socket: &Path) -> Result<
         match import_file(&path, socket).await {
             Ok((images, sha256)) => {
                 tracing::info!(file = %path.display(), images = ?images, elapsed_ms = started.elapsed().as_millis() as u64, "imported air-gap images");
-                state.files.insert(name, FileRecord { size: meta.len(), mtime_ns, sha256, images: images.clone() });
+                state.files.insert(
+                    name,
+                    FileRecord {
+                        size: meta.len(),
+                        mtime_ns,
+                        sha256,
+                        images: images.clone(),
+                    },
+                );
                 save_state(state_path, &state)?;
                 imported.extend(images);
             }
-            Err(err) => tracing::error!(file = %path.display(), %err, "importing air-gap images failed"),
+            Err(err) => {
+                tracing::error!(file = %path.display(), %err, "importing air-gap images failed")
+            }
         }
     }
     Ok(imported)
@@ -144,12 +175,20 @@ async fn all_present(ctd: &Containerd, images: &[String]) -> Result<bool, Error>
 
 /// Imports one archive; returns its images and the SHA-256 of the file.
 async fn import_file(path: &Path, socket: &Path) -> Result<(Vec<String>, String), Error> {
-    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let file = tokio::fs::File::open(path).await.map_err(io)?;
-    let mut hashing = Hashing { inner: file, hasher: Sha256::new() };
+    let mut hashing = Hashing {
+        inner: file,
+        hasher: Sha256::new(),
+    };
     let images = super::import(socket, &mut hashing, |_| {}).await?;
     // Hash what the importer left unread (the archive's trailing padding).
-    tokio::io::copy(&mut hashing, &mut tokio::io::sink()).await.map_err(io)?;
+    tokio::io::copy(&mut hashing, &mut tokio::io::sink())
+        .await
+        .map_err(io)?;
     Ok((images, format!("{:x}", hashing.hasher.finalize())))
 }
 
@@ -177,12 +216,16 @@ fn load_state(path: &Path) -> State {
 }
 
 fn save_state(path: &Path, state: &State) -> Result<(), Error> {
-    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
     let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::Format(format!("encoding the air-gap state: {e}")))?;
+    let bytes = serde_json::to_vec_pretty(state)
+        .map_err(|e| Error::Format(format!("encoding the air-gap state: {e}")))?;
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
@@ -194,7 +237,11 @@ struct Hashing<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         let Self { hasher, .. } = &mut *self;
@@ -230,7 +277,12 @@ mod tests {
         let path = dir.path().join("agent").join(STATE_FILE);
         assert!(load_state(&path).files.is_empty());
         let mut state = State::default();
-        let rec = FileRecord { size: 10, mtime_ns: 20, sha256: "ab".into(), images: vec!["docker.io/library/busybox:latest".into()] };
+        let rec = FileRecord {
+            size: 10,
+            mtime_ns: 20,
+            sha256: "ab".into(),
+            images: vec!["docker.io/library/busybox:latest".into()],
+        };
         state.files.insert("bb.tar".into(), rec.clone());
         save_state(&path, &state).unwrap();
         assert_eq!(load_state(&path).files.get("bb.tar"), Some(&rec));
@@ -241,10 +293,18 @@ mod tests {
     #[tokio::test]
     async fn hashing_reader_hashes_everything_read() {
         let data = vec![5u8; 300_000];
-        let mut r = Hashing { inner: &data[..], hasher: Sha256::new() };
+        let mut r = Hashing {
+            inner: &data[..],
+            hasher: Sha256::new(),
+        };
         let mut head = [0u8; 1000];
         r.read_exact(&mut head).await.unwrap();
-        tokio::io::copy(&mut r, &mut tokio::io::sink()).await.unwrap();
-        assert_eq!(format!("{:x}", r.hasher.finalize()), format!("{:x}", Sha256::digest(&data)));
+        tokio::io::copy(&mut r, &mut tokio::io::sink())
+            .await
+            .unwrap();
+        assert_eq!(
+            format!("{:x}", r.hasher.finalize()),
+            format!("{:x}", Sha256::digest(&data))
+        );
     }
 }

@@ -152,7 +152,10 @@ pub struct DockerEntry {
 }
 
 fn json<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|source| Error::Json { what: what.to_string(), source })
+    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what: what.to_string(),
+        source,
+    })
 }
 
 /// Parses an index (`index.json`, an OCI index or a docker manifest list).
@@ -164,7 +167,10 @@ pub fn parse_index(what: &str, bytes: &[u8]) -> Result<Index, Error> {
 pub fn parse_manifest(what: &str, bytes: &[u8]) -> Result<Manifest, Error> {
     let m: Manifest = json(what, bytes)?;
     if m.schema_version != 2 {
-        return Err(Error::Invalid(format!("{what}: schemaVersion {} (only 2 is supported)", m.schema_version)));
+        return Err(Error::Invalid(format!(
+            "{what}: schemaVersion {} (only 2 is supported)",
+            m.schema_version
+        )));
     }
     Ok(m)
 }
@@ -195,7 +201,10 @@ pub fn is_manifest(media_type: &str) -> bool {
 pub fn oci_images(index: &Index) -> Result<Vec<(String, Descriptor)>, Error> {
     let mut out = Vec::new();
     for desc in &index.manifests {
-        let name = desc.annotations.get(ANNOTATION_CONTAINERD_NAME).or_else(|| desc.annotations.get(ANNOTATION_REF_NAME));
+        let name = desc
+            .annotations
+            .get(ANNOTATION_CONTAINERD_NAME)
+            .or_else(|| desc.annotations.get(ANNOTATION_REF_NAME));
         if let Some(name) = name {
             let mut target = desc.clone();
             target.annotations.clear();
@@ -244,7 +253,11 @@ pub fn host_platform() -> Platform {
         "riscv64" => ("riscv64", None),
         other => (other, None),
     };
-    Platform { architecture: architecture.into(), os: std::env::consts::OS.into(), variant: variant.map(str::to_string) }
+    Platform {
+        architecture: architecture.into(),
+        os: std::env::consts::OS.into(),
+        variant: variant.map(str::to_string),
+    }
 }
 
 /// Whether an image for `candidate` runs on `host` (arm64's only variant `v8` may be
@@ -265,9 +278,18 @@ pub fn platform_matches(candidate: &Platform, host: &Platform) -> bool {
 
 /// The manifest in `index` to run on `host`.
 pub fn select_manifest<'a>(index: &'a Index, host: &Platform) -> Option<&'a Descriptor> {
-    let candidates = || index.manifests.iter().filter(|d| is_manifest(&d.media_type) || is_index(&d.media_type));
+    let candidates = || {
+        index
+            .manifests
+            .iter()
+            .filter(|d| is_manifest(&d.media_type) || is_index(&d.media_type))
+    };
     candidates()
-        .find(|d| d.platform.as_ref().is_some_and(|p| platform_matches(p, host)))
+        .find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| platform_matches(p, host))
+        })
         .or_else(|| candidates().find(|d| d.platform.is_none()))
 }
 
@@ -287,7 +309,12 @@ pub fn docker_manifest(config: (&str, i64), layers: &[(String, i64, bool)]) -> M
         layers: layers
             .iter()
             .map(|(digest, size, gzip)| Descriptor {
-                media_type: if *gzip { MEDIA_OCI_LAYER_GZIP } else { MEDIA_OCI_LAYER }.into(),
+                media_type: if *gzip {
+                    MEDIA_OCI_LAYER_GZIP
+                } else {
+                    MEDIA_OCI_LAYER
+                }
+                .into(),
                 digest: digest.clone(),
                 size: *size,
                 annotations: BTreeMap::new(),
@@ -300,7 +327,11 @@ pub fn docker_manifest(config: (&str, i64), layers: &[(String, i64, bool)]) -> M
 /// Resolves `target` (a path in a `docker save` archive, relative to the archive's root)
 /// against the directory of `from` (an entry path), for symlinked layer files.
 pub fn resolve_link(from: &str, target: &str) -> String {
-    let mut parts: Vec<&str> = if target.starts_with('/') { Vec::new() } else { from.split('/').collect() };
+    let mut parts: Vec<&str> = if target.starts_with('/') {
+        Vec::new()
+    } else {
+        from.split('/').collect()
+    };
     if !target.starts_with('/') {
         parts.pop();
     }
@@ -340,7 +371,11 @@ pub enum File<'a> {
 
 /// Builds a reproducible OCI layout tarball of one uncompressed layer holding `files`,
 /// for the host's platform, named `name` (normalised) with the given entrypoint.
-pub fn build_image(name: &str, files: &[File<'_>], entrypoint: &[&str]) -> Result<BuiltImage, Error> {
+pub fn build_image(
+    name: &str,
+    files: &[File<'_>],
+    entrypoint: &[&str],
+) -> Result<BuiltImage, Error> {
     let name = reference::normalize(name)?;
     let mut layer = super::tar::Builder::new();
     for f in files {
@@ -366,7 +401,10 @@ pub fn build_image(name: &str, files: &[File<'_>], entrypoint: &[&str]) -> Resul
     if let Some(v) = &host.variant {
         config["variant"] = serde_json::Value::String(v.clone());
     }
-    let config = serde_json::to_vec(&config).map_err(|source| Error::Json { what: "config".into(), source })?;
+    let config = serde_json::to_vec(&config).map_err(|source| Error::Json {
+        what: "config".into(),
+        source,
+    })?;
     let config_digest = digest_of(&config);
     let manifest = Manifest {
         schema_version: 2,
@@ -386,7 +424,10 @@ pub fn build_image(name: &str, files: &[File<'_>], entrypoint: &[&str]) -> Resul
             platform: None,
         }],
     };
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| Error::Json { what: "manifest".into(), source })?;
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| Error::Json {
+        what: "manifest".into(),
+        source,
+    })?;
     let manifest_desc = Descriptor {
         media_type: MEDIA_OCI_MANIFEST.into(),
         digest: digest_of(&manifest_bytes),
@@ -394,13 +435,28 @@ pub fn build_image(name: &str, files: &[File<'_>], entrypoint: &[&str]) -> Resul
         annotations: BTreeMap::new(),
         platform: None,
     };
-    let tag = name.rsplit_once(':').map(|(_, t)| t).filter(|t| !t.contains('/')).unwrap_or("latest");
+    let tag = name
+        .rsplit_once(':')
+        .map(|(_, t)| t)
+        .filter(|t| !t.contains('/'))
+        .unwrap_or("latest");
     let mut entry = manifest_desc.clone();
-    entry.annotations.insert(ANNOTATION_CONTAINERD_NAME.into(), name.clone());
-    entry.annotations.insert(ANNOTATION_REF_NAME.into(), tag.to_string());
+    entry
+        .annotations
+        .insert(ANNOTATION_CONTAINERD_NAME.into(), name.clone());
+    entry
+        .annotations
+        .insert(ANNOTATION_REF_NAME.into(), tag.to_string());
     entry.platform = Some(host);
-    let index = Index { schema_version: 2, media_type: Some(MEDIA_OCI_INDEX.into()), manifests: vec![entry] };
-    let index_bytes = serde_json::to_vec(&index).map_err(|source| Error::Json { what: "index".into(), source })?;
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(MEDIA_OCI_INDEX.into()),
+        manifests: vec![entry],
+    };
+    let index_bytes = serde_json::to_vec(&index).map_err(|source| Error::Json {
+        what: "index".into(),
+        source,
+    })?;
     let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
     let mut archive = super::tar::Builder::new();
     archive
@@ -411,7 +467,11 @@ pub fn build_image(name: &str, files: &[File<'_>], entrypoint: &[&str]) -> Resul
         .file(&blob(&config_digest), 0o644, &config)
         .file(&blob(&diff_id), 0o644, &layer)
         .file(&blob(&manifest_desc.digest), 0o644, &manifest_bytes);
-    Ok(BuiltImage { archive: archive.finish(), manifest: manifest_desc, diff_id })
+    Ok(BuiltImage {
+        archive: archive.finish(),
+        manifest: manifest_desc,
+        diff_id,
+    })
 }
 
 #[cfg(test)]
@@ -420,16 +480,29 @@ mod tests {
 
     #[test]
     fn chain_ids_follow_the_image_spec() {
-        let a = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_string();
-        let b = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".to_string();
-        let c = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc".to_string();
+        let a =
+            "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_string();
+        let b =
+            "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".to_string();
+        let c =
+            "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc".to_string();
         let ids = chain_ids(&[a.clone(), b.clone(), c.clone()]);
         assert_eq!(ids[0], a);
         let ab = format!("sha256:{:x}", Sha256::digest(format!("{a} {b}").as_bytes()));
         assert_eq!(ids[1], ab);
-        assert_eq!(ids[2], format!("sha256:{:x}", Sha256::digest(format!("{ab} {c}").as_bytes())));
+        assert_eq!(
+            ids[2],
+            format!(
+                "sha256:{:x}",
+                Sha256::digest(format!("{ab} {c}").as_bytes())
+            )
+        );
         assert!(chain_ids(&[]).is_empty());
-        assert_eq!(chain_ids(std::slice::from_ref(&c)), vec![c.clone()], "one layer: the chain ID is its diff ID");
+        assert_eq!(
+            chain_ids(std::slice::from_ref(&c)),
+            vec![c.clone()],
+            "one layer: the chain ID is its diff ID"
+        );
     }
 
     #[test]
@@ -444,12 +517,21 @@ mod tests {
         ]}"#;
         let index = parse_index("index.json", index).unwrap();
         let images = oci_images(&index).unwrap();
-        let names: Vec<(&str, &str, i64)> = images.iter().map(|(n, d)| (n.as_str(), d.media_type.as_str(), d.size)).collect();
+        let names: Vec<(&str, &str, i64)> = images
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.media_type.as_str(), d.size))
+            .collect();
         assert_eq!(
             names,
-            vec![("docker.io/library/busybox:1.36", MEDIA_OCI_MANIFEST, 10), ("quay.io/app/web:latest", MEDIA_OCI_INDEX, 20)]
+            vec![
+                ("docker.io/library/busybox:1.36", MEDIA_OCI_MANIFEST, 10),
+                ("quay.io/app/web:latest", MEDIA_OCI_INDEX, 20)
+            ]
         );
-        assert!(images[0].1.annotations.is_empty(), "the image target carries no layout annotations");
+        assert!(
+            images[0].1.annotations.is_empty(),
+            "the image target carries no layout annotations"
+        );
 
         let bad = br#"{"schemaVersion":2,"manifests":[{"mediaType":"x","digest":"sha256:1","size":1,"annotations":{"io.containerd.image.name":"UPPER"}}]}"#;
         assert!(oci_images(&parse_index("index.json", bad).unwrap()).is_err());
@@ -465,11 +547,25 @@ mod tests {
         let entries = parse_docker_manifest(text).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].config, "4a4d.json");
-        assert_eq!(entries[0].repo_tags.as_deref(), Some(&["busybox:latest".to_string(), "localhost:5000/bb:1".to_string()][..]));
+        assert_eq!(
+            entries[0].repo_tags.as_deref(),
+            Some(
+                &[
+                    "busybox:latest".to_string(),
+                    "localhost:5000/bb:1".to_string()
+                ][..]
+            )
+        );
         assert_eq!(entries[0].layers, vec!["d1a7/layer.tar", "e2b8/layer.tar"]);
         assert!(entries[1].repo_tags.is_none());
 
-        let m = docker_manifest(("sha256:c", 5), &[("sha256:l1".into(), 100, false), ("sha256:l2".into(), 50, true)]);
+        let m = docker_manifest(
+            ("sha256:c", 5),
+            &[
+                ("sha256:l1".into(), 100, false),
+                ("sha256:l2".into(), 50, true),
+            ],
+        );
         let bytes = serde_json::to_vec(&m).unwrap();
         let back = parse_manifest("m", &bytes).unwrap();
         assert_eq!(back.config.media_type, MEDIA_OCI_CONFIG);
@@ -483,16 +579,32 @@ mod tests {
         let cfg = br#"{"architecture":"arm64","variant":"v8","os":"linux","config":{"Entrypoint":["/pause"]},
                        "rootfs":{"type":"layers","diff_ids":["sha256:aa","sha256:bb"]}}"#;
         let cfg = parse_config("config", cfg).unwrap();
-        assert_eq!((cfg.architecture.as_str(), cfg.os.as_str(), cfg.variant.as_deref()), ("arm64", "linux", Some("v8")));
+        assert_eq!(
+            (
+                cfg.architecture.as_str(),
+                cfg.os.as_str(),
+                cfg.variant.as_deref()
+            ),
+            ("arm64", "linux", Some("v8"))
+        );
         assert_eq!(cfg.rootfs.diff_ids, vec!["sha256:aa", "sha256:bb"]);
         assert_eq!(cfg.rootfs.kind, "layers");
         let v1 = br#"{"schemaVersion":1,"config":{"digest":"sha256:a","size":1},"layers":[]}"#;
-        assert!(parse_manifest("m", v1).unwrap_err().to_string().contains("schemaVersion 1"));
+        assert!(
+            parse_manifest("m", v1)
+                .unwrap_err()
+                .to_string()
+                .contains("schemaVersion 1")
+        );
     }
 
     #[test]
     fn platforms() {
-        let p = |a: &str, v: Option<&str>| Platform { architecture: a.into(), os: "linux".into(), variant: v.map(Into::into) };
+        let p = |a: &str, v: Option<&str>| Platform {
+            architecture: a.into(),
+            os: "linux".into(),
+            variant: v.map(Into::into),
+        };
         let cases = [
             (p("amd64", None), p("amd64", None), true),
             (p("arm64", None), p("arm64", Some("v8")), true),
@@ -500,33 +612,78 @@ mod tests {
             (p("arm", Some("v6")), p("arm", Some("v7")), false),
             (p("arm", None), p("arm", Some("v7")), true),
             (p("arm64", None), p("amd64", None), false),
-            (Platform { architecture: "amd64".into(), os: "windows".into(), variant: None }, p("amd64", None), false),
+            (
+                Platform {
+                    architecture: "amd64".into(),
+                    os: "windows".into(),
+                    variant: None,
+                },
+                p("amd64", None),
+                false,
+            ),
         ];
         for (candidate, host, want) in cases {
-            assert_eq!(platform_matches(&candidate, &host), want, "{candidate:?} on {host:?}");
+            assert_eq!(
+                platform_matches(&candidate, &host),
+                want,
+                "{candidate:?} on {host:?}"
+            );
         }
         let index = Index {
             schema_version: 2,
             media_type: None,
             manifests: vec![
-                Descriptor { media_type: MEDIA_OCI_MANIFEST.into(), digest: "sha256:1".into(), size: 1, annotations: BTreeMap::new(), platform: Some(p("s390x", None)) },
-                Descriptor { media_type: MEDIA_DOCKER_MANIFEST.into(), digest: "sha256:2".into(), size: 1, annotations: BTreeMap::new(), platform: Some(p("arm64", Some("v8"))) },
-                Descriptor { media_type: MEDIA_OCI_MANIFEST.into(), digest: "sha256:3".into(), size: 1, annotations: BTreeMap::new(), platform: Some(p("amd64", None)) },
+                Descriptor {
+                    media_type: MEDIA_OCI_MANIFEST.into(),
+                    digest: "sha256:1".into(),
+                    size: 1,
+                    annotations: BTreeMap::new(),
+                    platform: Some(p("s390x", None)),
+                },
+                Descriptor {
+                    media_type: MEDIA_DOCKER_MANIFEST.into(),
+                    digest: "sha256:2".into(),
+                    size: 1,
+                    annotations: BTreeMap::new(),
+                    platform: Some(p("arm64", Some("v8"))),
+                },
+                Descriptor {
+                    media_type: MEDIA_OCI_MANIFEST.into(),
+                    digest: "sha256:3".into(),
+                    size: 1,
+                    annotations: BTreeMap::new(),
+                    platform: Some(p("amd64", None)),
+                },
             ],
         };
-        assert_eq!(select_manifest(&index, &p("arm64", None)).unwrap().digest, "sha256:2");
-        assert_eq!(select_manifest(&index, &p("amd64", None)).unwrap().digest, "sha256:3");
+        assert_eq!(
+            select_manifest(&index, &p("arm64", None)).unwrap().digest,
+            "sha256:2"
+        );
+        assert_eq!(
+            select_manifest(&index, &p("amd64", None)).unwrap().digest,
+            "sha256:3"
+        );
         assert!(select_manifest(&index, &p("riscv64", None)).is_none());
     }
 
     #[test]
     fn blob_paths_and_links() {
         let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert_eq!(blob_path_digest(&format!("blobs/sha256/{hex}")), Some(format!("sha256:{hex}")));
+        assert_eq!(
+            blob_path_digest(&format!("blobs/sha256/{hex}")),
+            Some(format!("sha256:{hex}"))
+        );
         assert_eq!(blob_path_digest("blobs/sha256/short"), None);
         assert_eq!(blob_path_digest(&format!("other/sha256/{hex}")), None);
-        assert_eq!(resolve_link("abc/layer.tar", "../def/layer.tar"), "def/layer.tar");
-        assert_eq!(resolve_link("abc/layer.tar", &format!("../blobs/sha256/{hex}")), format!("blobs/sha256/{hex}"));
+        assert_eq!(
+            resolve_link("abc/layer.tar", "../def/layer.tar"),
+            "def/layer.tar"
+        );
+        assert_eq!(
+            resolve_link("abc/layer.tar", &format!("../blobs/sha256/{hex}")),
+            format!("blobs/sha256/{hex}")
+        );
         assert_eq!(resolve_link("x/y/z", "./w"), "x/y/w");
         assert_eq!(resolve_link("x/y", "/top"), "top");
     }
@@ -554,17 +711,24 @@ mod tests {
         }
         let index = parse_index("index.json", &index.unwrap()).unwrap();
         let images = oci_images(&index).unwrap();
-        assert_eq!(images, vec![("kaji.local/pause:3.10".to_string(), a.manifest.clone())]);
+        assert_eq!(
+            images,
+            vec![("kaji.local/pause:3.10".to_string(), a.manifest.clone())]
+        );
         let manifest = parse_manifest("m", &blobs[&a.manifest.digest]).unwrap();
         let config = parse_config("c", &blobs[&manifest.config.digest]).unwrap();
         assert_eq!(config.rootfs.diff_ids, vec![a.diff_id.clone()]);
         assert_eq!(config.architecture, host_platform().architecture);
-        let raw: serde_json::Value = serde_json::from_slice(&blobs[&manifest.config.digest]).unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(&blobs[&manifest.config.digest]).unwrap();
         assert_eq!(raw["config"]["Entrypoint"], serde_json::json!(["/pause"]));
 
         let mut layer = super::super::tar::Reader::new(&blobs[&a.diff_id][..]);
         let e = layer.next_entry().await.unwrap().unwrap();
-        assert_eq!((e.path.as_str(), e.size, e.mode, e.kind), ("pause", 7, 0o755, super::super::tar::Kind::File));
+        assert_eq!(
+            (e.path.as_str(), e.size, e.mode, e.kind),
+            ("pause", 7, 0o755, super::super::tar::Kind::File)
+        );
         assert!(layer.next_entry().await.unwrap().is_none());
     }
 }

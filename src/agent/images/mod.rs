@@ -30,8 +30,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
 
 pub use airgap::import_airgap_images;
-pub use pause::ensure_pause_image;
 use layout::Descriptor;
+pub use pause::ensure_pause_image;
 use store::Containerd;
 
 /// Label keeping a committed snapshot alive while the config blob that names it lives.
@@ -138,14 +138,25 @@ pub enum Progress {
 /// gzip-compressed) into the containerd at `socket` (namespace `k8s.io`), unpacks it for
 /// the `overlayfs` snapshotter, and returns the image names (normalised:
 /// `busybox:latest` → `docker.io/library/busybox:latest`).
-pub async fn import<R>(socket: &Path, tarball: R, mut progress: impl FnMut(Progress) + Send) -> Result<Vec<String>, Error>
+pub async fn import<R>(
+    socket: &Path,
+    tarball: R,
+    mut progress: impl FnMut(Progress) + Send,
+) -> Result<Vec<String>, Error>
 where
     R: AsyncRead + Unpin + Send,
 {
     let mut ctd = Containerd::connect(socket).await?;
     let lease = ctd.create_lease(LEASE_EXPIRY).await?;
     tracing::debug!(%lease, "importing images");
-    let result = Importer { ctd: ctd.clone(), progress: &mut progress, kept: HashMap::new(), kept_bytes: 0 }.run(tarball).await;
+    let result = Importer {
+        ctd: ctd.clone(),
+        progress: &mut progress,
+        kept: HashMap::new(),
+        kept_bytes: 0,
+    }
+    .run(tarball)
+    .await;
     if let Err(err) = ctd.delete_lease().await {
         tracing::warn!(%lease, %err, "deleting the import lease (it expires by itself)");
     }
@@ -171,14 +182,23 @@ struct Importer<'p> {
 impl Importer<'_> {
     async fn run<R: AsyncRead + Unpin + Send>(mut self, tarball: R) -> Result<Vec<String>, Error> {
         let read = Arc::new(AtomicU64::new(0));
-        let mut input = BufReader::with_capacity(256 << 10, Counting { inner: tarball, count: read.clone() });
+        let mut input = BufReader::with_capacity(
+            256 << 10,
+            Counting {
+                inner: tarball,
+                count: read.clone(),
+            },
+        );
         let head = input.fill_buf().await?;
         let decoded: Pin<Box<dyn AsyncRead + Send + '_>> = if head.starts_with(&[0x1f, 0x8b]) {
             let mut gz = async_compression::tokio::bufread::GzipDecoder::new(input);
             gz.multiple_members(true);
             Box::pin(gz)
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            return Err(Error::Format("zstd-compressed archives are not supported; decompress with `zstd -d` first".into()));
+            return Err(Error::Format(
+                "zstd-compressed archives are not supported; decompress with `zstd -d` first"
+                    .into(),
+            ));
         } else {
             Box::pin(input)
         };
@@ -193,7 +213,10 @@ impl Importer<'_> {
             match &entry.kind {
                 tar::Kind::File if entry.path == "index.json" || entry.path == "manifest.json" => {
                     if entry.size > MAX_DOCUMENT {
-                        return Err(Error::Format(format!("{} is {} bytes", entry.path, entry.size)));
+                        return Err(Error::Format(format!(
+                            "{} is {} bytes",
+                            entry.path, entry.size
+                        )));
                     }
                     let mut data = vec![0u8; entry.size as usize];
                     archive.read_full(&mut data).await?;
@@ -205,11 +228,16 @@ impl Importer<'_> {
                 }
                 tar::Kind::File if entry.path == "oci-layout" || entry.path == "repositories" => {}
                 tar::Kind::File => {
-                    let blob = self.store_entry(&mut archive, &entry, &mut buf, &read).await?;
+                    let blob = self
+                        .store_entry(&mut archive, &entry, &mut buf, &read)
+                        .await?;
                     blobs.insert(entry.path.clone(), blob);
                 }
                 tar::Kind::Symlink(target) => {
-                    links.insert(entry.path.clone(), layout::resolve_link(&entry.path, target));
+                    links.insert(
+                        entry.path.clone(),
+                        layout::resolve_link(&entry.path, target),
+                    );
                 }
                 tar::Kind::Link(target) => {
                     links.insert(entry.path.clone(), target.clone());
@@ -220,7 +248,14 @@ impl Importer<'_> {
         }
         (self.progress)(Progress::Read(read.load(Ordering::Relaxed)));
 
-        let images = self.images(index_json.as_deref(), manifest_json.as_deref(), &blobs, &links).await?;
+        let images = self
+            .images(
+                index_json.as_deref(),
+                manifest_json.as_deref(),
+                &blobs,
+                &links,
+            )
+            .await?;
         let mut unpacked: HashSet<String> = HashSet::new();
         for (name, target) in &images {
             if unpacked.insert(target.digest.clone()) {
@@ -263,7 +298,9 @@ impl Importer<'_> {
         let mut remaining = entry.size;
         let mut gzip = None;
         loop {
-            let want = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let want = buf
+                .len()
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
             let n = archive.read_full(&mut buf[..want]).await?;
             if n < want {
                 return Err(Error::Format(format!("{} ends early", entry.path)));
@@ -282,7 +319,10 @@ impl Importer<'_> {
                 if let Some(want) = &expected
                     && *want != digest
                 {
-                    return Err(Error::Format(format!("{} holds content with digest {digest}", entry.path)));
+                    return Err(Error::Format(format!(
+                        "{} holds content with digest {digest}",
+                        entry.path
+                    )));
                 }
                 if let Some(w) = writer.take() {
                     w.commit(chunk, &digest).await?;
@@ -291,8 +331,15 @@ impl Importer<'_> {
                     self.kept_bytes += entry.size;
                     self.kept.insert(digest.clone(), kept);
                 }
-                (self.progress)(Progress::Blob { digest: digest.clone(), size: entry.size });
-                return Ok(Blob { digest, size: entry.size, gzip: gzip.unwrap_or(false) });
+                (self.progress)(Progress::Blob {
+                    digest: digest.clone(),
+                    size: entry.size,
+                });
+                return Ok(Blob {
+                    digest,
+                    size: entry.size,
+                    gzip: gzip.unwrap_or(false),
+                });
             }
             if let Some(w) = writer.as_mut() {
                 w.write(chunk).await?;
@@ -328,13 +375,21 @@ impl Importer<'_> {
                         None => break,
                     }
                 }
-                Err(Error::Format(format!("manifest.json names {path}, which is not in the archive")))
+                Err(Error::Format(format!(
+                    "manifest.json names {path}, which is not in the archive"
+                )))
             };
             for entry in layout::parse_docker_manifest(bytes)? {
                 let config = resolve(&entry.config)?;
-                let layers = entry.layers.iter().map(|l| resolve(l).map(|b| (b.digest, b.size as i64, b.gzip))).collect::<Result<Vec<_>, _>>()?;
-                let manifest = layout::docker_manifest((&config.digest, config.size as i64), &layers);
-                let bytes = serde_json::to_vec(&manifest).map_err(|e| Error::Format(format!("encoding a manifest: {e}")))?;
+                let layers = entry
+                    .layers
+                    .iter()
+                    .map(|l| resolve(l).map(|b| (b.digest, b.size as i64, b.gzip)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let manifest =
+                    layout::docker_manifest((&config.digest, config.size as i64), &layers);
+                let bytes = serde_json::to_vec(&manifest)
+                    .map_err(|e| Error::Format(format!("encoding a manifest: {e}")))?;
                 let desc = Descriptor {
                     media_type: layout::MEDIA_OCI_MANIFEST.into(),
                     digest: layout::digest_of(&bytes),
@@ -379,27 +434,46 @@ impl Importer<'_> {
             let index = layout::parse_index(&desc.digest, &self.document(&desc.digest).await?)?;
             let mut labels = Vec::new();
             for (i, child) in index.manifests.iter().enumerate() {
-                if self.kept.contains_key(&child.digest) || self.ctd.content_info(&child.digest).await?.is_some() {
-                    labels.push((format!("containerd.io/gc.ref.content.m.{i}"), child.digest.clone()));
+                if self.kept.contains_key(&child.digest)
+                    || self.ctd.content_info(&child.digest).await?.is_some()
+                {
+                    labels.push((
+                        format!("containerd.io/gc.ref.content.m.{i}"),
+                        child.digest.clone(),
+                    ));
                 }
             }
             self.ctd.set_labels(&desc.digest, &labels).await?;
-            desc = layout::select_manifest(&index, &host).cloned().ok_or_else(|| Error::Platform {
-                image: name.to_string(),
-                platform: format!("{}/{}", host.os, host.architecture),
-            })?;
+            desc = layout::select_manifest(&index, &host)
+                .cloned()
+                .ok_or_else(|| Error::Platform {
+                    image: name.to_string(),
+                    platform: format!("{}/{}", host.os, host.architecture),
+                })?;
         }
         if !layout::is_manifest(&desc.media_type) {
-            return Err(Error::Format(format!("{name}: unsupported manifest media type {:?}", desc.media_type)));
+            return Err(Error::Format(format!(
+                "{name}: unsupported manifest media type {:?}",
+                desc.media_type
+            )));
         }
         let manifest = layout::parse_manifest(&desc.digest, &self.document(&desc.digest).await?)?;
-        let mut labels = vec![("containerd.io/gc.ref.content.config".to_string(), manifest.config.digest.clone())];
+        let mut labels = vec![(
+            "containerd.io/gc.ref.content.config".to_string(),
+            manifest.config.digest.clone(),
+        )];
         for (i, layer) in manifest.layers.iter().enumerate() {
-            labels.push((format!("containerd.io/gc.ref.content.l.{i}"), layer.digest.clone()));
+            labels.push((
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                layer.digest.clone(),
+            ));
         }
         self.ctd.set_labels(&desc.digest, &labels).await?;
 
-        let config = layout::parse_config(&manifest.config.digest, &self.document(&manifest.config.digest).await?)?;
+        let config = layout::parse_config(
+            &manifest.config.digest,
+            &self.document(&manifest.config.digest).await?,
+        )?;
         let diff_ids = &config.rootfs.diff_ids;
         if diff_ids.len() != manifest.layers.len() {
             return Err(Error::Format(format!(
@@ -411,23 +485,43 @@ impl Importer<'_> {
         let chains = layout::chain_ids(diff_ids);
         let mut parent = String::new();
         for (i, layer) in manifest.layers.iter().enumerate() {
-            (self.progress)(Progress::Unpack { image: name.to_string(), layer: i + 1, layers: manifest.layers.len() });
+            (self.progress)(Progress::Unpack {
+                image: name.to_string(),
+                layer: i + 1,
+                layers: manifest.layers.len(),
+            });
             let chain = &chains[i];
             if !self.ctd.snapshot_exists(chain).await? {
-                self.apply_layer(name, layer, &diff_ids[i], chain, &parent).await?;
+                self.apply_layer(name, layer, &diff_ids[i], chain, &parent)
+                    .await?;
             }
             parent = chain.clone();
         }
         if let Some(top) = chains.last() {
-            self.ctd.set_labels(&manifest.config.digest, &[(LABEL_SNAPSHOT_REF.to_string(), top.clone())]).await?;
+            self.ctd
+                .set_labels(
+                    &manifest.config.digest,
+                    &[(LABEL_SNAPSHOT_REF.to_string(), top.clone())],
+                )
+                .await?;
         }
         Ok(())
     }
 
     /// Applies one layer on `parent` and commits it as `chain`.
-    async fn apply_layer(&self, name: &str, layer: &Descriptor, diff_id: &str, chain: &str, parent: &str) -> Result<(), Error> {
+    async fn apply_layer(
+        &self,
+        name: &str,
+        layer: &Descriptor,
+        diff_id: &str,
+        chain: &str,
+        parent: &str,
+    ) -> Result<(), Error> {
         if self.ctd.content_info(&layer.digest).await?.is_none() {
-            return Err(Error::Format(format!("{name}: layer {} is neither in the archive nor in containerd", layer.digest)));
+            return Err(Error::Format(format!(
+                "{name}: layer {} is neither in the archive nor in containerd",
+                layer.digest
+            )));
         }
         let key = format!("extract-{} {chain}", uuid::Uuid::new_v4().simple());
         let mounts = self.ctd.prepare(&key, parent).await?;
@@ -440,13 +534,21 @@ impl Importer<'_> {
         };
         if applied != diff_id {
             let _ = self.ctd.remove_snapshot(&key).await;
-            return Err(Error::Format(format!("{name}: layer {} unpacks to {applied}, but the config says {diff_id}", layer.digest)));
+            return Err(Error::Format(format!(
+                "{name}: layer {} unpacks to {applied}, but the config says {diff_id}",
+                layer.digest
+            )));
         }
         if !self.ctd.commit(chain, &key).await? {
             // Someone unpacked the same layer meanwhile.
             self.ctd.remove_snapshot(&key).await?;
         }
-        self.ctd.set_labels(&layer.digest, &[(LABEL_UNCOMPRESSED.to_string(), diff_id.to_string())]).await?;
+        self.ctd
+            .set_labels(
+                &layer.digest,
+                &[(LABEL_UNCOMPRESSED.to_string(), diff_id.to_string())],
+            )
+            .await?;
         tracing::debug!(image = %name, layer = %layer.digest, %chain, "unpacked layer");
         Ok(())
     }
@@ -459,7 +561,11 @@ struct Counting<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -472,7 +578,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
 /// pause image (when the agent uses the default one) and then the air-gap directory.
 /// A broken air-gap archive is logged and skipped; failing to provide the pause image is
 /// an error (no pod could start).
-pub async fn prepare_node_images(cfg: &crate::agent::AgentConfig, socket: &Path) -> Result<(), Error> {
+pub async fn prepare_node_images(
+    cfg: &crate::agent::AgentConfig,
+    socket: &Path,
+) -> Result<(), Error> {
     if cfg.pause_image == crate::agent::DEFAULT_PAUSE_IMAGE {
         ensure_pause_image(socket, &cfg.pause_image).await?;
     }
@@ -481,7 +590,49 @@ pub async fn prepare_node_images(cfg: &crate::agent::AgentConfig, socket: &Path)
         Ok(_) => {}
         Err(err) => tracing::error!(%err, "importing air-gap images"),
     }
+    if !wait_for_cri(socket, &cfg.pause_image, Duration::from_secs(10)).await? {
+        tracing::warn!(image = %cfg.pause_image, "CRI does not report the pause image yet");
+    }
     Ok(())
+}
+
+/// Waits up to `timeout` until CRI's image service reports `image` present (containerd's
+/// CRI plugin learns of imported images from containerd's events, a moment later);
+/// returns whether it did.
+pub async fn wait_for_cri(socket: &Path, image: &str, timeout: Duration) -> Result<bool, Error> {
+    use k8s_cri::v1::{ImageSpec, ImageStatusRequest, image_service_client::ImageServiceClient};
+    let channel = containerd_client::connect(socket)
+        .await
+        .map_err(|e| Error::Connect {
+            socket: socket.display().to_string(),
+            message: e.to_string(),
+        })?;
+    let mut client = ImageServiceClient::new(channel);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let req = ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            verbose: false,
+        };
+        match client.image_status(req).await {
+            Ok(r) if r.get_ref().image.is_some() => return Ok(true),
+            Ok(_) => {}
+            Err(s) => {
+                return Err(Error::Rpc {
+                    what: format!("CRI ImageStatus {image}"),
+                    code: s.code(),
+                    message: s.message().to_string(),
+                });
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The containerd socket of the agent whose data dir is `data_dir`, or of the

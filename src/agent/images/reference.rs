@@ -18,7 +18,10 @@ pub const DEFAULT_DOMAIN: &str = "docker.io";
 /// Normalises `reference` to its fully qualified form `domain/path[:tag][@digest]`,
 /// adding `:latest` when it has neither tag nor digest.
 pub fn normalize(reference: &str) -> Result<String, Error> {
-    let err = |reason| Error { reference: reference.to_string(), reason };
+    let err = |reason| Error {
+        reference: reference.to_string(),
+        reason,
+    };
     if reference.is_empty() || reference.len() > 4096 {
         return Err(err("empty or too long"));
     }
@@ -39,21 +42,39 @@ pub fn normalize(reference: &str) -> Result<String, Error> {
     if let Some(t) = tag
         && !valid_tag(t)
     {
-        return Err(err("the tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -"));
+        return Err(err(
+            "the tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+        ));
     }
     let (domain, path) = match name.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase()) => {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.chars().any(|c| c.is_ascii_uppercase()) =>
+        {
             (first, rest.to_string())
         }
         _ => (DEFAULT_DOMAIN, name.to_string()),
     };
-    let domain = if domain == "index.docker.io" { DEFAULT_DOMAIN } else { domain };
-    let path = if domain == DEFAULT_DOMAIN && !path.contains('/') { format!("library/{path}") } else { path };
+    let domain = if domain == "index.docker.io" {
+        DEFAULT_DOMAIN
+    } else {
+        domain
+    };
+    let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path
+    };
     if !valid_domain(domain) {
-        return Err(err("the registry must be a host name with an optional port"));
+        return Err(err(
+            "the registry must be a host name with an optional port",
+        ));
     }
     if !path.split('/').all(valid_component) {
-        return Err(err("repository path components must be lowercase letters and digits separated by '.', '_', '__' or dashes"));
+        return Err(err(
+            "repository path components must be lowercase letters and digits separated by '.', '_', '__' or dashes",
+        ));
     }
     if domain.len() + 1 + path.len() > 255 {
         return Err(err("the repository name is longer than 255 characters"));
@@ -77,14 +98,21 @@ pub fn normalize(reference: &str) -> Result<String, Error> {
 
 /// Whether `s` is `sha256:` followed by 64 lowercase hex digits.
 pub fn valid_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
-        && t.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && t.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn valid_domain(d: &str) -> bool {
@@ -100,7 +128,9 @@ fn valid_domain(d: &str) -> bool {
     !host.is_empty()
         && host.split('.').all(|label| {
             !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -155,13 +185,22 @@ mod tests {
             ("127.0.0.1:5000/app", "127.0.0.1:5000/app:latest"),
             ("kaji.local/pause:3.10", "kaji.local/pause:3.10"),
             ("registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.10"),
-            ("my-registry.example.com/a__b/c.d/e--f", "my-registry.example.com/a__b/c.d/e--f:latest"),
+            (
+                "my-registry.example.com/a__b/c.d/e--f",
+                "my-registry.example.com/a__b/c.d/e--f:latest",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input).as_deref(), Ok(*want), "{input}");
         }
-        assert_eq!(normalize(&format!("busybox@{d}")).unwrap(), format!("docker.io/library/busybox@{d}"));
-        assert_eq!(normalize(&format!("busybox:1@{d}")).unwrap(), format!("docker.io/library/busybox:1@{d}"));
+        assert_eq!(
+            normalize(&format!("busybox@{d}")).unwrap(),
+            format!("docker.io/library/busybox@{d}")
+        );
+        assert_eq!(
+            normalize(&format!("busybox:1@{d}")).unwrap(),
+            format!("docker.io/library/busybox:1@{d}")
+        );
     }
 
     #[test]
@@ -177,19 +216,29 @@ mod tests {
             "app_",
             "a/b.",
             "a/b___c",
-            "a/b:" ,
+            "a/b:",
             "host:port/app",
             "registry.example.com:/app",
         ] {
-            assert!(normalize(bad).is_err(), "{bad:?} should be rejected: {:?}", normalize(bad));
+            assert!(
+                normalize(bad).is_err(),
+                "{bad:?} should be rejected: {:?}",
+                normalize(bad)
+            );
         }
     }
 
     #[test]
     fn digests() {
-        assert!(valid_digest("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
-        assert!(!valid_digest("sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"));
+        assert!(valid_digest(
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        ));
+        assert!(!valid_digest(
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+        ));
         assert!(!valid_digest("sha512:e3b0"));
-        assert!(!valid_digest("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+        assert!(!valid_digest(
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        ));
     }
 }

@@ -9,11 +9,15 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::{CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest};
+use containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+};
 use containerd_client::services::v1::{
-    AddResourceRequest, ApplyRequest, CreateImageRequest, CreateRequest, DeleteRequest, GetImageRequest, Image, Info, InfoRequest,
-    ReadContentRequest, Resource, UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest, WriteContentResponse,
-    content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient, leases_client::LeasesClient,
+    AddResourceRequest, ApplyRequest, CreateImageRequest, CreateRequest, DeleteRequest,
+    GetImageRequest, Image, Info, InfoRequest, ReadContentRequest, Resource, UpdateImageRequest,
+    UpdateRequest, WriteAction, WriteContentRequest, WriteContentResponse,
+    content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
+    leases_client::LeasesClient,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{self, Code, Request, Streaming};
@@ -33,7 +37,11 @@ pub const CHUNK: usize = 1 << 20;
 
 fn rpc(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> Error {
     let what = what.into();
-    move |status| Error::Rpc { what, code: status.code(), message: status.message().to_string() }
+    move |status| Error::Rpc {
+        what,
+        code: status.code(),
+        message: status.message().to_string(),
+    }
 }
 
 /// A connection to containerd, bound to a namespace and (optionally) a lease.
@@ -48,14 +56,23 @@ impl Containerd {
     pub async fn connect(socket: &Path) -> Result<Containerd, Error> {
         let channel = containerd_client::connect(socket)
             .await
-            .map_err(|e| Error::Connect { socket: socket.display().to_string(), message: e.to_string() })?;
-        Ok(Containerd { channel, lease: None })
+            .map_err(|e| Error::Connect {
+                socket: socket.display().to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(Containerd {
+            channel,
+            lease: None,
+        })
     }
 
     fn request<T>(&self, msg: T) -> Request<T> {
         let mut req = Request::new(msg);
         let md = req.metadata_mut();
-        md.insert("containerd-namespace", tonic::metadata::MetadataValue::from_static(NAMESPACE));
+        md.insert(
+            "containerd-namespace",
+            tonic::metadata::MetadataValue::from_static(NAMESPACE),
+        );
         if let Some(lease) = &self.lease
             && let Ok(v) = lease.parse()
         {
@@ -68,10 +85,17 @@ impl Containerd {
     /// and makes every later request of this connection hold its resources.
     pub async fn create_lease(&mut self, expiry: Duration) -> Result<String, Error> {
         let id = format!("kaji-import-{}", uuid::Uuid::new_v4());
-        let expire = jiff::Timestamp::try_from(SystemTime::now() + expiry).unwrap_or_else(|_| jiff::Timestamp::now());
-        let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())]);
+        let expire = jiff::Timestamp::try_from(SystemTime::now() + expiry)
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        let labels = HashMap::from([(
+            "containerd.io/gc.expire".to_string(),
+            expire.to_string(), // RFC 3339, UTC
+        )]);
         LeasesClient::new(self.channel.clone())
-            .create(self.request(CreateRequest { id: id.clone(), labels }))
+            .create(self.request(CreateRequest {
+                id: id.clone(),
+                labels,
+            }))
             .await
             .map_err(rpc("creating a lease"))?;
         self.lease = Some(id.clone());
@@ -92,10 +116,18 @@ impl Containerd {
     /// Adds existing content to the lease, so it cannot be collected before the image
     /// that references it is recorded.
     pub async fn lease_content(&self, digest: &str) -> Result<(), Error> {
-        let Some(id) = self.lease.clone() else { return Ok(()) };
-        let resource = Resource { id: digest.to_string(), r#type: "content".into() };
+        let Some(id) = self.lease.clone() else {
+            return Ok(());
+        };
+        let resource = Resource {
+            id: digest.to_string(),
+            r#type: "content".into(),
+        };
         LeasesClient::new(self.channel.clone())
-            .add_resource(self.request(AddResourceRequest { id, resource: Some(resource) }))
+            .add_resource(self.request(AddResourceRequest {
+                id,
+                resource: Some(resource),
+            }))
             .await
             .map_err(rpc(format!("leasing {digest}")))?;
         Ok(())
@@ -103,7 +135,12 @@ impl Containerd {
 
     /// The content store's record of a blob, if it has it.
     pub async fn content_info(&self, digest: &str) -> Result<Option<Info>, Error> {
-        match ContentClient::new(self.channel.clone()).info(self.request(InfoRequest { digest: digest.to_string() })).await {
+        match ContentClient::new(self.channel.clone())
+            .info(self.request(InfoRequest {
+                digest: digest.to_string(),
+            }))
+            .await
+        {
             Ok(r) => Ok(r.into_inner().info),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(rpc(format!("looking up {digest}"))(s)),
@@ -115,10 +152,19 @@ impl Containerd {
         if labels.is_empty() {
             return Ok(());
         }
-        let info = Info { digest: digest.to_string(), labels: labels.iter().cloned().collect(), ..Default::default() };
-        let mask = prost_types::FieldMask { paths: labels.iter().map(|(k, _)| format!("labels.{k}")).collect() };
+        let info = Info {
+            digest: digest.to_string(),
+            labels: labels.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let mask = prost_types::FieldMask {
+            paths: labels.iter().map(|(k, _)| format!("labels.{k}")).collect(),
+        };
         ContentClient::new(self.channel.clone())
-            .update(self.request(UpdateRequest { info: Some(info), update_mask: Some(mask) }))
+            .update(self.request(UpdateRequest {
+                info: Some(info),
+                update_mask: Some(mask),
+            }))
             .await
             .map_err(rpc(format!("labelling {digest}")))?;
         Ok(())
@@ -126,17 +172,32 @@ impl Containerd {
 
     /// Reads a whole blob (manifests and configs: small), refusing ones over `max` bytes.
     pub async fn read_blob(&self, digest: &str, max: i64) -> Result<Vec<u8>, Error> {
-        let info = self.content_info(digest).await?.ok_or_else(|| Error::Format(format!("blob {digest} is neither in the archive nor in containerd")))?;
+        let info = self.content_info(digest).await?.ok_or_else(|| {
+            Error::Format(format!(
+                "blob {digest} is neither in the archive nor in containerd"
+            ))
+        })?;
         if info.size > max {
-            return Err(Error::Format(format!("blob {digest} is {} bytes; a manifest or config is at most {max}", info.size)));
+            return Err(Error::Format(format!(
+                "blob {digest} is {} bytes; a manifest or config is at most {max}",
+                info.size
+            )));
         }
         let mut stream = ContentClient::new(self.channel.clone())
-            .read(self.request(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }))
+            .read(self.request(ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            }))
             .await
             .map_err(rpc(format!("reading {digest}")))?
             .into_inner();
         let mut out = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
-        while let Some(msg) = stream.message().await.map_err(rpc(format!("reading {digest}")))? {
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(rpc(format!("reading {digest}")))?
+        {
             out.extend_from_slice(&msg.data);
         }
         Ok(out)
@@ -152,6 +213,7 @@ impl Containerd {
             expected: expected.map(str::to_string),
             total,
             offset: 0,
+            exists: false,
             stream: None,
         }
     }
@@ -161,12 +223,19 @@ impl Containerd {
         if self.content_info(digest).await?.is_some() {
             return self.lease_content(digest).await;
         }
-        self.writer(Some(digest), data.len() as u64).commit(data, digest).await
+        self.writer(Some(digest), data.len() as u64)
+            .commit(data, digest)
+            .await
     }
 
     /// The image record named `name`.
     pub async fn get_image(&self, name: &str) -> Result<Option<Image>, Error> {
-        match ImagesClient::new(self.channel.clone()).get(self.request(GetImageRequest { name: name.to_string() })).await {
+        match ImagesClient::new(self.channel.clone())
+            .get(self.request(GetImageRequest {
+                name: name.to_string(),
+            }))
+            .await
+        {
             Ok(r) => Ok(r.into_inner().image),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(rpc(format!("looking up image {name}"))(s)),
@@ -176,14 +245,30 @@ impl Containerd {
     /// Creates the image record `name` → `target`, or points an existing one at `target`
     /// (clearing its labels, so CRI re-reads it as a new image).
     pub async fn put_image(&self, name: &str, target: &Descriptor) -> Result<(), Error> {
-        let image = Image { name: name.to_string(), target: Some(api_descriptor(target)), ..Default::default() };
+        let image = Image {
+            name: name.to_string(),
+            target: Some(api_descriptor(target)),
+            ..Default::default()
+        };
         let mut client = ImagesClient::new(self.channel.clone());
-        match client.create(self.request(CreateImageRequest { image: Some(image.clone()), source_date_epoch: None })).await {
+        match client
+            .create(self.request(CreateImageRequest {
+                image: Some(image.clone()),
+                source_date_epoch: None,
+            }))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::AlreadyExists => {
-                let mask = prost_types::FieldMask { paths: vec!["target".into(), "labels".into()] };
+                let mask = prost_types::FieldMask {
+                    paths: vec!["target".into(), "labels".into()],
+                };
                 client
-                    .update(self.request(UpdateImageRequest { image: Some(image), update_mask: Some(mask), source_date_epoch: None }))
+                    .update(self.request(UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: Some(mask),
+                        source_date_epoch: None,
+                    }))
                     .await
                     .map_err(rpc(format!("updating image {name}")))?;
                 Ok(())
@@ -194,8 +279,14 @@ impl Containerd {
 
     /// Whether the snapshotter has a snapshot with this key or name.
     pub async fn snapshot_exists(&self, key: &str) -> Result<bool, Error> {
-        let req = StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() };
-        match SnapshotsClient::new(self.channel.clone()).stat(self.request(req)).await {
+        let req = StatSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.to_string(),
+        };
+        match SnapshotsClient::new(self.channel.clone())
+            .stat(self.request(req))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(s) if s.code() == Code::NotFound => Ok(false),
             Err(s) => Err(rpc(format!("looking up snapshot {key}"))(s)),
@@ -204,7 +295,12 @@ impl Containerd {
 
     /// Prepares an active snapshot `key` on top of `parent` ("" for none).
     pub async fn prepare(&self, key: &str, parent: &str) -> Result<Vec<Mount>, Error> {
-        let req = PrepareSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.into(), parent: parent.into(), ..Default::default() };
+        let req = PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.into(),
+            parent: parent.into(),
+            ..Default::default()
+        };
         Ok(SnapshotsClient::new(self.channel.clone())
             .prepare(self.request(req))
             .await
@@ -215,8 +311,16 @@ impl Containerd {
 
     /// Commits the active snapshot `key` as `name`; `false` if `name` already exists.
     pub async fn commit(&self, name: &str, key: &str) -> Result<bool, Error> {
-        let req = CommitSnapshotRequest { snapshotter: SNAPSHOTTER.into(), name: name.into(), key: key.into(), ..Default::default() };
-        match SnapshotsClient::new(self.channel.clone()).commit(self.request(req)).await {
+        let req = CommitSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            name: name.into(),
+            key: key.into(),
+            ..Default::default()
+        };
+        match SnapshotsClient::new(self.channel.clone())
+            .commit(self.request(req))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(s) if s.code() == Code::AlreadyExists => Ok(false),
             Err(s) => Err(rpc(format!("committing snapshot {name}"))(s)),
@@ -225,14 +329,24 @@ impl Containerd {
 
     /// Removes a snapshot.
     pub async fn remove_snapshot(&self, key: &str) -> Result<(), Error> {
-        let req = RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.into() };
-        SnapshotsClient::new(self.channel.clone()).remove(self.request(req)).await.map_err(rpc(format!("removing snapshot {key}")))?;
+        let req = RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.into(),
+        };
+        SnapshotsClient::new(self.channel.clone())
+            .remove(self.request(req))
+            .await
+            .map_err(rpc(format!("removing snapshot {key}")))?;
         Ok(())
     }
 
     /// Applies a layer to mounts; returns the digest of the uncompressed layer.
     pub async fn apply(&self, layer: &Descriptor, mounts: Vec<Mount>) -> Result<String, Error> {
-        let req = ApplyRequest { diff: Some(api_descriptor(layer)), mounts, ..Default::default() };
+        let req = ApplyRequest {
+            diff: Some(api_descriptor(layer)),
+            mounts,
+            ..Default::default()
+        };
         let applied = DiffClient::new(self.channel.clone())
             .apply(self.request(req))
             .await
@@ -244,7 +358,12 @@ impl Containerd {
 }
 
 fn api_descriptor(d: &Descriptor) -> ApiDescriptor {
-    ApiDescriptor { media_type: d.media_type.clone(), digest: d.digest.clone(), size: d.size, ..Default::default() }
+    ApiDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size,
+        ..Default::default()
+    }
 }
 
 /// A blob being written to the content store: one gRPC stream, one message per chunk,
@@ -256,32 +375,70 @@ pub struct Writer {
     expected: Option<String>,
     total: u64,
     offset: u64,
-    stream: Option<(mpsc::Sender<WriteContentRequest>, Streaming<WriteContentResponse>)>,
+    /// containerd turned out to have the blob (in another namespace, shared with this
+    /// one): the rest of the data needs no writing.
+    exists: bool,
+    stream: Option<(
+        mpsc::Sender<WriteContentRequest>,
+        Streaming<WriteContentResponse>,
+    )>,
 }
 
 impl Writer {
     /// Writes the next chunk.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        self.send(WriteAction::Write, data, None).await.map(|_| ())
+        if self.exists {
+            return Ok(());
+        }
+        match self.send(WriteAction::Write, data, None).await {
+            Ok(_) => Ok(()),
+            Err(Error::Rpc {
+                code: Code::AlreadyExists,
+                ..
+            }) if self.expected.is_some() => {
+                self.exists = true;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes the last chunk and commits the blob as `digest` (which containerd checks);
     /// a blob that appeared meanwhile counts as written.
     pub async fn commit(mut self, data: &[u8], digest: &str) -> Result<(), Error> {
+        if self.exists {
+            return self.conn.lease_content(digest).await;
+        }
         match self.send(WriteAction::Commit, data, Some(digest)).await {
             Ok(_) => Ok(()),
-            Err(Error::Rpc { code: Code::AlreadyExists, .. }) => self.conn.lease_content(digest).await,
+            Err(Error::Rpc {
+                code: Code::AlreadyExists,
+                ..
+            }) => self.conn.lease_content(digest).await,
             Err(e) => Err(e),
         }
     }
 
-    async fn send(&mut self, action: WriteAction, data: &[u8], digest: Option<&str>) -> Result<WriteContentResponse, Error> {
-        let what = || format!("writing {}", digest.or(self.expected.as_deref()).unwrap_or("a blob"));
+    async fn send(
+        &mut self,
+        action: WriteAction,
+        data: &[u8],
+        digest: Option<&str>,
+    ) -> Result<WriteContentResponse, Error> {
+        let what = || {
+            format!(
+                "writing {}",
+                digest.or(self.expected.as_deref()).unwrap_or("a blob")
+            )
+        };
         let req = WriteContentRequest {
             action: action as i32,
             r#ref: self.reference.clone(),
             total: i64::try_from(self.total).unwrap_or(i64::MAX),
-            expected: digest.map(str::to_string).or_else(|| self.expected.clone()).unwrap_or_default(),
+            expected: digest
+                .map(str::to_string)
+                .or_else(|| self.expected.clone())
+                .unwrap_or_default(),
             offset: i64::try_from(self.offset).unwrap_or(i64::MAX),
             data: data.to_vec(),
             ..Default::default()
@@ -290,13 +447,24 @@ impl Writer {
             // containerd answers (and sends response headers) only once it has the first
             // message, so it must be queued before the call.
             let (mut tx, rx) = mpsc::channel(1);
-            tx.send(req).await.map_err(|_| Error::Format("content writer closed".into()))?;
-            let responses = self.client.write(self.conn.request(rx)).await.map_err(rpc(what()))?.into_inner();
+            tx.send(req)
+                .await
+                .map_err(|_| Error::Format("content writer closed".into()))?;
+            let responses = self
+                .client
+                .write(self.conn.request(rx))
+                .await
+                .map_err(rpc(what()))?
+                .into_inner();
             self.stream = Some((tx, responses));
         } else if let Some((tx, _)) = &mut self.stream {
-            tx.send(req).await.map_err(|_| Error::Format(format!("{}: containerd closed the stream", what())))?;
+            tx.send(req)
+                .await
+                .map_err(|_| Error::Format(format!("{}: containerd closed the stream", what())))?;
         }
-        let Some((_, responses)) = &mut self.stream else { return Err(Error::Format("content writer closed".into())) };
+        let Some((_, responses)) = &mut self.stream else {
+            return Err(Error::Format("content writer closed".into()));
+        };
         let resp = responses
             .message()
             .await

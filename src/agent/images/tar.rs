@@ -61,7 +61,12 @@ pub struct Reader<R> {
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads the archive `inner`.
     pub fn new(inner: R) -> Reader<R> {
-        Reader { inner, remaining: 0, padding: 0, done: false }
+        Reader {
+            inner,
+            remaining: 0,
+            padding: 0,
+            done: false,
+        }
     }
 
     /// The next entry, skipping what is left of the current one; `None` at the end.
@@ -94,7 +99,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             match typeflag {
                 b'L' | b'K' | b'x' | b'g' => {
                     if size > MAX_EXTENSION {
-                        return Err(Error::Malformed(format!("extension header of {size} bytes")));
+                        return Err(Error::Malformed(format!(
+                            "extension header of {size} bytes"
+                        )));
                     }
                     let mut data = vec![0u8; size as usize];
                     self.read_data_exact(&mut data).await?;
@@ -107,7 +114,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                                     "path" => pax_path = Some(value),
                                     "linkpath" => pax_link = Some(value),
                                     "size" => {
-                                        pax_size = Some(value.parse().map_err(|_| Error::Malformed(format!("pax size {value:?}")))?)
+                                        pax_size = Some(value.parse().map_err(|_| {
+                                            Error::Malformed(format!("pax size {value:?}"))
+                                        })?)
                                     }
                                     _ => {}
                                 }
@@ -127,11 +136,21 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Some(p) => p,
                 None => {
                     let name = c_string(&header[0..100]);
-                    let prefix = if &header[257..262] == b"ustar" { c_string(&header[345..500]) } else { String::new() };
-                    if prefix.is_empty() { name } else { format!("{prefix}/{name}") }
+                    let prefix = if &header[257..262] == b"ustar" {
+                        c_string(&header[345..500])
+                    } else {
+                        String::new()
+                    };
+                    if prefix.is_empty() {
+                        name
+                    } else {
+                        format!("{prefix}/{name}")
+                    }
                 }
             };
-            let link = pax_link.or(long_link).unwrap_or_else(|| c_string(&header[157..257]));
+            let link = pax_link
+                .or(long_link)
+                .unwrap_or_else(|| c_string(&header[157..257]));
             let kind = match typeflag {
                 b'0' | 0 | b'7' => Kind::File,
                 b'5' => Kind::Dir,
@@ -139,10 +158,23 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 b'1' => Kind::Link(clean_path(&link)),
                 _ => Kind::Other,
             };
-            let kind = if kind == Kind::File && path.ends_with('/') { Kind::Dir } else { kind };
-            let size = if matches!(kind, Kind::File) { self.remaining } else { 0 };
+            let kind = if kind == Kind::File && path.ends_with('/') {
+                Kind::Dir
+            } else {
+                kind
+            };
+            let size = if matches!(kind, Kind::File) {
+                self.remaining
+            } else {
+                0
+            };
             let mode = (parse_number(&header[100..108])? & 0o7777) as u32;
-            return Ok(Some(Entry { path: clean_path(&path), size, kind, mode }));
+            return Ok(Some(Entry {
+                path: clean_path(&path),
+                size,
+                kind,
+                mode,
+            }));
         }
     }
 
@@ -151,7 +183,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want]).await?;
         if n == 0 {
             return Err(Error::Malformed("the archive ends inside an entry".into()));
@@ -184,7 +218,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let mut scratch = [0u8; 8192];
         let mut left = self.remaining + self.padding;
         while left > 0 {
-            let want = scratch.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let want = scratch
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
             let n = self.inner.read(&mut scratch[..want]).await?;
             if n == 0 {
                 return Err(Error::Malformed("the archive ends inside an entry".into()));
@@ -238,7 +274,10 @@ fn parse_number(field: &[u8]) -> Result<u64, Error> {
     if field[0] & 0x80 != 0 {
         let mut v: u64 = u64::from(field[0] & 0x7f);
         for &b in &field[1..] {
-            v = v.checked_mul(256).and_then(|v| v.checked_add(u64::from(b))).ok_or_else(|| Error::Malformed("size overflows".into()))?;
+            v = v
+                .checked_mul(256)
+                .and_then(|v| v.checked_add(u64::from(b)))
+                .ok_or_else(|| Error::Malformed("size overflows".into()))?;
         }
         return Ok(v);
     }
@@ -252,7 +291,17 @@ fn parse_number(field: &[u8]) -> Result<u64, Error> {
 
 fn verify_checksum(h: &[u8; BLOCK]) -> Result<(), Error> {
     let stored = parse_number(&h[148..156])?;
-    let sum: u64 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { u64::from(b' ') } else { u64::from(b) }).sum();
+    let sum: u64 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                u64::from(b' ')
+            } else {
+                u64::from(b)
+            }
+        })
+        .sum();
     if stored != sum {
         return Err(Error::Malformed("header checksum mismatch".into()));
     }
@@ -265,13 +314,19 @@ fn parse_pax(mut data: &[u8]) -> Result<Vec<(String, String)>, Error> {
     let mut out = Vec::new();
     while !data.is_empty() {
         let sp = data.iter().position(|&b| b == b' ').ok_or_else(bad)?;
-        let len: usize = std::str::from_utf8(&data[..sp]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
         if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
             return Err(bad());
         }
         let record = &data[sp + 1..len - 1];
         let eq = record.iter().position(|&b| b == b'=').ok_or_else(bad)?;
-        out.push((String::from_utf8_lossy(&record[..eq]).into_owned(), String::from_utf8_lossy(&record[eq + 1..]).into_owned()));
+        out.push((
+            String::from_utf8_lossy(&record[..eq]).into_owned(),
+            String::from_utf8_lossy(&record[eq + 1..]).into_owned(),
+        ));
         data = &data[len..];
     }
     Ok(out)
@@ -301,7 +356,13 @@ impl Builder {
 
     /// Adds a directory.
     pub fn dir(&mut self, path: &str, mode: u32) -> &mut Builder {
-        self.header(&format!("{}/", path.trim_end_matches('/')), mode, 0, b'5', "");
+        self.header(
+            &format!("{}/", path.trim_end_matches('/')),
+            mode,
+            0,
+            b'5',
+            "",
+        );
         self
     }
 
@@ -320,7 +381,11 @@ impl Builder {
     fn header(&mut self, path: &str, mode: u32, size: u64, typeflag: u8, link: &str) {
         if path.len() > 100 || link.len() > 100 {
             // Names this long get a GNU long-name record first.
-            let (flag, text) = if path.len() > 100 { (b'L', path) } else { (b'K', link) };
+            let (flag, text) = if path.len() > 100 {
+                (b'L', path)
+            } else {
+                (b'K', link)
+            };
             let mut data = text.as_bytes().to_vec();
             data.push(0);
             self.raw_header("././@LongLink", 0o644, data.len() as u64, flag, "");
@@ -382,8 +447,14 @@ mod tests {
         let data = b.finish();
         assert_eq!(data.len() % BLOCK, 0);
         let got = entries(&data).await;
-        let summary: Vec<(String, Kind, usize)> = got.iter().map(|(e, body)| (e.path.clone(), e.kind.clone(), body.len())).collect();
-        assert_eq!(got.iter().map(|(e, _)| e.mode).collect::<Vec<_>>(), vec![0o755, 0o755, 0o777, 0o644, 0o644]);
+        let summary: Vec<(String, Kind, usize)> = got
+            .iter()
+            .map(|(e, body)| (e.path.clone(), e.kind.clone(), body.len()))
+            .collect();
+        assert_eq!(
+            got.iter().map(|(e, _)| e.mode).collect::<Vec<_>>(),
+            vec![0o755, 0o755, 0o777, 0o644, 0o644]
+        );
         assert_eq!(
             summary,
             vec![
@@ -435,14 +506,20 @@ mod tests {
         let data = b.finish();
         let mut r = Reader::new(&data[..1024]);
         r.next_entry().await.unwrap().unwrap();
-        assert!(r.next_entry().await.is_err(), "truncated data must be an error");
+        assert!(
+            r.next_entry().await.is_err(),
+            "truncated data must be an error"
+        );
     }
 
     #[test]
     fn numbers() {
         assert_eq!(parse_number(b"00000001750\0").unwrap(), 1000);
         assert_eq!(parse_number(b"     17 \0\0\0\0").unwrap(), 15);
-        assert_eq!(parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap(), 65536);
+        assert_eq!(
+            parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap(),
+            65536
+        );
         assert!(parse_number(b"9\0\0\0\0\0\0\0\0\0\0\0").is_err());
     }
 }

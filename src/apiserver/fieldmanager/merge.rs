@@ -607,6 +607,30 @@ pub fn ensure_named_fields_are_members(s: &Schema, ty: TypeId, set: &Set) -> Set
     out
 }
 
+/// Removes the keys of structs that their type does not declare (unknown fields, which the
+/// request's `fieldValidation` already reported or rejected; the typed object drops them).
+pub fn prune_undeclared(s: &Schema, ty: TypeId, v: &mut Value) {
+    match (s.node(ty), v) {
+        (Node::Struct { fields, .. }, Value::Object(obj)) => {
+            obj.retain(|k, _| fields.contains_key(k));
+            for (k, child) in obj.iter_mut() {
+                prune_undeclared(s, s.field(ty, k).0, child);
+            }
+        }
+        (Node::Map { elem, .. }, Value::Object(obj)) => {
+            for child in obj.values_mut() {
+                prune_undeclared(s, *elem, child);
+            }
+        }
+        (Node::List { elem, .. }, Value::Array(items)) => {
+            for item in items {
+                prune_undeclared(s, *elem, item);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Adds, recursively, the fields that the Go zero value of each struct has: `{}` for
 /// value structs, `null` for collections without `omitempty`.
 pub fn fill_zero(s: &Schema, ty: TypeId, v: &mut Value) {

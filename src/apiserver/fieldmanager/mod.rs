@@ -283,6 +283,18 @@ fn now() -> String {
         .to_string()
 }
 
+/// Go's rendering of an object's group-version-kind (`apps/v1, Kind=Deployment`,
+/// `/v1, Kind=Pod`).
+fn gvk_string(obj: &Value) -> String {
+    let av = obj["apiVersion"].as_str().unwrap_or("");
+    let kind = obj["kind"].as_str().unwrap_or("");
+    if av.contains('/') {
+        format!("{av}, Kind={kind}")
+    } else {
+        format!("/{av}, Kind={kind}")
+    }
+}
+
 fn api_version(group: &str, version: &str) -> String {
     if group.is_empty() {
         version.to_string()
@@ -489,9 +501,8 @@ fn conflict_status(conflicts: &[Conflict]) -> Status {
     status
 }
 
-/// Keeps only the entries of `managed` whose sets still have fields after dropping the
-/// oldest `Update` entries into per-version `ancient-changes` buckets (upstream's
-/// `capmanagers.go`).
+/// Keeps at most [`MAX_UPDATE_MANAGERS`] `Update` entries by merging the oldest ones into
+/// one `ancient-changes` entry per API version (upstream's `capmanagers.go`).
 fn cap_update_managers(managed: &mut Managed) {
     let mut updaters: Vec<ManagerId> = managed
         .entries
@@ -611,8 +622,9 @@ pub fn update(
 /// Server-side apply of `applied` by `manager` onto `live` (None: create). Returns the
 /// new object with managedFields, or a 409 Conflict naming the conflicting fields.
 ///
-/// `applied` is the decoded configuration (apiVersion and kind of the served version).
-/// Its fields are merged into the live object and become `manager`'s (operation `Apply`);
+/// `applied` is the configuration as sent: its apiVersion and kind must name the served
+/// kind, and fields the schema does not declare are dropped (the request's
+/// `fieldValidation` has reported them). Its fields are merged into the live object and become `manager`'s (operation `Apply`);
 /// fields it applied before and no longer applies are removed unless another manager owns
 /// them. Changing a field another manager owns is a conflict unless `force`, which takes
 /// the field over. As upstream, the applier `kubectl` may take over fields whose live value
@@ -636,13 +648,9 @@ pub fn apply(
     let sent_version = applied["apiVersion"].as_str().unwrap_or("");
     let sent_kind = applied["kind"].as_str().unwrap_or("");
     if sent_version != api_version || sent_kind != kind {
-        let gv = if sent_version.contains('/') {
-            sent_version.to_string()
-        } else {
-            format!("/{sent_version}")
-        };
         return Err(Status::bad_request(format!(
-            "invalid object type: {gv}, Kind={sent_kind}"
+            "invalid object type: {}",
+            gvk_string(applied)
         )));
     }
     let s = schema::schema();
@@ -677,11 +685,15 @@ pub fn apply(
             }
         }
     }
+    let mut config = applied.clone();
+    if s.is_known(root) {
+        merge::prune_undeclared(s, root, &mut config);
+    }
     let id = ManagerId::new(manager, APPLY, &api_version, subresource);
     let input = ApplyInput {
         typed,
         live: &live_obj,
-        config: applied,
+        config: &config,
         id: &id,
         api_version: &api_version,
     };
@@ -698,9 +710,9 @@ pub fn apply(
             if !remaining.is_empty() {
                 return Err(conflict_status(&remaining));
             }
-            apply_structured(&input, managed, true).map_err(ApplyError::into_status)?
+            apply_structured(&input, managed, true).map_err(|e| e.into_status(applied))?
         }
-        Err(e) => return Err(e.into_status()),
+        Err(e) => return Err(e.into_status(applied)),
     };
     if manager == KUBECTL {
         update_last_applied(&mut obj, applied);
@@ -723,11 +735,23 @@ enum ApplyError {
 }
 
 impl ApplyError {
-    fn into_status(self) -> Status {
+    /// The Status upstream answers with; a configuration that does not fit its schema is
+    /// a plain error there (500, no reason).
+    fn into_status(self, applied: &Value) -> Status {
         match self {
             ApplyError::Conflicts(c) => conflict_status(&c),
             ApplyError::Invalid(e) => {
-                Status::internal(format!("failed to create typed patch object: {e}"))
+                let text = |k: &str| applied["metadata"][k].as_str().unwrap_or("");
+                Status::new(
+                    500,
+                    "",
+                    format!(
+                        "failed to create typed patch object ({}/{}; {}): {e}",
+                        text("namespace"),
+                        text("name"),
+                        gvk_string(applied)
+                    ),
+                )
             }
         }
     }

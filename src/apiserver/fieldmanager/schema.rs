@@ -765,6 +765,11 @@ impl Schema {
         self.named.get(&name).copied().unwrap_or(self.unknown_root)
     }
 
+    /// Whether the kind has a schema (it is not a kind without one, see [`Schema::root`]).
+    pub fn is_known(&self, root: TypeId) -> bool {
+        root != self.unknown_root
+    }
+
     /// The node of a type.
     pub fn node(&self, ty: TypeId) -> &Node {
         self.nodes.get(ty).unwrap_or(&Node::Deduced)

@@ -492,6 +492,47 @@ fn cases() -> Vec<Case> {
             want: Want::Error(400, "metadata.managedFields must be nil"),
         },
         Case {
+            // versioncheck.go: the configuration must name the served kind.
+            name: "apply without apiVersion and kind is rejected",
+            steps: vec![Step::Apply(
+                "a",
+                json!({"metadata": {"name": "web"}, "spec": {"replicas": 1}}),
+                false,
+            )],
+            want: Want::Error(400, "invalid object type: /, Kind="),
+        },
+        Case {
+            // kubernetes/kubernetes#121575 (structured-merge-diff v4.4.0): duplicate keys in
+            // an applied configuration are a plain 500 error.
+            name: "apply with duplicate list-map keys fails",
+            steps: vec![Step::Apply(
+                "a",
+                partial(
+                    json!({"template": {"spec": {"containers": [{"name": "c"}, {"name": "c"}]}}}),
+                ),
+                false,
+            )],
+            want: Want::Error(
+                500,
+                r#"failed to create typed patch object (default/web; apps/v1, Kind=Deployment): .spec.template.spec.containers: duplicate entries for key [name="c"]"#,
+            ),
+        },
+        Case {
+            // Unknown fields (reported by fieldValidation) are neither applied nor owned.
+            name: "unknown fields are dropped from the configuration",
+            steps: vec![Step::Apply(
+                "a",
+                partial(json!({"replicas": 1, "bogus": true})),
+                false,
+            )],
+            want: Want::Object {
+                spec: Some(json!({"replicas": 1})),
+                labels: None,
+                finalizers: None,
+                managers: vec![("a", "Apply", json!({"f:spec": {"f:replicas": {}}}))],
+            },
+        },
+        Case {
             // Status applies are recorded with subresource `status` and own only status.
             name: "apply through status",
             steps: vec![
