@@ -5,6 +5,8 @@ packages=(curl ca-certificates protobuf-compiler)
 # gcc builds the embedded pause program; containerd, runc and the CNI plugins run pods;
 # busybox-static goes into the test images scripts/build-image.sh assembles.
 packages+=(gcc containerd runc containernetworking-plugins busybox-static)
+# The CNI bridge plugin masquerades with iptables; the service proxy uses nftables.
+packages+=(iptables nftables iproute2 kmod)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
