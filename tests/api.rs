@@ -105,11 +105,11 @@ async fn crud_and_conflicts() {
             .await
             .unwrap();
     }
-    let page1 = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let page1 = api.list(&ListParams::default().labels("app=demo").limit(2)).await.unwrap();
     assert_eq!(page1.items.len(), 2);
     let token = page1.metadata.continue_.clone().expect("continue token");
     let page2 = api
-        .list(&ListParams::default().limit(10).continue_token(&token))
+        .list(&ListParams::default().labels("app=demo").limit(10).continue_token(&token))
         .await
         .unwrap();
     assert_eq!(page2.items.len(), 4, "6 objects in total");
@@ -120,7 +120,7 @@ async fn crud_and_conflicts() {
         .unwrap();
     assert_eq!(sel.items.len(), 6);
     let none = api
-        .list(&ListParams::default().labels("app!=demo"))
+        .list(&ListParams::default().labels("app=nothing"))
         .await
         .unwrap();
     assert!(none.items.is_empty());
@@ -238,7 +238,7 @@ async fn watch_resumes_from_a_resource_version() {
     api.delete("w2", &DeleteParams::default()).await.unwrap();
 
     let mut stream = api
-        .watch(&WatchParams::default().timeout(10), &from)
+        .watch(&WatchParams::default().labels("app=demo").timeout(10), &from)
         .await
         .unwrap()
         .boxed();
@@ -391,11 +391,11 @@ async fn gone_after_compaction() {
         .unwrap_err();
     assert_eq!(api_code(&err), 410);
     assert_eq!(
-        api.list(&ListParams::default()).await.unwrap().items.len(),
+        api.list(&ListParams::default().labels("app=demo")).await.unwrap().items.len(),
         30
     );
     // kube-runtime's watcher recovers by re-listing.
-    let mut w = watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut w = watcher(api.clone(), watcher::Config::default().labels("app=demo")).boxed();
     let mut n = 0;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), w.try_next())

@@ -246,6 +246,9 @@ impl Importer<'_> {
             }
             (self.progress)(Progress::Read(read.load(Ordering::Relaxed)));
         }
+        // Consume the padding after the end-of-archive marker, so the whole input counts
+        // as read.
+        tokio::io::copy(&mut archive.into_inner(), &mut tokio::io::sink()).await?;
         (self.progress)(Progress::Read(read.load(Ordering::Relaxed)));
 
         let images = self

@@ -69,6 +69,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
+    /// The input, positioned after what was read so far.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// The next entry, skipping what is left of the current one; `None` at the end.
     pub async fn next_entry(&mut self) -> Result<Option<Entry>, Error> {
         let mut long_name: Option<String> = None;
