@@ -12,34 +12,37 @@ use std::time::{Duration, Instant};
 use common::{Server, ok};
 use serde_json::Value;
 
-/// Builds the test images (busybox and a pause image) and imports them into the agent's
-/// containerd.
+/// Builds a busybox test image and imports it with `kaji image import` (the agent
+/// provides the pause image itself).
 fn import_images(server: &Server) {
-    let dir = server.dir.path();
+    let busybox = server.dir.path().join("busybox.tar");
     let script = common::testdata("../scripts/build-image.sh");
-    let busybox = dir.join("busybox.tar");
-    let pause = dir.join("pause.tar");
-    for (name, out, extra) in [
-        ("docker.io/library/busybox:1.36", &busybox, vec!["--cmd", "sh"]),
-        ("kaji.local/pause:3.10", &pause, vec!["--entrypoint", "/bin/sleep 2147483647"]),
-    ] {
-        let st = Command::new("bash").arg(&script).arg(name).arg(out).arg("--busybox").args(&extra).output().unwrap();
-        assert!(st.status.success(), "build-image.sh: {}", String::from_utf8_lossy(&st.stderr));
-    }
+    let st = Command::new("bash")
+        .arg(&script)
+        .args(["docker.io/library/busybox:1.36"])
+        .arg(&busybox)
+        .args(["--busybox", "--cmd", "sh"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "build-image.sh: {}", String::from_utf8_lossy(&st.stderr));
     let socket = server.data_dir().join("run/containerd/containerd.sock");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "containerd socket never appeared:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for tar in [&busybox, &pause] {
-        let st = Command::new("ctr").arg("-a").arg(&socket).args(["-n", "k8s.io", "images", "import"]).arg(tar).output().unwrap();
-        assert!(st.status.success(), "ctr import: {}", String::from_utf8_lossy(&st.stderr));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(common::kaji_bin())
+            .args(["image", "import"])
+            .arg(format!("--data-dir={}", server.data_dir().display()))
+            .arg(&busybox)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("busybox:1.36"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "kaji image import ({}): {}\n{}", socket.display(), String::from_utf8_lossy(&out.stderr), server.log());
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
-
-/// Polls until `check` returns true for the pod (up to `secs`).
 fn wait_pod(server: &Server, name: &str, secs: u64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {

@@ -207,6 +207,46 @@ fn roles_bind_users_and_service_accounts_in_their_namespace() {
     let out = ok(server.kubectl(&["auth", "whoami", "--as=alice", "--as-group=devs"]));
     assert!(out.contains("[devs system:authenticated]"), "{out}");
 
+    // A real token of the service account (not impersonation) gets the same grant, and
+    // the account's namespace group binds too.
+    k(&["-n", "team", "create", "serviceaccount", "robot"]);
+    let token = k(&["-n", "team", "create", "token", "robot"]);
+    let robot = |args: &[&str]| kubectl_token(&server, token.trim(), args);
+    let out = ok(robot(&["auth", "whoami"]));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("Username") && l.trim_end().ends_with(sa)),
+        "{out}"
+    );
+    assert!(robot(&["-n", "team", "get", "pods"]).status.success());
+    let out = robot(&["-n", "team", "get", "configmaps"]);
+    assert!(
+        stderr(&out).contains(&format!(
+            "configmaps is forbidden: User \"{sa}\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"team\""
+        )),
+        "{}",
+        stderr(&out)
+    );
+    k(&[
+        "-n",
+        "team",
+        "create",
+        "role",
+        "cm-reader",
+        "--verb=list",
+        "--resource=configmaps",
+    ]);
+    k(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "team-accounts",
+        "--role=cm-reader",
+        "--group=system:serviceaccounts:team",
+    ]);
+    assert!(robot(&["-n", "team", "get", "configmaps"]).status.success());
+
     // Removing the binding takes the permission away.
     k(&["-n", "team", "delete", "rolebinding", "readers"]);
     assert_eq!(

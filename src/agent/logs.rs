@@ -81,7 +81,10 @@ pub struct Chunk<'a> {
 /// Parses one CRI log line (without its trailing newline); `None` if it is malformed.
 pub fn parse_line(line: &[u8]) -> Option<Chunk<'_>> {
     let mut fields = line.splitn(4, |b| *b == b' ');
-    let time = std::str::from_utf8(fields.next()?).ok()?.parse::<jiff::Timestamp>().ok()?;
+    let time = std::str::from_utf8(fields.next()?)
+        .ok()?
+        .parse::<jiff::Timestamp>()
+        .ok()?;
     let stream = match fields.next()? {
         b"stdout" => Stream::Stdout,
         b"stderr" => Stream::Stderr,
@@ -94,7 +97,12 @@ pub fn parse_line(line: &[u8]) -> Option<Chunk<'_>> {
         Some(b"F") => false,
         _ => return None,
     };
-    Some(Chunk { time, stream, partial, content: fields.next().unwrap_or_default() })
+    Some(Chunk {
+        time,
+        stream,
+        partial,
+        content: fields.next().unwrap_or_default(),
+    })
 }
 
 /// A timestamp as the kubelet prints it: RFC 3339 in UTC with exactly nine fractional
@@ -129,7 +137,13 @@ struct Renderer {
 
 impl Renderer {
     fn new(opts: &LogOptions) -> Renderer {
-        Renderer { timestamps: opts.timestamps, since: opts.since, remaining: opts.limit_bytes, at_line_start: true, skipping: false }
+        Renderer {
+            timestamps: opts.timestamps,
+            since: opts.since,
+            remaining: opts.limit_bytes,
+            at_line_start: true,
+            skipping: false,
+        }
     }
 
     fn exhausted(&self) -> bool {
@@ -171,7 +185,10 @@ impl Renderer {
 /// The file offset where the last `n` complete lines (a line being a run of partial
 /// chunks ended by a full one) begin; the end of the file for `n == 0`.
 async fn tail_offset(path: &Path, n: u64) -> Result<u64, Error> {
-    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let file = tokio::fs::File::open(path).await.map_err(io)?;
     let mut reader = BufReader::new(file);
     let mut starts = std::collections::VecDeque::with_capacity(n.min(4096) as usize + 1);
@@ -198,25 +215,39 @@ async fn tail_offset(path: &Path, n: u64) -> Result<u64, Error> {
             }
         }
     }
-    Ok(if n == 0 { offset } else { starts.front().copied().unwrap_or(offset) })
+    Ok(if n == 0 {
+        offset
+    } else {
+        starts.front().copied().unwrap_or(offset)
+    })
 }
 
 /// Streams the log file at `path` into `tx` per `opts` (`previous` is the caller's
 /// business: it picks the file). While following, `running` is asked about once a second
 /// at the end of the file; once it answers false the rest of the file is sent and the
 /// stream ends. It also ends when the receiver goes away.
-pub async fn stream<F, Fut>(path: &Path, opts: &LogOptions, mut running: F, tx: mpsc::Sender<Bytes>) -> Result<(), Error>
+pub async fn stream<F, Fut>(
+    path: &Path,
+    opts: &LogOptions,
+    mut running: F,
+    tx: mpsc::Sender<Bytes>,
+) -> Result<(), Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let start = match opts.tail_lines {
         Some(n) => tail_offset(path, n).await?,
         None => 0,
     };
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
-    file.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(io)?;
     let mut reader = BufReader::new(file);
     let mut position = start;
     let mut render = Renderer::new(opts);
@@ -233,10 +264,8 @@ where
             if render.exhausted() {
                 break;
             }
-            if out.len() >= FLUSH_AT {
-                if tx.send(out.split().freeze()).await.is_err() {
-                    return Ok(());
-                }
+            if out.len() >= FLUSH_AT && tx.send(out.split().freeze()).await.is_err() {
+                return Ok(());
             }
             continue;
         }
@@ -277,7 +306,11 @@ where
 
 /// The attempt number of a log file name (`3.log` → 3).
 fn attempt_of(path: &Path) -> Option<u64> {
-    path.file_name()?.to_str()?.strip_suffix(".log")?.parse().ok()
+    path.file_name()?
+        .to_str()?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 /// The log file of the attempt before `current` in the same directory, if any.
@@ -299,12 +332,28 @@ mod tests {
 
     #[test]
     fn parses_cri_lines() {
-        let cases: &[(&[u8], Option<(Stream, bool, &[u8])>)] = &[
-            (b"2024-05-01T10:00:00.123456789Z stdout F hello world", Some((Stream::Stdout, false, b"hello world"))),
-            (b"2024-05-01T10:00:00Z stderr P part", Some((Stream::Stderr, true, b"part"))),
-            (b"2024-05-01T10:00:00.5+02:00 stdout F ", Some((Stream::Stdout, false, b""))),
-            (b"2024-05-01T10:00:00.5Z stdout F", Some((Stream::Stdout, false, b""))),
-            (b"2024-05-01T10:00:00Z stdout F:x  two  spaces ", Some((Stream::Stdout, false, b" two  spaces "))),
+        type Want<'a> = Option<(Stream, bool, &'a [u8])>;
+        let cases: &[(&[u8], Want)] = &[
+            (
+                b"2024-05-01T10:00:00.123456789Z stdout F hello world",
+                Some((Stream::Stdout, false, b"hello world")),
+            ),
+            (
+                b"2024-05-01T10:00:00Z stderr P part",
+                Some((Stream::Stderr, true, b"part")),
+            ),
+            (
+                b"2024-05-01T10:00:00.5+02:00 stdout F ",
+                Some((Stream::Stdout, false, b"")),
+            ),
+            (
+                b"2024-05-01T10:00:00.5Z stdout F",
+                Some((Stream::Stdout, false, b"")),
+            ),
+            (
+                b"2024-05-01T10:00:00Z stdout F:x  two  spaces ",
+                Some((Stream::Stdout, false, b" two  spaces ")),
+            ),
             (b"2024-05-01T10:00:00Z stdin F x", None),
             (b"2024-05-01T10:00:00Z stdout X x", None),
             (b"not-a-time stdout F x", None),
@@ -321,7 +370,10 @@ mod tests {
         let cases = [
             ("2024-05-01T10:00:00Z", "2024-05-01T10:00:00.000000000Z"),
             ("2024-05-01T10:00:00.5Z", "2024-05-01T10:00:00.500000000Z"),
-            ("2024-05-01T12:00:00.123456789+02:00", "2024-05-01T10:00:00.123456789Z"),
+            (
+                "2024-05-01T12:00:00.123456789+02:00",
+                "2024-05-01T10:00:00.123456789Z",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(format_timestamp(input.parse().unwrap()), want);
@@ -355,16 +407,62 @@ mod tests {
         let since = |s: &str| Some(s.parse::<jiff::Timestamp>().unwrap());
         let cases = [
             (LogOptions::default(), "one\ntwo\nthree\nfour\n"),
-            (LogOptions { tail_lines: Some(2), ..Default::default() }, "three\nfour\n"),
-            (LogOptions { tail_lines: Some(1), ..Default::default() }, "four\n"),
-            (LogOptions { tail_lines: Some(0), ..Default::default() }, ""),
-            (LogOptions { tail_lines: Some(10), ..Default::default() }, "one\ntwo\nthree\nfour\n"),
-            (LogOptions { since: since("2024-05-01T10:00:02Z"), ..Default::default() }, "two\nthree\nfour\n"),
-            // A line is kept or dropped whole, by the time of its first chunk.
-            (LogOptions { since: since("2024-05-01T10:00:03.2Z"), ..Default::default() }, "four\n"),
-            (LogOptions { limit_bytes: Some(6), ..Default::default() }, "one\ntw"),
             (
-                LogOptions { timestamps: true, tail_lines: Some(2), ..Default::default() },
+                LogOptions {
+                    tail_lines: Some(2),
+                    ..Default::default()
+                },
+                "three\nfour\n",
+            ),
+            (
+                LogOptions {
+                    tail_lines: Some(1),
+                    ..Default::default()
+                },
+                "four\n",
+            ),
+            (
+                LogOptions {
+                    tail_lines: Some(0),
+                    ..Default::default()
+                },
+                "",
+            ),
+            (
+                LogOptions {
+                    tail_lines: Some(10),
+                    ..Default::default()
+                },
+                "one\ntwo\nthree\nfour\n",
+            ),
+            (
+                LogOptions {
+                    since: since("2024-05-01T10:00:02Z"),
+                    ..Default::default()
+                },
+                "two\nthree\nfour\n",
+            ),
+            // A line is kept or dropped whole, by the time of its first chunk.
+            (
+                LogOptions {
+                    since: since("2024-05-01T10:00:03.2Z"),
+                    ..Default::default()
+                },
+                "four\n",
+            ),
+            (
+                LogOptions {
+                    limit_bytes: Some(6),
+                    ..Default::default()
+                },
+                "one\ntw",
+            ),
+            (
+                LogOptions {
+                    timestamps: true,
+                    tail_lines: Some(2),
+                    ..Default::default()
+                },
                 "2024-05-01T10:00:03.000000000Z three\n2024-05-01T10:00:05.000000000Z four\n",
             ),
         ];
@@ -380,28 +478,51 @@ mod tests {
         use std::sync::atomic::{AtomicBool, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
-        std::fs::write(&path, "2024-05-01T10:00:01Z stdout F first\n2024-05-01T10:00:02Z stdout P hal").unwrap();
+        std::fs::write(
+            &path,
+            "2024-05-01T10:00:01Z stdout F first\n2024-05-01T10:00:02Z stdout P hal",
+        )
+        .unwrap();
         let running = Arc::new(AtomicBool::new(true));
         let (tx, mut rx) = mpsc::channel(16);
         let r = running.clone();
         let p = path.clone();
         let task = tokio::spawn(async move {
-            let opts = LogOptions { follow: true, ..Default::default() };
-            stream(&p, &opts, move || {
-                let r = r.clone();
-                async move { r.load(Ordering::SeqCst) }
-            }, tx)
+            let opts = LogOptions {
+                follow: true,
+                ..Default::default()
+            };
+            stream(
+                &p,
+                &opts,
+                move || {
+                    let r = r.clone();
+                    async move { r.load(Ordering::SeqCst) }
+                },
+                tx,
+            )
             .await
         });
         assert_eq!(rx.recv().await.unwrap(), Bytes::from_static(b"first\n"));
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"f\n2024-05-01T10:00:03Z stdout F -done\n").unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"f\n2024-05-01T10:00:03Z stdout F -done\n")
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, Bytes::from_static(b"half-done\n"));
-        f.write_all(b"2024-05-01T10:00:04Z stdout F last words\n").unwrap();
+        f.write_all(b"2024-05-01T10:00:04Z stdout F last words\n")
+            .unwrap();
         running.store(false, Ordering::SeqCst);
         let mut rest = Vec::new();
-        while let Some(b) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap() {
+        while let Some(b) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+        {
             rest.extend_from_slice(&b);
         }
         assert_eq!(rest, b"last words\n");
@@ -414,8 +535,14 @@ mod tests {
         for n in ["0.log", "1.log", "3.log", "notes.txt"] {
             std::fs::write(dir.path().join(n), "").unwrap();
         }
-        assert_eq!(previous_file(&dir.path().join("3.log")), Some(dir.path().join("1.log")));
-        assert_eq!(previous_file(&dir.path().join("1.log")), Some(dir.path().join("0.log")));
+        assert_eq!(
+            previous_file(&dir.path().join("3.log")),
+            Some(dir.path().join("1.log"))
+        );
+        assert_eq!(
+            previous_file(&dir.path().join("1.log")),
+            Some(dir.path().join("0.log"))
+        );
         assert_eq!(previous_file(&dir.path().join("0.log")), None);
     }
 }

@@ -491,7 +491,8 @@ fn sandbox_config(ctx: &Ctx, pod: &Value, attempt: u32) -> cri::PodSandboxConfig
     };
     let mut hostname = pod["spec"]["hostname"].as_str().unwrap_or(name).to_string();
     if host_network {
-        hostname = ctx.cfg.node_name.clone();
+        // As the kubelet: no hostname for the node's UTS namespace (runc refuses one).
+        hostname.clear();
     }
     hostname.truncate(63);
     cri::PodSandboxConfig {

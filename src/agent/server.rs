@@ -63,13 +63,31 @@ struct Ctx {
 
 /// Starts the kubelet API on `0.0.0.0:<cfg.kubelet_port>` (an ephemeral port for 0).
 /// Returns the bound port and the task serving until `shutdown`.
-pub async fn start(cfg: &AgentConfig, cri: Cri, shutdown: CancellationToken) -> Result<(u16, tokio::task::JoinHandle<()>), Error> {
+pub async fn start(
+    cfg: &AgentConfig,
+    cri: Cri,
+    shutdown: CancellationToken,
+) -> Result<(u16, tokio::task::JoinHandle<()>), Error> {
     let tls = tls_config(cfg)?;
     let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), cfg.kubelet_port);
-    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| Error::Io { path: format!("kubelet API listener {bind}"), source })?;
-    let port = listener.local_addr().map_err(|source| Error::Io { path: format!("kubelet API listener {bind}"), source })?.port();
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|source| Error::Io {
+            path: format!("kubelet API listener {bind}"),
+            source,
+        })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| Error::Io {
+            path: format!("kubelet API listener {bind}"),
+            source,
+        })?
+        .port();
     tracing::info!(port, "kubelet API listening");
-    let ctx = Arc::new(Ctx { cri, shutdown: shutdown.clone() });
+    let ctx = Arc::new(Ctx {
+        cri,
+        shutdown: shutdown.clone(),
+    });
     let acceptor = TlsAcceptor::from(tls);
     let handle = tokio::spawn(async move {
         loop {
@@ -88,7 +106,9 @@ pub async fn start(cfg: &AgentConfig, cri: Cri, shutdown: CancellationToken) -> 
             let acceptor = acceptor.clone();
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
                     Ok(Ok(s)) => s,
                     Ok(Err(err)) => {
                         tracing::debug!(%peer, %err, "kubelet API TLS handshake failed");
@@ -96,13 +116,21 @@ pub async fn start(cfg: &AgentConfig, cri: Cri, shutdown: CancellationToken) -> 
                     }
                     Err(_) => return,
                 };
-                let user = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|der| crate::pki::identity_from_der(der.as_ref())).map(|(cn, _)| cn);
+                let user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|der| crate::pki::identity_from_der(der.as_ref()))
+                    .map(|(cn, _)| cn);
                 let service = service_fn(move |req| {
                     let ctx = ctx.clone();
                     let user = user.clone();
                     async move { Ok::<_, Infallible>(handle(ctx, req, user).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).with_upgrades();
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades();
                 if let Err(err) = conn.await {
                     tracing::debug!(%peer, %err, "kubelet API connection ended with an error");
                 }
@@ -118,16 +146,24 @@ pub async fn start(cfg: &AgentConfig, cri: Cri, shutdown: CancellationToken) -> 
 /// certificate gets a 401 rather than a failed handshake).
 fn tls_config(cfg: &AgentConfig) -> Result<Arc<rustls::ServerConfig>, Error> {
     let (cert_pem, key_pem) = serving_cert(cfg)?;
-    let tls_err = |what: &str, e: &dyn std::fmt::Display| Error::Config(format!("kubelet API {what}: {e}"));
+    let tls_err =
+        |what: &str, e: &dyn std::fmt::Display| Error::Config(format!("kubelet API {what}: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| tls_err("serving certificate", &e))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls_err("serving key", &e))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls_err("serving certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| tls_err("serving key", &e))?;
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(cfg.ca_pem.as_bytes()) {
-        roots.add(ca.map_err(|e| tls_err("cluster CA", &e))?).map_err(|e| tls_err("cluster CA", &e))?;
+        roots
+            .add(ca.map_err(|e| tls_err("cluster CA", &e))?)
+            .map_err(|e| tls_err("cluster CA", &e))?;
     }
     if roots.is_empty() {
-        return Err(Error::Config("kubelet API: no cluster CA certificate to verify callers with".into()));
+        return Err(Error::Config(
+            "kubelet API: no cluster CA certificate to verify callers with".into(),
+        ));
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
@@ -147,7 +183,10 @@ fn tls_config(cfg: &AgentConfig) -> Result<Arc<rustls::ServerConfig>, Error> {
 fn serving_cert(cfg: &AgentConfig) -> Result<(String, String), Error> {
     let dir = cfg.data_dir.join("agent");
     let (cert_path, key_path) = (dir.join(SERVING_CERT), dir.join(SERVING_KEY));
-    if let (Ok(cert), Ok(key)) = (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path)) {
+    if let (Ok(cert), Ok(key)) = (
+        std::fs::read_to_string(&cert_path),
+        std::fs::read_to_string(&key_path),
+    ) {
         return Ok((cert, key));
     }
     let io = |path: &Path| {
@@ -155,11 +194,16 @@ fn serving_cert(cfg: &AgentConfig) -> Result<(String, String), Error> {
         move |source| Error::Io { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let mut names = vec![cfg.node_name.clone(), "localhost".to_string(), cfg.node_ip.to_string()];
+    let mut names = vec![
+        cfg.node_name.clone(),
+        "localhost".to_string(),
+        cfg.node_ip.to_string(),
+    ];
     if !cfg.node_ip.is_loopback() {
         names.push("127.0.0.1".to_string());
     }
-    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| Error::Config(format!("generating the kubelet serving certificate: {e}")))?;
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| Error::Config(format!("generating the kubelet serving certificate: {e}")))?;
     let (cert, key) = (generated.cert.pem(), generated.signing_key.serialize_pem());
     write_private(&key_path, &key).map_err(io(&key_path))?;
     std::fs::write(&cert_path, &cert).map_err(io(&cert_path))?;
@@ -169,7 +213,12 @@ fn serving_cert(cfg: &AgentConfig) -> Result<(String, String), Error> {
 
 fn write_private(path: &Path, data: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data.as_bytes())
 }
 
@@ -183,7 +232,10 @@ fn text(code: StatusCode, message: impl Into<String>) -> Response<Body> {
     body.push('\n');
     let mut r = Response::new(full(body));
     *r.status_mut() = code;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -215,13 +267,27 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Query {
-        Query(q.unwrap_or("").split('&').filter(|s| !s.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).map(|(k, v)| (percent_decode(k), percent_decode(v))).collect())
+        Query(
+            q.unwrap_or("")
+                .split('&')
+                .filter(|s| !s.is_empty())
+                .map(|p| p.split_once('=').unwrap_or((p, "")))
+                .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+                .collect(),
+        )
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
     }
     fn all(&self, k: &str) -> Vec<String> {
-        self.0.iter().filter(|(key, _)| key == k).map(|(_, v)| v.clone()).collect()
+        self.0
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
     /// A boolean: `1` (what the API server sends) or `true`.
     fn flag(&self, k: &str) -> bool {
@@ -230,7 +296,9 @@ impl Query {
     fn number(&self, k: &str) -> Result<Option<i64>, HttpError> {
         match self.get(k).filter(|s| !s.is_empty()) {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| HttpError::bad_request(format!("invalid {k} {v:?}: expected an integer"))),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                HttpError::bad_request(format!("invalid {k} {v:?}: expected an integer"))
+            }),
         }
     }
 }
@@ -243,7 +311,10 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(v) => {
                         out.push(v);
                         i += 2;
@@ -261,23 +332,57 @@ fn percent_decode(s: &str) -> String {
 /// Which streaming operation a path asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Route {
-    Logs { ns: String, pod: String, container: String },
-    Exec { ns: String, pod: String, container: String },
-    Attach { ns: String, pod: String, container: String },
-    PortForward { ns: String, pod: String },
+    Logs {
+        ns: String,
+        pod: String,
+        container: String,
+    },
+    Exec {
+        ns: String,
+        pod: String,
+        container: String,
+    },
+    Attach {
+        ns: String,
+        pod: String,
+        container: String,
+    },
+    PortForward {
+        ns: String,
+        pod: String,
+    },
     Healthz,
 }
 
 fn route(path: &str) -> Option<Route> {
-    let parts: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect();
+    let parts: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
     let p: Vec<&str> = parts.iter().map(String::as_str).collect();
     let s = |x: &str| x.to_string();
     Some(match p.as_slice() {
         ["healthz"] => Route::Healthz,
-        ["containerLogs", ns, pod, c] => Route::Logs { ns: s(ns), pod: s(pod), container: s(c) },
-        ["exec", ns, pod, c] | ["exec", ns, pod, _, c] => Route::Exec { ns: s(ns), pod: s(pod), container: s(c) },
-        ["attach", ns, pod, c] | ["attach", ns, pod, _, c] => Route::Attach { ns: s(ns), pod: s(pod), container: s(c) },
-        ["portForward", ns, pod] | ["portForward", ns, pod, _] => Route::PortForward { ns: s(ns), pod: s(pod) },
+        ["containerLogs", ns, pod, c] => Route::Logs {
+            ns: s(ns),
+            pod: s(pod),
+            container: s(c),
+        },
+        ["exec", ns, pod, c] | ["exec", ns, pod, _, c] => Route::Exec {
+            ns: s(ns),
+            pod: s(pod),
+            container: s(c),
+        },
+        ["attach", ns, pod, c] | ["attach", ns, pod, _, c] => Route::Attach {
+            ns: s(ns),
+            pod: s(pod),
+            container: s(c),
+        },
+        ["portForward", ns, pod] | ["portForward", ns, pod, _] => Route::PortForward {
+            ns: s(ns),
+            pod: s(pod),
+        },
         _ => return None,
     })
 }
@@ -290,30 +395,48 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<String>) -> 
     if route == Route::Healthz {
         return text(StatusCode::OK, "ok");
     }
-    let verb = if req.method() == Method::POST { "create" } else { "get" };
+    let verb = if req.method() == Method::POST {
+        "create"
+    } else {
+        "get"
+    };
     match user.as_deref() {
         None => return text(StatusCode::UNAUTHORIZED, "Unauthorized"),
         Some(APISERVER_CLIENT_CN) => {}
         Some(other) => {
             tracing::info!(user = other, %path, "kubelet API request refused");
-            return text(StatusCode::FORBIDDEN, format!("Forbidden (user={other}, verb={verb}, resource=nodes, subresource(s)=[proxy])"));
+            return text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Forbidden (user={other}, verb={verb}, resource=nodes, subresource(s)=[proxy])"
+                ),
+            );
         }
     }
     let streaming = !matches!(route, Route::Logs { .. });
-    if (streaming && !matches!(*req.method(), Method::GET | Method::POST)) || (!streaming && *req.method() != Method::GET) {
-        return text(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method()));
+    if (streaming && !matches!(*req.method(), Method::GET | Method::POST))
+        || (!streaming && *req.method() != Method::GET)
+    {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not allowed on {path}", req.method()),
+        );
     }
     let q = Query::parse(req.uri().query());
     let result = match route {
         Route::Logs { ns, pod, container } => container_logs(&ctx, &ns, &pod, &container, &q).await,
-        Route::Exec { ns, pod, container } => match exec_url(&ctx, &ns, &pod, &container, &q, true).await {
-            Ok(url) => Ok(proxy_stream(&url, req).await),
-            Err(e) => Err(e),
-        },
-        Route::Attach { ns, pod, container } => match exec_url(&ctx, &ns, &pod, &container, &q, false).await {
-            Ok(url) => Ok(proxy_stream(&url, req).await),
-            Err(e) => Err(e),
-        },
+        Route::Exec { ns, pod, container } => {
+            match exec_url(&ctx, &ns, &pod, &container, &q, true).await {
+                Ok(url) => Ok(proxy_stream(&url, req).await),
+                Err(e) => Err(e),
+            }
+        }
+        Route::Attach { ns, pod, container } => {
+            match exec_url(&ctx, &ns, &pod, &container, &q, false).await {
+                Ok(url) => Ok(proxy_stream(&url, req).await),
+                Err(e) => Err(e),
+            }
+        }
         Route::PortForward { ns, pod } => match port_forward_url(&ctx, &ns, &pod, &q).await {
             Ok(url) => Ok(proxy_stream(&url, req).await),
             Err(e) => Err(e),
@@ -330,12 +453,29 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<String>) -> 
 }
 
 /// The pod's containers of one name, newest first.
-async fn containers_named(cri: &mut Cri, ns: &str, pod: &str, name: &str) -> Result<Vec<cri::Container>, HttpError> {
-    let selector = [(LABEL_POD_NAMESPACE, ns), (LABEL_POD_NAME, pod), (LABEL_CONTAINER_NAME, name)].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let filter = cri::ContainerFilter { label_selector: selector, ..Default::default() };
+async fn containers_named(
+    cri: &mut Cri,
+    ns: &str,
+    pod: &str,
+    name: &str,
+) -> Result<Vec<cri::Container>, HttpError> {
+    let selector = [
+        (LABEL_POD_NAMESPACE, ns),
+        (LABEL_POD_NAME, pod),
+        (LABEL_CONTAINER_NAME, name),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let filter = cri::ContainerFilter {
+        label_selector: selector,
+        ..Default::default()
+    };
     let mut items = cri
         .runtime()
-        .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(filter),
+        })
         .await
         .map_err(|s| HttpError::rpc("ListContainers", s))?
         .into_inner()
@@ -351,13 +491,23 @@ fn is_running(c: &cri::Container) -> bool {
 fn log_options(q: &Query) -> Result<LogOptions, HttpError> {
     let non_negative = |k: &str| -> Result<Option<u64>, HttpError> {
         match q.number(k)? {
-            Some(n) if n < 0 => Err(HttpError::bad_request(format!("{k} must be greater than or equal to 0"))),
+            Some(n) if n < 0 => Err(HttpError::bad_request(format!(
+                "{k} must be greater than or equal to 0"
+            ))),
             n => Ok(n.map(|n| n as u64)),
         }
     };
-    let since = match (q.number("sinceSeconds")?, q.get("sinceTime").filter(|s| !s.is_empty())) {
-        (Some(secs), _) => Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs.max(0))),
-        (None, Some(t)) => Some(t.parse::<jiff::Timestamp>().map_err(|e| HttpError::bad_request(format!("invalid sinceTime {t:?}: {e}")))?),
+    let since = match (
+        q.number("sinceSeconds")?,
+        q.get("sinceTime").filter(|s| !s.is_empty()),
+    ) {
+        (Some(secs), _) => {
+            Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs.max(0)))
+        }
+        (None, Some(t)) => Some(
+            t.parse::<jiff::Timestamp>()
+                .map_err(|e| HttpError::bad_request(format!("invalid sinceTime {t:?}: {e}")))?,
+        ),
         (None, None) => None,
     };
     Ok(LogOptions {
@@ -370,29 +520,52 @@ fn log_options(q: &Query) -> Result<LogOptions, HttpError> {
     })
 }
 
-async fn container_logs(ctx: &Ctx, ns: &str, pod: &str, container: &str, q: &Query) -> Result<Response<Body>, HttpError> {
+async fn container_logs(
+    ctx: &Ctx,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    q: &Query,
+) -> Result<Response<Body>, HttpError> {
     let opts = log_options(q)?;
     let mut cri = ctx.cri.clone();
     let containers = containers_named(&mut cri, ns, pod, container).await?;
     let Some(current) = containers.first() else {
-        return Err(HttpError::bad_request(format!("container {container:?} in pod {pod:?} is waiting to start: ContainerCreating")));
+        return Err(HttpError::bad_request(format!(
+            "container {container:?} in pod {pod:?} is waiting to start: ContainerCreating"
+        )));
     };
     let status = cri
         .runtime()
-        .container_status(cri::ContainerStatusRequest { container_id: current.id.clone(), verbose: false })
+        .container_status(cri::ContainerStatusRequest {
+            container_id: current.id.clone(),
+            verbose: false,
+        })
         .await
         .map_err(|s| HttpError::rpc("ContainerStatus", s))?
         .into_inner()
         .status
-        .ok_or_else(|| HttpError(StatusCode::INTERNAL_SERVER_ERROR, "ContainerStatus: empty".into()))?;
+        .ok_or_else(|| {
+            HttpError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ContainerStatus: empty".into(),
+            )
+        })?;
     let current_path = std::path::PathBuf::from(&status.log_path);
     let path = if opts.previous {
-        logs::previous_file(&current_path).ok_or_else(|| HttpError::bad_request(format!("previous terminated container {container:?} in pod {pod:?} not found")))?
+        logs::previous_file(&current_path).ok_or_else(|| {
+            HttpError::bad_request(format!(
+                "previous terminated container {container:?} in pod {pod:?} not found"
+            ))
+        })?
     } else {
         current_path
     };
     if !path.is_file() {
-        return Err(HttpError::not_found(format!("log file for container {container:?} in pod {pod:?} not found: {}", path.display())));
+        return Err(HttpError::not_found(format!(
+            "log file for container {container:?} in pod {pod:?} not found: {}",
+            path.display()
+        )));
     }
     let follow_id = (!opts.previous).then(|| current.id.clone());
     let (tx, rx) = mpsc::channel::<Bytes>(16);
@@ -403,8 +576,18 @@ async fn container_logs(ctx: &Ctx, ns: &str, pod: &str, container: &str, q: &Que
             let id = follow_id.clone();
             async move {
                 let Some(id) = id else { return false };
-                match cri.runtime().container_status(cri::ContainerStatusRequest { container_id: id, verbose: false }).await {
-                    Ok(r) => r.into_inner().status.is_some_and(|s| s.state == cri::ContainerState::ContainerRunning as i32),
+                match cri
+                    .runtime()
+                    .container_status(cri::ContainerStatusRequest {
+                        container_id: id,
+                        verbose: false,
+                    })
+                    .await
+                {
+                    Ok(r) => r
+                        .into_inner()
+                        .status
+                        .is_some_and(|s| s.state == cri::ContainerState::ContainerRunning as i32),
                     Err(_) => false,
                 }
             }
@@ -416,38 +599,78 @@ async fn container_logs(ctx: &Ctx, ns: &str, pod: &str, container: &str, q: &Que
             },
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(r)
 }
 
 /// CRI Exec (`exec`) or Attach: the streaming URL for the pod's running container.
-async fn exec_url(ctx: &Ctx, ns: &str, pod: &str, container: &str, q: &Query, exec: bool) -> Result<String, HttpError> {
-    let (stdin, stdout, stderr, tty) = (q.flag("input") || q.flag("stdin"), q.flag("output") || q.flag("stdout"), q.flag("error") || q.flag("stderr"), q.flag("tty"));
+async fn exec_url(
+    ctx: &Ctx,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    q: &Query,
+    exec: bool,
+) -> Result<String, HttpError> {
+    let (stdin, stdout, stderr, tty) = (
+        q.flag("input") || q.flag("stdin"),
+        q.flag("output") || q.flag("stdout"),
+        q.flag("error") || q.flag("stderr"),
+        q.flag("tty"),
+    );
     if !stdin && !stdout && !stderr {
-        return Err(HttpError::bad_request("you must specify at least 1 of stdin, stdout, stderr"));
+        return Err(HttpError::bad_request(
+            "you must specify at least 1 of stdin, stdout, stderr",
+        ));
     }
     let command = q.all("command");
     if exec && command.is_empty() {
-        return Err(HttpError::bad_request("you must specify at least one command for the container"));
+        return Err(HttpError::bad_request(
+            "you must specify at least one command for the container",
+        ));
     }
     let mut cri = ctx.cri.clone();
     let containers = containers_named(&mut cri, ns, pod, container).await?;
-    let Some(target) = containers.iter().find(|c| is_running(c)).or(containers.first()) else {
-        return Err(HttpError::not_found(format!("container not found ({container:?})")));
+    let Some(target) = containers
+        .iter()
+        .find(|c| is_running(c))
+        .or(containers.first())
+    else {
+        return Err(HttpError::not_found(format!(
+            "container not found ({container:?})"
+        )));
     };
     let id = target.id.clone();
     let url = if exec {
         cri.runtime()
-            .exec(cri::ExecRequest { container_id: id, cmd: command, tty, stdin, stdout, stderr: stderr && !tty })
+            .exec(cri::ExecRequest {
+                container_id: id,
+                cmd: command,
+                tty,
+                stdin,
+                stdout,
+                stderr: stderr && !tty,
+            })
             .await
             .map_err(|s| HttpError::rpc("Exec", s))?
             .into_inner()
             .url
     } else {
         cri.runtime()
-            .attach(cri::AttachRequest { container_id: id, stdin, tty, stdout, stderr: stderr && !tty })
+            .attach(cri::AttachRequest {
+                container_id: id,
+                stdin,
+                tty,
+                stdout,
+                stderr: stderr && !tty,
+            })
             .await
             .map_err(|s| HttpError::rpc("Attach", s))?
             .into_inner()
@@ -461,14 +684,28 @@ async fn port_forward_url(ctx: &Ctx, ns: &str, pod: &str, q: &Query) -> Result<S
     let ports = q
         .all("port")
         .iter()
-        .map(|p| p.parse::<u16>().ok().filter(|p| *p > 0).map(i32::from).ok_or_else(|| HttpError::bad_request(format!("invalid port {p:?}"))))
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .map(i32::from)
+                .ok_or_else(|| HttpError::bad_request(format!("invalid port {p:?}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut cri = ctx.cri.clone();
-    let selector = [(LABEL_POD_NAMESPACE, ns), (LABEL_POD_NAME, pod)].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let filter = cri::PodSandboxFilter { label_selector: selector, ..Default::default() };
+    let selector = [(LABEL_POD_NAMESPACE, ns), (LABEL_POD_NAME, pod)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let filter = cri::PodSandboxFilter {
+        label_selector: selector,
+        ..Default::default()
+    };
     let mut sandboxes = cri
         .runtime()
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(filter),
+        })
         .await
         .map_err(|s| HttpError::rpc("ListPodSandbox", s))?
         .into_inner()
@@ -476,11 +713,16 @@ async fn port_forward_url(ctx: &Ctx, ns: &str, pod: &str, q: &Query) -> Result<S
     sandboxes.retain(|s| s.state == cri::PodSandboxState::SandboxReady as i32);
     sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
     let Some(sandbox) = sandboxes.first() else {
-        return Err(HttpError::not_found(format!("pod not found (\"{ns}/{pod}\")")));
+        return Err(HttpError::not_found(format!(
+            "pod not found (\"{ns}/{pod}\")"
+        )));
     };
     Ok(cri
         .runtime()
-        .port_forward(cri::PortForwardRequest { pod_sandbox_id: sandbox.id.clone(), port: ports })
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: sandbox.id.clone(),
+            port: ports,
+        })
         .await
         .map_err(|s| HttpError::rpc("PortForward", s))?
         .into_inner()
@@ -490,7 +732,17 @@ async fn port_forward_url(ctx: &Ctx, ns: &str, pod: &str, q: &Query) -> Result<S
 /// Headers that belong to one hop and are not forwarded (the upgrade headers are kept:
 /// they are the point of forwarding).
 fn hop_by_hop(name: &header::HeaderName) -> bool {
-    matches!(name.as_str(), "host" | "content-length" | "transfer-encoding" | "authorization" | "keep-alive" | "proxy-connection" | "te" | "trailer")
+    matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "authorization"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+    )
 }
 
 /// Forwards `req` to containerd's streaming server at `url` and relays the answer: a
@@ -507,19 +759,34 @@ async fn proxy_stream(url: &str, mut req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn forward(url: &str, req: &mut Request<Incoming>) -> Result<Response<Body>, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("invalid streaming URL {url:?}: {e}"))?;
-    let authority = uri.authority().ok_or_else(|| format!("streaming URL {url:?} has no host"))?.clone();
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid streaming URL {url:?}: {e}"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("streaming URL {url:?} has no host"))?
+        .clone();
     if uri.scheme_str() != Some("http") {
         return Err(format!("streaming URL {url:?}: only http is supported"));
     }
     let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| format!("connecting to {authority}: timed out"))?
-        .map_err(|e| format!("connecting to {authority}: {e}"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| format!("connecting to {authority}: timed out"))?
+    .map_err(|e| format!("connecting to {authority}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp)).await.map_err(|e| format!("connecting to {authority}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("connecting to {authority}: {e}"))?;
     tokio::spawn(async move {
         if let Err(err) = conn.with_upgrades().await {
             tracing::debug!(%err, "streaming server connection ended with an error");
@@ -527,25 +794,38 @@ async fn forward(url: &str, req: &mut Request<Incoming>) -> Result<Response<Body
     });
     let client_upgrade = hyper::upgrade::on(&mut *req);
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut out = Request::builder().method(req.method().clone()).uri(path).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let mut out = Request::builder()
+        .method(req.method().clone())
+        .uri(path)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
     for (name, value) in req.headers() {
         if !hop_by_hop(name) {
             out.headers_mut().append(name.clone(), value.clone());
         }
     }
-    out.headers_mut().insert(header::HOST, HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?);
-    let mut resp = sender.send_request(out).await.map_err(|e| format!("request to {authority}: {e}"))?;
+    out.headers_mut().insert(
+        header::HOST,
+        HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
+    );
+    let mut resp = sender
+        .send_request(out)
+        .await
+        .map_err(|e| format!("request to {authority}: {e}"))?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let backend_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             match tokio::join!(client_upgrade, backend_upgrade) {
                 (Ok(client), Ok(backend)) => {
                     let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-                    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await
+                    {
                         tracing::debug!(%err, "stream ended with an error");
                     }
                 }
-                (c, b) => tracing::warn!(client = ?c.err(), backend = ?b.err(), "upgrading the stream failed"),
+                (c, b) => {
+                    tracing::warn!(client = ?c.err(), backend = ?b.err(), "upgrading the stream failed")
+                }
             }
         });
     }
@@ -564,7 +844,10 @@ fn relay(resp: Response<Incoming>) -> Response<Body> {
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
     *r.status_mut() = parts.status;
     for (name, value) in &parts.headers {
-        if !matches!(name.as_str(), "content-length" | "transfer-encoding" | "keep-alive") {
+        if !matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "keep-alive"
+        ) {
             r.headers_mut().append(name.clone(), value.clone());
         }
     }
@@ -582,12 +865,52 @@ mod tests {
     fn routes() {
         let s = String::from;
         let cases = [
-            ("/containerLogs/default/web/nginx", Some(Route::Logs { ns: s("default"), pod: s("web"), container: s("nginx") })),
-            ("/exec/ns1/p/c", Some(Route::Exec { ns: s("ns1"), pod: s("p"), container: s("c") })),
-            ("/exec/ns1/p/uid-1/c", Some(Route::Exec { ns: s("ns1"), pod: s("p"), container: s("c") })),
-            ("/attach/ns1/p/c", Some(Route::Attach { ns: s("ns1"), pod: s("p"), container: s("c") })),
-            ("/portForward/ns1/p", Some(Route::PortForward { ns: s("ns1"), pod: s("p") })),
-            ("/portForward/ns1/p/uid-1", Some(Route::PortForward { ns: s("ns1"), pod: s("p") })),
+            (
+                "/containerLogs/default/web/nginx",
+                Some(Route::Logs {
+                    ns: s("default"),
+                    pod: s("web"),
+                    container: s("nginx"),
+                }),
+            ),
+            (
+                "/exec/ns1/p/c",
+                Some(Route::Exec {
+                    ns: s("ns1"),
+                    pod: s("p"),
+                    container: s("c"),
+                }),
+            ),
+            (
+                "/exec/ns1/p/uid-1/c",
+                Some(Route::Exec {
+                    ns: s("ns1"),
+                    pod: s("p"),
+                    container: s("c"),
+                }),
+            ),
+            (
+                "/attach/ns1/p/c",
+                Some(Route::Attach {
+                    ns: s("ns1"),
+                    pod: s("p"),
+                    container: s("c"),
+                }),
+            ),
+            (
+                "/portForward/ns1/p",
+                Some(Route::PortForward {
+                    ns: s("ns1"),
+                    pod: s("p"),
+                }),
+            ),
+            (
+                "/portForward/ns1/p/uid-1",
+                Some(Route::PortForward {
+                    ns: s("ns1"),
+                    pod: s("p"),
+                }),
+            ),
             ("/healthz", Some(Route::Healthz)),
             ("/containerLogs/default/web", None),
             ("/pods", None),
@@ -599,16 +922,31 @@ mod tests {
 
     #[test]
     fn queries() {
-        let q = Query::parse(Some("command=sh&command=-c&command=echo+hi%3B+exit+3&stdin=1&stdout=true&tty=0&tailLines=5"));
+        let q = Query::parse(Some(
+            "command=sh&command=-c&command=echo+hi%3B+exit+3&stdin=1&stdout=true&tty=0&tailLines=5",
+        ));
         assert_eq!(q.all("command"), ["sh", "-c", "echo hi; exit 3"]);
         assert!(q.flag("stdin") && q.flag("stdout") && !q.flag("tty") && !q.flag("stderr"));
         assert_eq!(q.number("tailLines").unwrap(), Some(5));
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        let opts = log_options(&Query::parse(Some("follow=true&previous=true&limitBytes=10&sinceTime=2024-05-01T10%3A00%3A00Z"))).unwrap();
+        let opts = log_options(&Query::parse(Some(
+            "follow=true&previous=true&limitBytes=10&sinceTime=2024-05-01T10%3A00%3A00Z",
+        )))
+        .unwrap();
         assert!(opts.follow && opts.previous && !opts.timestamps);
         assert_eq!(opts.limit_bytes, Some(10));
         assert_eq!(opts.since, Some("2024-05-01T10:00:00Z".parse().unwrap()));
-        assert_eq!(log_options(&Query::parse(Some("tailLines=-1"))).unwrap_err().0, StatusCode::BAD_REQUEST);
-        assert_eq!(log_options(&Query::parse(Some("tailLines=x"))).unwrap_err().0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            log_options(&Query::parse(Some("tailLines=-1")))
+                .unwrap_err()
+                .0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            log_options(&Query::parse(Some("tailLines=x")))
+                .unwrap_err()
+                .0,
+            StatusCode::BAD_REQUEST
+        );
     }
 }

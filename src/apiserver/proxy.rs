@@ -50,7 +50,9 @@ pub struct KubeletClientConfig {
 
 impl std::fmt::Debug for KubeletClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeletClientConfig").field("cert_pem", &self.cert_pem.len()).finish_non_exhaustive()
+        f.debug_struct("KubeletClientConfig")
+            .field("cert_pem", &self.cert_pem.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,7 +84,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -91,7 +98,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -103,10 +115,12 @@ impl KubeletClient {
     /// A client presenting `cfg`'s certificate.
     pub fn new(cfg: &KubeletClientConfig) -> Result<KubeletClient, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cfg.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("kubelet client certificate: {e}"))?;
-        let key = PrivateKeyDer::from_pem_slice(cfg.key_pem.as_bytes()).map_err(|e| format!("kubelet client key: {e}"))?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cfg.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("kubelet client certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(cfg.key_pem.as_bytes())
+            .map_err(|e| format!("kubelet client key: {e}"))?;
         let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -115,7 +129,9 @@ impl KubeletClient {
             .with_client_auth_cert(certs, key)
             .map_err(|e| format!("kubelet client certificate: {e}"))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(KubeletClient { tls: tokio_rustls::TlsConnector::from(Arc::new(config)) })
+        Ok(KubeletClient {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
     }
 }
 
@@ -124,7 +140,12 @@ pub const SUBRESOURCES: &[&str] = &["log", "exec", "attach", "portforward"];
 
 /// Whether a request is for one of the proxied pod subresources.
 pub fn handles(ri: &ResourceInfo, info: &RequestInfo) -> bool {
-    ri.group.is_empty() && ri.plural == "pods" && info.subresource.as_deref().is_some_and(|s| SUBRESOURCES.contains(&s))
+    ri.group.is_empty()
+        && ri.plural == "pods"
+        && info
+            .subresource
+            .as_deref()
+            .is_some_and(|s| SUBRESOURCES.contains(&s))
 }
 
 /// Decoded query parameters (repeatable).
@@ -132,13 +153,28 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Query {
-        Query(q.unwrap_or("").split('&').filter(|s| !s.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).map(|(k, v)| (decode(k), decode(v))).collect())
+        Query(
+            q.unwrap_or("")
+                .split('&')
+                .filter(|s| !s.is_empty())
+                .map(|p| p.split_once('=').unwrap_or((p, "")))
+                .map(|(k, v)| (decode(k), decode(v)))
+                .collect(),
+        )
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+        self.0
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
     fn all(&self, k: &str) -> Vec<&str> {
-        self.0.iter().filter(|(key, _)| key == k).map(|(_, v)| v.as_str()).collect()
+        self.0
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     /// A boolean parameter as the API server decodes it (`true`/`1`; absent or `false`).
     fn flag(&self, k: &str) -> Result<bool, Status> {
@@ -146,11 +182,19 @@ impl Query {
             None => Ok(false),
             Some("true" | "True" | "1") => Ok(true),
             Some("false" | "False" | "0") => Ok(false),
-            Some(v) => Err(Status::bad_request(format!("invalid value for {k}: {v:?} is not a boolean"))),
+            Some(v) => Err(Status::bad_request(format!(
+                "invalid value for {k}: {v:?} is not a boolean"
+            ))),
         }
     }
     fn number(&self, k: &str) -> Result<Option<i64>, Status> {
-        self.get(k).map(|v| v.parse::<i64>().map_err(|_| Status::bad_request(format!("invalid value for {k}: {v:?} is not an integer")))).transpose()
+        self.get(k)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    Status::bad_request(format!("invalid value for {k}: {v:?} is not an integer"))
+                })
+            })
+            .transpose()
     }
 }
 
@@ -161,7 +205,10 @@ fn decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            b'%' if i + 2 < b.len() => match std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 Some(v) => {
                     out.push(v);
                     i += 2;
@@ -189,7 +236,11 @@ fn encode(s: &str) -> String {
 }
 
 fn names(list: &Value) -> Vec<String> {
-    list.as_array().into_iter().flatten().filter_map(|c| c["name"].as_str().map(str::to_string)).collect()
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// The container a request addresses: the given one if the pod has it (app, init or
@@ -200,17 +251,35 @@ fn choose_container(pod: &Value, given: Option<&str>) -> Result<String, Status> 
     let app = names(&spec["containers"]);
     match given {
         Some(c) => {
-            let known = app.iter().chain(&names(&spec["initContainers"])).chain(&names(&spec["ephemeralContainers"])).any(|n| n == c);
-            if known { Ok(c.to_string()) } else { Err(Status::bad_request(format!("container {c} is not valid for pod {name}"))) }
+            let known = app
+                .iter()
+                .chain(&names(&spec["initContainers"]))
+                .chain(&names(&spec["ephemeralContainers"]))
+                .any(|n| n == c);
+            if known {
+                Ok(c.to_string())
+            } else {
+                Err(Status::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )))
+            }
         }
         None => match app.as_slice() {
             [only] => Ok(only.clone()),
-            [] => Err(Status::bad_request(format!("a container name must be specified for pod {name}"))),
+            [] => Err(Status::bad_request(format!(
+                "a container name must be specified for pod {name}"
+            ))),
             many => {
-                let mut msg = format!("a container name must be specified for pod {name}, choose one of: [{}]", many.join(" "));
+                let mut msg = format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    many.join(" ")
+                );
                 let init = names(&spec["initContainers"]);
                 if !init.is_empty() {
-                    msg.push_str(&format!(" or one of the init containers: [{}]", init.join(" ")));
+                    msg.push_str(&format!(
+                        " or one of the init containers: [{}]",
+                        init.join(" ")
+                    ));
                 }
                 Err(Status::bad_request(msg))
             }
@@ -219,7 +288,11 @@ fn choose_container(pod: &Value, given: Option<&str>) -> Result<String, Status> 
 }
 
 fn invalid_cause(field: &str, value: impl std::fmt::Display, why: &str) -> Cause {
-    Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {value}: {why}"), field: field.into() }
+    Cause {
+        reason: "FieldValueInvalid".into(),
+        message: format!("Invalid value: {value}: {why}"),
+        field: field.into(),
+    }
 }
 
 /// The kubelet query for `pods/log`, after upstream's `PodLogOptions` validation.
@@ -237,7 +310,11 @@ fn log_query(q: &Query, pod: &str) -> Result<Vec<(&'static str, String)>, Status
     let since_time = q.get("sinceTime");
     if let Some(t) = tail {
         if t < 0 {
-            causes.push(invalid_cause("tailLines", t, "must be greater than or equal to 0"));
+            causes.push(invalid_cause(
+                "tailLines",
+                t,
+                "must be greater than or equal to 0",
+            ));
         }
         out.push(("tailLines", t.to_string()));
     }
@@ -254,11 +331,18 @@ fn log_query(q: &Query, pod: &str) -> Result<Vec<(&'static str, String)>, Status
         out.push(("sinceSeconds", s.to_string()));
     }
     if let Some(t) = since_time {
-        let parsed = t.parse::<jiff::Timestamp>().map_err(|e| Status::bad_request(format!("invalid value for sinceTime: {t:?}: {e}")))?;
+        let parsed = t
+            .parse::<jiff::Timestamp>()
+            .map_err(|e| Status::bad_request(format!("invalid value for sinceTime: {t:?}: {e}")))?;
         out.push(("sinceTime", parsed.to_string()));
     }
     if since_seconds.is_some() && since_time.is_some() {
-        causes.push(Cause { reason: "FieldValueForbidden".into(), message: "Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified".into(), field: String::new() });
+        causes.push(Cause {
+            reason: "FieldValueForbidden".into(),
+            message: "Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified"
+                .into(),
+            field: String::new(),
+        });
     }
     if !causes.is_empty() {
         return Err(Status::invalid("", "PodLogOptions", pod, causes));
@@ -274,17 +358,26 @@ fn stream_query(q: &Query, exec: bool) -> Result<Vec<(&'static str, String)>, St
     let stderr = q.flag("stderr")?;
     let tty = q.flag("tty")?;
     if !stdin && !stdout && !stderr {
-        return Err(Status::bad_request("you must specify at least 1 of stdin, stdout, stderr"));
+        return Err(Status::bad_request(
+            "you must specify at least 1 of stdin, stdout, stderr",
+        ));
     }
     let mut out = Vec::new();
     if exec {
         let command = q.all("command");
         if command.is_empty() {
-            return Err(Status::bad_request("you must specify at least one command for the container"));
+            return Err(Status::bad_request(
+                "you must specify at least one command for the container",
+            ));
         }
         out.extend(command.into_iter().map(|c| ("command", c.to_string())));
     }
-    for (on, key) in [(stdin, "input"), (stdout, "output"), (stderr, "error"), (tty, "tty")] {
+    for (on, key) in [
+        (stdin, "input"),
+        (stdout, "output"),
+        (stderr, "error"),
+        (tty, "tty"),
+    ] {
         if on {
             out.push((key, "1".to_string()));
         }
@@ -297,32 +390,57 @@ fn kubelet_address(node: &Value) -> Option<(String, u16)> {
     let addrs = node["status"]["addresses"].as_array()?;
     let host = ["InternalIP", "ExternalIP", "Hostname"]
         .iter()
-        .find_map(|t| addrs.iter().find(|a| a["type"] == *t).and_then(|a| a["address"].as_str()).filter(|s| !s.is_empty()))?;
-    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().filter(|p| *p > 0 && *p <= 65535).map(|p| p as u16).unwrap_or(DEFAULT_KUBELET_PORT);
+        .find_map(|t| {
+            addrs
+                .iter()
+                .find(|a| a["type"] == *t)
+                .and_then(|a| a["address"].as_str())
+                .filter(|s| !s.is_empty())
+        })?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .filter(|p| *p > 0 && *p <= 65535)
+        .map(|p| p as u16)
+        .unwrap_or(DEFAULT_KUBELET_PORT);
     Some((host.to_string(), port))
 }
 
 fn text_response(code: u16, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync());
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
 }
 
 /// Serves `pods/{log,exec,attach,portforward}`.
-pub async fn serve(state: &Arc<State>, mut req: Request<Incoming>, info: &RequestInfo, ri: &'static ResourceInfo) -> Result<Response<Body>, Status> {
+pub async fn serve(
+    state: &Arc<State>,
+    mut req: Request<Incoming>,
+    info: &RequestInfo,
+    ri: &'static ResourceInfo,
+) -> Result<Response<Body>, Status> {
     let sub = info.subresource.as_deref().unwrap_or_default();
     let (Some(ns), Some(name)) = (info.namespace.as_deref(), info.name.as_deref()) else {
         return Err(Status::not_found_path());
     };
     let method = req.method().clone();
-    let allowed = if sub == "log" { method == Method::GET } else { method == Method::GET || method == Method::POST };
+    let allowed = if sub == "log" {
+        method == Method::GET
+    } else {
+        method == Method::GET || method == Method::POST
+    };
     if !allowed {
-        return Err(Status::method_not_allowed("the server does not allow this method on the requested resource"));
+        return Err(Status::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        ));
     }
     let q = Query::parse(req.uri().query());
     let pod = state.registry.get(ri, Some(ns), name).await?;
-    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default().to_string();
+    let node_name = pod["spec"]["nodeName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let (path, query) = match sub {
         "log" => {
             let query = log_query(&q, name)?;
@@ -338,11 +456,15 @@ pub async fn serve(state: &Arc<State>, mut req: Request<Incoming>, info: &Reques
             let phase = pod["status"]["phase"].as_str().unwrap_or_default();
             if matches!(phase, "Succeeded" | "Failed") {
                 let what = if sub == "exec" { "exec into" } else { "attach" };
-                return Err(Status::bad_request(format!("cannot {what} a container in a completed pod; current phase is {phase}")));
+                return Err(Status::bad_request(format!(
+                    "cannot {what} a container in a completed pod; current phase is {phase}"
+                )));
             }
             let query = stream_query(&q, sub == "exec")?;
             if node_name.is_empty() {
-                return Err(Status::bad_request(format!("pod {name} does not have a host assigned")));
+                return Err(Status::bad_request(format!(
+                    "pod {name} does not have a host assigned"
+                )));
             }
             let verb = if sub == "exec" { "exec" } else { "attach" };
             (format!("/{verb}/{ns}/{name}/{container}"), query)
@@ -352,40 +474,69 @@ pub async fn serve(state: &Arc<State>, mut req: Request<Incoming>, info: &Reques
             for p in q.all("ports") {
                 match p.parse::<u16>() {
                     Ok(port) if port > 0 => query.push(("port", port.to_string())),
-                    _ => return Err(Status::invalid("", "PodPortForwardOptions", name, vec![invalid_cause("ports", p, "must be between 1 and 65535, inclusive")])),
+                    _ => {
+                        return Err(Status::invalid(
+                            "",
+                            "PodPortForwardOptions",
+                            name,
+                            vec![invalid_cause(
+                                "ports",
+                                p,
+                                "must be between 1 and 65535, inclusive",
+                            )],
+                        ));
+                    }
                 }
             }
             if node_name.is_empty() {
-                return Err(Status::bad_request(format!("pod {name} does not have a host assigned")));
+                return Err(Status::bad_request(format!(
+                    "pod {name} does not have a host assigned"
+                )));
             }
             (format!("/portForward/{ns}/{name}"), query)
         }
     };
-    let nodes = lookup("", "v1", "nodes").ok_or_else(|| Status::internal("nodes are not served"))?;
+    let nodes =
+        lookup("", "v1", "nodes").ok_or_else(|| Status::internal("nodes are not served"))?;
     let node = state.registry.get(nodes, None, &node_name).await?;
-    let (host, port) = kubelet_address(&node).ok_or_else(|| Status::internal(format!("node {node_name:?} reports no address")))?;
+    let (host, port) = kubelet_address(&node)
+        .ok_or_else(|| Status::internal(format!("node {node_name:?} reports no address")))?;
     let Some(kubelet) = state.kubelet.as_ref() else {
-        return Err(Status::internal("the API server has no kubelet client credentials"));
+        return Err(Status::internal(
+            "the API server has no kubelet client credentials",
+        ));
     };
-    let query: Vec<String> = query.into_iter().map(|(k, v)| format!("{k}={}", encode(&v))).collect();
-    let target = if query.is_empty() { path } else { format!("{path}?{}", query.join("&")) };
+    let query: Vec<String> = query
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}", encode(&v)))
+        .collect();
+    let target = if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", query.join("&"))
+    };
     let upgrade = req.headers().contains_key(header::UPGRADE);
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let mut resp = send(kubelet, &host, port, &method, &target, req.headers()).await.map_err(|e| {
-        tracing::warn!(node = %node_name, error = %e, "kubelet request failed");
-        Status::internal(e)
-    })?;
+    let mut resp = send(kubelet, &host, port, &method, &target, req.headers())
+        .await
+        .map_err(|e| {
+            tracing::warn!(node = %node_name, error = %e, "kubelet request failed");
+            Status::internal(e)
+        })?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let backend_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             match tokio::join!(client_upgrade, backend_upgrade) {
                 (Ok(client), Ok(backend)) => {
                     let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-                    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await
+                    {
                         tracing::debug!(%err, "proxied stream ended with an error");
                     }
                 }
-                (c, b) => tracing::warn!(client = ?c.err(), kubelet = ?b.err(), "upgrading the proxied stream failed"),
+                (c, b) => {
+                    tracing::warn!(client = ?c.err(), kubelet = ?b.err(), "upgrading the proxied stream failed")
+                }
             }
         });
         return Ok(relay(resp));
@@ -427,37 +578,90 @@ async fn error_status(resp: Response<Incoming>) -> Status {
 /// are the point), and the caller's own credentials.
 fn dropped(name: &header::HeaderName) -> bool {
     let n = name.as_str();
-    matches!(n, "host" | "content-length" | "transfer-encoding" | "authorization" | "keep-alive" | "proxy-connection" | "te" | "trailer") || n.starts_with("impersonate-")
+    matches!(
+        n,
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "authorization"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+    ) || n.starts_with("impersonate-")
 }
 
-async fn send(kubelet: &KubeletClient, host: &str, port: u16, method: &Method, target: &str, headers: &http::HeaderMap) -> Result<Response<Incoming>, String> {
-    let url = format!("https://{}:{port}{target}", if host.contains(':') { format!("[{host}]") } else { host.to_string() });
+async fn send(
+    kubelet: &KubeletClient,
+    host: &str,
+    port: u16,
+    method: &Method,
+    target: &str,
+    headers: &http::HeaderMap,
+) -> Result<Response<Incoming>, String> {
+    let url = format!(
+        "https://{}:{port}{target}",
+        if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        }
+    );
     let fail = |e: &dyn std::fmt::Display| format!("{method} {url:?}: {e}");
-    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| fail(&"dial timed out"))?
-        .map_err(|e| fail(&e))?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| fail(&"dial timed out"))?
+    .map_err(|e| fail(&e))?;
     let _ = tcp.set_nodelay(true);
     let server_name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
         Err(_) => ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?,
     };
-    let tls = tokio::time::timeout(Duration::from_secs(10), kubelet.tls.connect(server_name, tcp)).await.map_err(|_| fail(&"TLS handshake timed out"))?.map_err(|e| fail(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls)).await.map_err(|e| fail(&e))?;
+    let tls = tokio::time::timeout(
+        Duration::from_secs(10),
+        kubelet.tls.connect(server_name, tcp),
+    )
+    .await
+    .map_err(|_| fail(&"TLS handshake timed out"))?
+    .map_err(|e| fail(&e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+            .await
+            .map_err(|e| fail(&e))?;
     tokio::spawn(async move {
         if let Err(err) = conn.with_upgrades().await {
             tracing::debug!(%err, "kubelet connection ended with an error");
         }
     });
-    let mut out = Request::builder().method(method.clone()).uri(target).body(Empty::<Bytes>::new()).map_err(|e| fail(&e))?;
+    let mut out = Request::builder()
+        .method(method.clone())
+        .uri(target)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| fail(&e))?;
     for (name, value) in headers {
         if !dropped(name) {
             out.headers_mut().append(name.clone(), value.clone());
         }
     }
-    let authority = format!("{}:{port}", if host.contains(':') { format!("[{host}]") } else { host.to_string() });
-    out.headers_mut().insert(header::HOST, HeaderValue::from_str(&authority).map_err(|e| fail(&e))?);
-    tokio::time::timeout(Duration::from_secs(30), sender.send_request(out)).await.map_err(|_| fail(&"no answer in 30s"))?.map_err(|e| fail(&e))
+    let authority = format!(
+        "{}:{port}",
+        if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        }
+    );
+    out.headers_mut().insert(
+        header::HOST,
+        HeaderValue::from_str(&authority).map_err(|e| fail(&e))?,
+    );
+    tokio::time::timeout(Duration::from_secs(30), sender.send_request(out))
+        .await
+        .map_err(|_| fail(&"no answer in 30s"))?
+        .map_err(|e| fail(&e))
 }
 
 /// The kubelet's answer as ours: status and headers as they came, body streamed.
@@ -476,7 +680,10 @@ fn relay(resp: Response<Incoming>) -> Response<Body> {
     };
     *r.status_mut() = parts.status;
     for (name, value) in &parts.headers {
-        if !matches!(name.as_str(), "content-length" | "transfer-encoding" | "keep-alive") {
+        if !matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "keep-alive"
+        ) {
             r.headers_mut().append(name.clone(), value.clone());
         }
     }
@@ -489,7 +696,13 @@ mod tests {
     use serde_json::json;
 
     fn pod(containers: &[&str], init: &[&str]) -> Value {
-        let c = |n: &[&str]| Value::Array(n.iter().map(|n| json!({"name": n, "image": "busybox"})).collect());
+        let c = |n: &[&str]| {
+            Value::Array(
+                n.iter()
+                    .map(|n| json!({"name": n, "image": "busybox"}))
+                    .collect(),
+            )
+        };
         json!({"metadata": {"name": "web"}, "spec": {"containers": c(containers), "initContainers": c(init)}})
     }
 
@@ -499,9 +712,23 @@ mod tests {
             (pod(&["app"], &[]), None, Ok("app")),
             (pod(&["app", "side"], &[]), Some("side"), Ok("side")),
             (pod(&["app"], &["setup"]), Some("setup"), Ok("setup")),
-            (pod(&["a", "b"], &[]), None, Err("a container name must be specified for pod web, choose one of: [a b]")),
-            (pod(&["a", "b"], &["i"]), None, Err("a container name must be specified for pod web, choose one of: [a b] or one of the init containers: [i]")),
-            (pod(&["app"], &[]), Some("nope"), Err("container nope is not valid for pod web")),
+            (
+                pod(&["a", "b"], &[]),
+                None,
+                Err("a container name must be specified for pod web, choose one of: [a b]"),
+            ),
+            (
+                pod(&["a", "b"], &["i"]),
+                None,
+                Err(
+                    "a container name must be specified for pod web, choose one of: [a b] or one of the init containers: [i]",
+                ),
+            ),
+            (
+                pod(&["app"], &[]),
+                Some("nope"),
+                Err("container nope is not valid for pod web"),
+            ),
         ];
         for (p, given, want) in cases {
             let got = choose_container(p, *given).map_err(|s| s.message);
@@ -511,38 +738,101 @@ mod tests {
 
     #[test]
     fn log_options_are_validated_and_forwarded() {
-        let q = Query::parse(Some("container=c&follow=true&tailLines=10&timestamps=1&sinceTime=2024-05-01T10%3A00%3A00Z"));
+        let q = Query::parse(Some(
+            "container=c&follow=true&tailLines=10&timestamps=1&sinceTime=2024-05-01T10%3A00%3A00Z",
+        ));
         let got = log_query(&q, "web").unwrap();
         assert_eq!(
             got,
-            vec![("follow", "true".to_string()), ("timestamps", "true".into()), ("tailLines", "10".into()), ("sinceTime", "2024-05-01T10:00:00Z".into())]
+            vec![
+                ("follow", "true".to_string()),
+                ("timestamps", "true".into()),
+                ("tailLines", "10".into()),
+                ("sinceTime", "2024-05-01T10:00:00Z".into())
+            ]
         );
-        let bad = log_query(&Query::parse(Some("tailLines=-1&sinceSeconds=5&sinceTime=2024-05-01T10:00:00Z")), "web").unwrap_err();
+        let bad = log_query(
+            &Query::parse(Some(
+                "tailLines=-1&sinceSeconds=5&sinceTime=2024-05-01T10:00:00Z",
+            )),
+            "web",
+        )
+        .unwrap_err();
         assert_eq!(bad.code, 422);
-        assert!(bad.message.starts_with("PodLogOptions \"web\" is invalid"), "{}", bad.message);
+        assert!(
+            bad.message.starts_with("PodLogOptions \"web\" is invalid"),
+            "{}",
+            bad.message
+        );
         assert_eq!(bad.causes.len(), 2);
-        assert_eq!(log_query(&Query::parse(Some("follow=maybe")), "web").unwrap_err().code, 400);
-        assert_eq!(log_query(&Query::parse(Some("limitBytes=x")), "web").unwrap_err().code, 400);
+        assert_eq!(
+            log_query(&Query::parse(Some("follow=maybe")), "web")
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            log_query(&Query::parse(Some("limitBytes=x")), "web")
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 
     #[test]
     fn exec_query_uses_kubelet_parameters() {
-        let q = Query::parse(Some("command=sh&command=-c&command=echo+hi%3B+exit+3&container=c&stdin=true&stdout=true&stderr=true"));
+        let q = Query::parse(Some(
+            "command=sh&command=-c&command=echo+hi%3B+exit+3&container=c&stdin=true&stdout=true&stderr=true",
+        ));
         let got = stream_query(&q, true).unwrap();
-        let rendered: Vec<String> = got.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
-        assert_eq!(rendered.join("&"), "command=sh&command=-c&command=echo%20hi%3B%20exit%203&input=1&output=1&error=1");
-        assert_eq!(stream_query(&Query::parse(Some("command=ls")), true).unwrap_err().message, "you must specify at least 1 of stdin, stdout, stderr");
-        assert_eq!(stream_query(&Query::parse(Some("stdout=true")), true).unwrap_err().message, "you must specify at least one command for the container");
-        assert_eq!(stream_query(&Query::parse(Some("stdout=true&tty=true")), false).unwrap(), vec![("output", "1".to_string()), ("tty", "1".into())]);
+        let rendered: Vec<String> = got
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        assert_eq!(
+            rendered.join("&"),
+            "command=sh&command=-c&command=echo%20hi%3B%20exit%203&input=1&output=1&error=1"
+        );
+        assert_eq!(
+            stream_query(&Query::parse(Some("command=ls")), true)
+                .unwrap_err()
+                .message,
+            "you must specify at least 1 of stdin, stdout, stderr"
+        );
+        assert_eq!(
+            stream_query(&Query::parse(Some("stdout=true")), true)
+                .unwrap_err()
+                .message,
+            "you must specify at least one command for the container"
+        );
+        assert_eq!(
+            stream_query(&Query::parse(Some("stdout=true&tty=true")), false).unwrap(),
+            vec![("output", "1".to_string()), ("tty", "1".into())]
+        );
     }
 
     #[test]
     fn kubelet_addresses() {
         let node = |addrs: Value, port: Value| json!({"status": {"addresses": addrs, "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}});
         let cases = [
-            (node(json!([{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "10.0.0.5"}]), json!(10250)), Some(("10.0.0.5", 10250))),
-            (node(json!([{"type": "Hostname", "address": "n1"}]), json!(12345)), Some(("n1", 12345))),
-            (node(json!([{"type": "InternalIP", "address": "10.0.0.5"}]), json!(0)), Some(("10.0.0.5", 10250))),
+            (
+                node(
+                    json!([{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "10.0.0.5"}]),
+                    json!(10250),
+                ),
+                Some(("10.0.0.5", 10250)),
+            ),
+            (
+                node(json!([{"type": "Hostname", "address": "n1"}]), json!(12345)),
+                Some(("n1", 12345)),
+            ),
+            (
+                node(
+                    json!([{"type": "InternalIP", "address": "10.0.0.5"}]),
+                    json!(0),
+                ),
+                Some(("10.0.0.5", 10250)),
+            ),
             (node(json!([]), json!(10250)), None),
         ];
         for (n, want) in cases {

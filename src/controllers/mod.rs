@@ -8,6 +8,7 @@ mod disruption;
 mod garbage_collector;
 mod namespace;
 mod node_ipam;
+mod replicaset;
 mod root_ca_publisher;
 mod serviceaccount;
 
@@ -39,6 +40,7 @@ pub async fn start(
     let client = cfg.client_for("system:kube-controller-manager", &[])?;
     let tasks = vec![
         tokio::spawn(garbage_collector::run(client.clone(), shutdown.clone())),
+        tokio::spawn(replicaset::run(client.clone(), shutdown.clone())),
         tokio::spawn(clusterrole_aggregation::run(client.clone(), shutdown.clone())),
         tokio::spawn(disruption::run(client.clone(), shutdown.clone())),
         tokio::spawn(serviceaccount::run(client.clone(), shutdown.clone())),

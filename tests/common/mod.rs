@@ -81,6 +81,8 @@ impl Server {
         let child = Command::new(kaji_bin())
             .arg("server")
             .args((!self.agent).then_some("--disable-agent"))
+            // Servers run side by side: each kubelet API takes a free port.
+            .args(self.agent.then_some("--kubelet-port=0"))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--https-listen-port={}", self.port))
             .arg(format!("--data-dir={}", self.data_dir().display()))
@@ -191,17 +193,46 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.agent && self.child.is_some() {
+            // Containers outlive kaji by design (restart safety): remove the pods first.
+            let _ = self.kubectl(&["delete", "pods", "--all", "-A", "--grace-period=0", "--force", "--wait=false"]);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                let out = self.kubectl(&["get", "pods", "-A", "-o", "name"]);
+                if !out.status.success() || out.stdout.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
         if let Some(mut child) = self.child.take() {
             signal(child.id() as i32, "TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut exited = false;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
-                    return;
+                    exited = true;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if self.agent {
+            // Whatever this server's runtime left (shims of a failed test, a containerd
+            // orphaned by kill9) is identified by the test's private data dir.
+            let _ = Command::new("pkill").arg("-KILL").arg("-f").arg(self.dir.path().display().to_string()).status();
+            if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+                let prefix = self.dir.path().display().to_string();
+                let mut points: Vec<&str> = mounts.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&prefix)).collect();
+                points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+                for p in points {
+                    let _ = Command::new("umount").arg("-l").arg(p).status();
+                }
+            }
         }
     }
 }
