@@ -24,16 +24,40 @@ const BUSYBOX: &str = "docker.io/library/busybox:1.36";
 fn import_busybox(server: &Server) {
     let tar = server.dir.path().join("busybox.tar");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-image.sh");
-    let out = Command::new("bash").arg(script).arg(BUSYBOX).arg(&tar).args(["--busybox", "--cmd", "sh"]).output().unwrap();
-    assert!(out.status.success(), "build-image.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(BUSYBOX)
+        .arg(&tar)
+        .args(["--busybox", "--cmd", "sh"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-image.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let socket = server.data_dir().join("run/containerd/containerd.sock");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !socket.exists() {
-        assert!(Instant::now() < deadline, "the agent's containerd socket never appeared:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "the agent's containerd socket never appeared:\n{}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = Command::new(common::kaji_bin()).args(["image", "import", "--data-dir"]).arg(server.data_dir()).arg(&tar).output().unwrap();
-    assert!(out.status.success(), "kaji image import: {}\n{}", String::from_utf8_lossy(&out.stderr), server.log());
+    let out = Command::new(common::kaji_bin())
+        .args(["image", "import", "--data-dir"])
+        .arg(server.data_dir())
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kaji image import: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
 }
 
 fn apply(server: &Server, yaml: &str) {
@@ -42,11 +66,19 @@ fn apply(server: &Server, yaml: &str) {
 
 fn get_pod(server: &Server, name: &str) -> Option<Value> {
     let out = server.kubectl(&["get", "pod", name, "-o", "json"]);
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
 /// Polls the pod until `check` holds (up to `secs`).
-fn wait_pod(server: &Server, name: &str, secs: u64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+fn wait_pod(
+    server: &Server,
+    name: &str,
+    secs: u64,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let pod = get_pod(server, name);
@@ -56,15 +88,24 @@ fn wait_pod(server: &Server, name: &str, secs: u64, what: &str, check: impl Fn(&
             return p.clone();
         }
         if Instant::now() > deadline {
-            let status = pod.map(|p| serde_json::to_string_pretty(&p["status"]).unwrap()).unwrap_or_else(|| "not found".into());
-            panic!("pod {name}: {what} not reached in {secs}s: {status}\nevents:\n{}\n{}", events_table(server, name), server.log());
+            let status = pod
+                .map(|p| serde_json::to_string_pretty(&p["status"]).unwrap())
+                .unwrap_or_else(|| "not found".into());
+            panic!(
+                "pod {name}: {what} not reached in {secs}s: {status}\nevents:\n{}\n{}",
+                events_table(server, name),
+                server.log()
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
 }
 
 fn condition(pod: &Value, kind: &str) -> Value {
-    pod["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == kind).cloned()).unwrap_or(Value::Null)
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind).cloned())
+        .unwrap_or(Value::Null)
 }
 
 fn ready(pod: &Value) -> bool {
@@ -77,7 +118,14 @@ fn running(pod: &Value) -> bool {
 
 /// (type, reason, message) of the events about a pod.
 fn events(server: &Server, pod: &str) -> Vec<(String, String, String)> {
-    let out = ok(server.kubectl(&["get", "events", "--field-selector", &format!("involvedObject.name={pod}"), "-o", "json"]));
+    let out = ok(server.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={pod}"),
+        "-o",
+        "json",
+    ]));
     let list: Value = serde_json::from_str(&out).unwrap();
     list["items"]
         .as_array()
@@ -91,17 +139,34 @@ fn events(server: &Server, pod: &str) -> Vec<(String, String, String)> {
 }
 
 fn events_table(server: &Server, pod: &str) -> String {
-    events(server, pod).iter().map(|(t, r, m)| format!("{t} {r} {m}")).collect::<Vec<_>>().join("\n")
+    events(server, pod)
+        .iter()
+        .map(|(t, r, m)| format!("{t} {r} {m}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Waits until an event about `pod` matches.
-fn wait_event(server: &Server, pod: &str, kind: &str, reason: &str, message: impl Fn(&str) -> bool) -> String {
+fn wait_event(
+    server: &Server,
+    pod: &str,
+    kind: &str,
+    reason: &str,
+    message: impl Fn(&str) -> bool,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some((_, _, m)) = events(server, pod).into_iter().find(|(t, r, m)| t == kind && r == reason && message(m)) {
+        if let Some((_, _, m)) = events(server, pod)
+            .into_iter()
+            .find(|(t, r, m)| t == kind && r == reason && message(m))
+        {
             return m;
         }
-        assert!(Instant::now() < deadline, "no {kind} {reason} event for {pod}:\n{}", events_table(server, pod));
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} {reason} event for {pod}:\n{}",
+            events_table(server, pod)
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 }
@@ -112,11 +177,22 @@ struct Cleanup<'a>(&'a Server);
 
 impl Cleanup<'_> {
     fn run(&self) -> Result<(), String> {
-        let _ = self.0.kubectl(&["delete", "pods", "--all", "--grace-period=5", "--timeout=90s"]);
+        let _ = self.0.kubectl(&[
+            "delete",
+            "pods",
+            "--all",
+            "--grace-period=5",
+            "--timeout=90s",
+        ]);
         let socket = self.0.data_dir().join("run/containerd/containerd.sock");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = Command::new("ctr").arg("-a").arg(&socket).args(["-n", "k8s.io", "containers", "ls", "-q"]).output().map_err(|e| e.to_string())?;
+            let out = Command::new("ctr")
+                .arg("-a")
+                .arg(&socket)
+                .args(["-n", "k8s.io", "containers", "ls", "-q"])
+                .output()
+                .map_err(|e| e.to_string())?;
             let left = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if out.status.success() && left.is_empty() {
                 return Ok(());
@@ -148,8 +224,10 @@ fn probes_and_hooks_drive_pod_status() {
     let hook = host.path().join("hook");
     let (web_port, tcp_port) = (free_port(), free_port());
 
-    apply(&server, &format!(
-        r#"
+    apply(
+        &server,
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: liveness}}
@@ -237,34 +315,78 @@ spec:
   - name: hook
     hostPath: {{path: {hook}, type: DirectoryOrCreate}}
 "#,
-        www = www.display(),
-        hook = hook.display(),
-    ));
+            www = www.display(),
+            hook = hook.display(),
+        ),
+    );
 
     // Startup probe: the container runs but is neither started nor ready until the
     // probe passes (~6 s); the liveness probe, which would fail until then, stays quiet.
     let pod = wait_pod(&server, "slowstart", 120, "running", running);
     let cs = &pod["status"]["containerStatuses"][0];
-    assert_eq!((cs["started"].as_bool(), cs["ready"].as_bool()), (Some(false), Some(false)), "{}", pod["status"]);
+    assert_eq!(
+        (cs["started"].as_bool(), cs["ready"].as_bool()),
+        (Some(false), Some(false)),
+        "{}",
+        pod["status"]
+    );
     assert_eq!(condition(&pod, "Ready")["reason"], "ContainersNotReady");
     let pod = wait_pod(&server, "slowstart", 60, "Ready once started", ready);
     let cs = &pod["status"]["containerStatuses"][0];
     assert_eq!(cs["started"], true);
-    let started_at: jiff::Timestamp = cs["state"]["running"]["startedAt"].as_str().unwrap().parse().unwrap();
-    let ready_at: jiff::Timestamp = condition(&pod, "Ready")["lastTransitionTime"].as_str().unwrap().parse().unwrap();
-    assert!(ready_at.duration_since(started_at).as_secs() >= 5, "ready {ready_at} too soon after start {started_at}");
-    wait_event(&server, "slowstart", "Warning", "Unhealthy", |m| m.starts_with("Startup probe failed"));
-    assert_eq!(cs["restartCount"], 0, "liveness is gated by the startup probe");
-    assert!(!events(&server, "slowstart").iter().any(|(_, _, m)| m.starts_with("Liveness probe")), "{}", events_table(&server, "slowstart"));
+    let started_at: jiff::Timestamp = cs["state"]["running"]["startedAt"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ready_at: jiff::Timestamp = condition(&pod, "Ready")["lastTransitionTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        ready_at.duration_since(started_at).as_secs() >= 5,
+        "ready {ready_at} too soon after start {started_at}"
+    );
+    wait_event(&server, "slowstart", "Warning", "Unhealthy", |m| {
+        m.starts_with("Startup probe failed")
+    });
+    assert_eq!(
+        cs["restartCount"], 0,
+        "liveness is gated by the startup probe"
+    );
+    assert!(
+        !events(&server, "slowstart")
+            .iter()
+            .any(|(_, _, m)| m.starts_with("Liveness probe")),
+        "{}",
+        events_table(&server, "slowstart")
+    );
 
     // Liveness: the file disappears after 5 s, two failed probes later the container is
     // killed and restarted.
-    let pod = wait_pod(&server, "liveness", 120, "restarted", |p| p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0) >= 1);
+    let pod = wait_pod(&server, "liveness", 120, "restarted", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
     let cs = &pod["status"]["containerStatuses"][0];
-    assert!(cs["lastState"]["terminated"].is_object() || cs["state"]["terminated"].is_object(), "{}", pod["status"]);
-    wait_event(&server, "liveness", "Normal", "Killing", |m| m == "Container app failed liveness probe, will be restarted");
-    let msg = wait_event(&server, "liveness", "Warning", "Unhealthy", |m| m.starts_with("Liveness probe failed: "));
-    assert!(msg.contains("/tmp/healthy"), "the exec output is the message: {msg}");
+    assert!(
+        cs["lastState"]["terminated"].is_object() || cs["state"]["terminated"].is_object(),
+        "{}",
+        pod["status"]
+    );
+    wait_event(&server, "liveness", "Normal", "Killing", |m| {
+        m == "Container app failed liveness probe, will be restarted"
+    });
+    let msg = wait_event(&server, "liveness", "Warning", "Unhealthy", |m| {
+        m.starts_with("Liveness probe failed: ")
+    });
+    assert!(
+        msg.contains("/tmp/healthy"),
+        "the exec output is the message: {msg}"
+    );
     // The new container runs (with a fresh /tmp/healthy).
     wait_pod(&server, "liveness", 60, "running again", running);
 
@@ -273,27 +395,50 @@ spec:
     let pod = wait_pod(&server, "web", 60, "running", running);
     assert!(!ready(&pod), "{}", pod["status"]);
     assert_eq!(pod["status"]["podIP"], "127.0.0.1");
-    wait_event(&server, "web", "Warning", "Unhealthy", |m| m == "Readiness probe failed: HTTP probe failed with statuscode: 404");
+    wait_event(&server, "web", "Warning", "Unhealthy", |m| {
+        m == "Readiness probe failed: HTTP probe failed with statuscode: 404"
+    });
     std::fs::write(www.join("ready"), "ok").unwrap();
     wait_pod(&server, "web", 30, "Ready with /ready present", ready);
     let table = ok(server.kubectl(&["get", "pod", "web"]));
-    assert!(table.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(1) == Some("1/1")), "{table}");
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().nth(1) == Some("1/1")),
+        "{table}"
+    );
     std::fs::remove_file(www.join("ready")).unwrap();
-    let pod = wait_pod(&server, "web", 30, "NotReady with /ready gone", |p| condition(p, "Ready")["status"] == "False");
+    let pod = wait_pod(&server, "web", 30, "NotReady with /ready gone", |p| {
+        condition(p, "Ready")["status"] == "False"
+    });
     assert_eq!(pod["status"]["containerStatuses"][0]["ready"], false);
-    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0, "readiness never restarts");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "readiness never restarts"
+    );
 
     // Readiness over TCP: refused until the server listens (after 4 s), then Ready.
     wait_pod(&server, "tcp", 60, "Ready once listening", ready);
-    wait_event(&server, "tcp", "Warning", "Unhealthy", |m| m == format!("Readiness probe failed: dial tcp 127.0.0.1:{tcp_port}: connect: connection refused"));
+    wait_event(&server, "tcp", "Warning", "Unhealthy", |m| {
+        m == format!(
+            "Readiness probe failed: dial tcp 127.0.0.1:{tcp_port}: connect: connection refused"
+        )
+    });
 
     // preStop runs (and finishes) before the container is sent SIGTERM.
     wait_pod(&server, "hooked", 60, "running", running);
     ok(server.kubectl(&["delete", "pod", "hooked", "--timeout=60s"]));
     assert!(get_pod(&server, "hooked").is_none());
     let log = std::fs::read_to_string(hook.join("log")).unwrap_or_default();
-    assert_eq!(log.lines().collect::<Vec<_>>(), ["started", "prestop", "prestop-done", "TERM"], "hook log");
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["started", "prestop", "prestop-done", "TERM"],
+        "hook log"
+    );
 
     // Nothing is left in the runtime once the pods are deleted.
-    cleanup.run().unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    cleanup
+        .run()
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
 }

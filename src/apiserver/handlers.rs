@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::State;
-use super::auth::{Authorizer, Decision, UserInfo, forbidden_message};
+use super::auth::{Decision, UserInfo, forbidden_message};
 use super::cache::{self, CacheEvent, Change, Subscription};
 use super::discovery;
 use super::{eviction, rbac, serviceaccount};
@@ -371,11 +371,11 @@ async fn serve_inner(
         Ok(Some(u)) => u,
         Ok(None) | Err(_) => return status_response(&Status::unauthorized()),
     };
-    let user = match rbac::impersonate(state.registry.rbac(), user, req.headers()) {
+    let user = match rbac::impersonate_fresh(&state.registry, user, req.headers()).await {
         Ok(u) => u,
         Err(s) => return status_response(&s),
     };
-    if let Decision::Deny(_) = state.registry.rbac().authorize(&user, info) {
+    if let Decision::Deny(_) = state.registry.rbac().authorize_fresh(&state.registry, &user, info).await {
         return status_response(&Status::forbidden(forbidden_message(&user, info)));
     }
     if !info.is_resource {

@@ -4,6 +4,7 @@
 //! Depends on: `client`, `api`. Must not depend on: `store`, `apiserver`.
 
 mod clusterrole_aggregation;
+mod deployment;
 mod disruption;
 mod garbage_collector;
 mod namespace;
@@ -25,8 +26,13 @@ pub struct Controllers {
 impl Controllers {
     /// Waits (briefly) for every controller to stop after shutdown was signalled.
     pub async fn stop(self) {
-        for t in self.tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(std::time::Duration::from_secs(5), all).await.is_err() {
+            tracing::warn!("controllers did not stop within 5s; aborting them");
+            for a in aborts {
+                a.abort();
+            }
         }
     }
 }
@@ -41,6 +47,7 @@ pub async fn start(
     let tasks = vec![
         tokio::spawn(garbage_collector::run(client.clone(), shutdown.clone())),
         tokio::spawn(replicaset::run(client.clone(), shutdown.clone())),
+        tokio::spawn(deployment::run(client.clone(), shutdown.clone())),
         tokio::spawn(clusterrole_aggregation::run(client.clone(), shutdown.clone())),
         tokio::spawn(disruption::run(client.clone(), shutdown.clone())),
         tokio::spawn(serviceaccount::run(client.clone(), shutdown.clone())),

@@ -983,7 +983,7 @@ mod tests {
     #[tokio::test]
     async fn slow_start_batches() {
         // (count, fail on call number, expected successes, expected calls)
-        let cases = [(0, None, 0, 0), (1, None, 1, 1), (7, None, 7, 7), (10, Some(2), 1, 3), (10, Some(4), 3, 7)];
+        let cases = [(0, None, 0, 0), (1, None, 1, 1), (7, None, 7, 7), (10, Some(2), 2, 3), (10, Some(4), 6, 7)];
         for (count, fail_at, want_ok, want_calls) in cases {
             let calls = AtomicUsize::new(0);
             let (ok, err) = slow_start_batch(count, 1, || {

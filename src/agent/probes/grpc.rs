@@ -16,43 +16,79 @@ const CHECK: &str = "/grpc.health.v1.Health/Check";
 /// Runs one health check against `host:port` for `service` ("" = the whole server).
 pub async fn check(host: &str, port: u16, service: &str, timeout: Duration) -> Outcome {
     let addr = join_host_port(host, port);
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")).and_then(|e| e.user_agent(PROBE_USER_AGENT)) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .and_then(|e| e.user_agent(PROBE_USER_AGENT))
+    {
         Ok(e) => e.connect_timeout(timeout),
         Err(e) => return Outcome::Error(format!("invalid gRPC address {addr:?}: {e}")),
     };
     let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
         Err(_) => {
-            return Outcome::Failure(format!("timeout: failed to connect service {addr:?} within {}: context deadline exceeded", go_duration(timeout)));
+            return Outcome::Failure(format!(
+                "timeout: failed to connect service {addr:?} within {}: context deadline exceeded",
+                go_duration(timeout)
+            ));
         }
-        Ok(Err(e)) => return Outcome::Failure(format!("error: failed to connect service at {addr:?}: {}", source_chain(&e))),
+        Ok(Err(e)) => {
+            return Outcome::Failure(format!(
+                "error: failed to connect service at {addr:?}: {}",
+                source_chain(&e)
+            ));
+        }
         Ok(Ok(c)) => c,
     };
     let mut grpc = tonic::client::Grpc::new(channel);
     let call = async {
-        grpc.ready().await.map_err(|e| tonic::Status::unavailable(source_chain(&e)))?;
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(source_chain(&e)))?;
         let mut request = tonic::Request::new(encode_request(service));
         request.set_timeout(timeout);
-        grpc.unary(request, http::uri::PathAndQuery::from_static(CHECK), RawCodec).await
+        grpc.unary(
+            request,
+            http::uri::PathAndQuery::from_static(CHECK),
+            RawCodec,
+        )
+        .await
     };
     let response = match tokio::time::timeout(timeout, call).await {
-        Err(_) => return Outcome::Failure(format!("timeout: health rpc did not complete within {}", go_duration(timeout))),
+        Err(_) => {
+            return Outcome::Failure(format!(
+                "timeout: health rpc did not complete within {}",
+                go_duration(timeout)
+            ));
+        }
         Ok(Err(status)) => return Outcome::Failure(rpc_failure(&status, timeout)),
         Ok(Ok(r)) => r.into_inner(),
     };
     match decode_status(&response) {
         Some(1) => Outcome::Success,
-        Some(n) => Outcome::Failure(format!("service unhealthy (responded with {:?})", status_name(n))),
-        None => Outcome::Failure("error: health rpc probe failed: invalid HealthCheckResponse".into()),
+        Some(n) => Outcome::Failure(format!(
+            "service unhealthy (responded with {:?})",
+            status_name(n)
+        )),
+        None => {
+            Outcome::Failure("error: health rpc probe failed: invalid HealthCheckResponse".into())
+        }
     }
 }
 
 fn rpc_failure(status: &tonic::Status, timeout: Duration) -> String {
     match status.code() {
         tonic::Code::Unimplemented => {
-            format!("error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}", status.message())
+            format!(
+                "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
+                status.message()
+            )
         }
-        tonic::Code::DeadlineExceeded => format!("timeout: health rpc did not complete within {}", go_duration(timeout)),
-        code => format!("error: health rpc probe failed: rpc error: code = {code:?} desc = {}", status.message()),
+        tonic::Code::DeadlineExceeded => format!(
+            "timeout: health rpc did not complete within {}",
+            go_duration(timeout)
+        ),
+        code => format!(
+            "error: health rpc probe failed: rpc error: code = {code:?} desc = {}",
+            status.message()
+        ),
     }
 }
 
@@ -71,7 +107,11 @@ fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// "500ms"), as upstream's messages print timeouts.
 pub fn go_duration(d: Duration) -> String {
     if d.subsec_nanos() != 0 || d.is_zero() {
-        return if d.is_zero() { "0s".into() } else { format!("{}ms", d.as_millis()) };
+        return if d.is_zero() {
+            "0s".into()
+        } else {
+            format!("{}ms", d.as_millis())
+        };
     }
     let s = d.as_secs();
     let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
@@ -221,7 +261,12 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (d, want) in [(Duration::from_secs(1), "1s"), (Duration::from_secs(90), "1m30s"), (Duration::from_secs(3600), "1h0m0s"), (Duration::from_millis(250), "250ms")] {
+        for (d, want) in [
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(3600), "1h0m0s"),
+            (Duration::from_millis(250), "250ms"),
+        ] {
             assert_eq!(go_duration(d), want);
         }
     }
@@ -233,26 +278,53 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
-                    assert_eq!(req.uri().path(), CHECK);
-                    assert!(req.headers()["user-agent"].to_str().unwrap().starts_with(PROBE_USER_AGENT));
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let requested = String::from_utf8_lossy(body.get(5..).unwrap_or_default()).into_owned();
-                    let requested = requested.get(2..).unwrap_or("").to_string();
-                    let builder = hyper::Response::builder().header("content-type", "application/grpc");
-                    let status = statuses.iter().find(|(s, _)| *s == requested).map(|(_, st)| *st);
-                    let resp = match (implemented, status) {
-                        (false, _) => builder.header("grpc-status", "12").header("grpc-message", "unknown service grpc.health.v1.Health").body(Full::new(Bytes::new()).boxed()),
-                        (true, None) => builder.header("grpc-status", "5").header("grpc-message", "unknown service").body(Full::new(Bytes::new()).boxed()),
-                        (true, Some(st)) => {
-                            let mut trailers = http::HeaderMap::new();
-                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                            builder.body(Full::new(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, st])).with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) }).boxed())
-                        }
-                    };
-                    Ok::<_, Infallible>(resp.unwrap())
-                });
-                tokio::spawn(hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc));
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        assert_eq!(req.uri().path(), CHECK);
+                        assert!(
+                            req.headers()["user-agent"]
+                                .to_str()
+                                .unwrap()
+                                .starts_with(PROBE_USER_AGENT)
+                        );
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let requested =
+                            String::from_utf8_lossy(body.get(5..).unwrap_or_default()).into_owned();
+                        let requested = requested.get(2..).unwrap_or("").to_string();
+                        let builder =
+                            hyper::Response::builder().header("content-type", "application/grpc");
+                        let status = statuses
+                            .iter()
+                            .find(|(s, _)| *s == requested)
+                            .map(|(_, st)| *st);
+                        let resp = match (implemented, status) {
+                            (false, _) => builder
+                                .header("grpc-status", "12")
+                                .header("grpc-message", "unknown service grpc.health.v1.Health")
+                                .body(Full::new(Bytes::new()).boxed()),
+                            (true, None) => builder
+                                .header("grpc-status", "5")
+                                .header("grpc-message", "unknown service")
+                                .body(Full::new(Bytes::new()).boxed()),
+                            (true, Some(st)) => {
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                                builder.body(
+                                    Full::new(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, st]))
+                                        .with_trailers(async move {
+                                            Some(Ok::<_, Infallible>(trailers))
+                                        })
+                                        .boxed(),
+                                )
+                            }
+                        };
+                        Ok::<_, Infallible>(resp.unwrap())
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc),
+                );
             }
         });
         port
@@ -263,8 +335,17 @@ mod tests {
         let port = health_server(&[("", 1), ("db", 2)], true).await;
         let t = Duration::from_secs(5);
         assert_eq!(check("127.0.0.1", port, "", t).await, Outcome::Success);
-        assert_eq!(check("127.0.0.1", port, "db", t).await, Outcome::Failure("service unhealthy (responded with \"NOT_SERVING\")".into()));
-        assert_eq!(check("127.0.0.1", port, "cache", t).await, Outcome::Failure("error: health rpc probe failed: rpc error: code = NotFound desc = unknown service".into()));
+        assert_eq!(
+            check("127.0.0.1", port, "db", t).await,
+            Outcome::Failure("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        assert_eq!(
+            check("127.0.0.1", port, "cache", t).await,
+            Outcome::Failure(
+                "error: health rpc probe failed: rpc error: code = NotFound desc = unknown service"
+                    .into()
+            )
+        );
 
         let port = health_server(&[], false).await;
         assert_eq!(
@@ -272,9 +353,18 @@ mod tests {
             Outcome::Failure("error: this server does not implement the grpc health protocol (grpc.health.v1.Health): unknown service grpc.health.v1.Health".into())
         );
 
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         match check("127.0.0.1", closed, "", t).await {
-            Outcome::Failure(m) => assert!(m.starts_with(&format!("error: failed to connect service at \"127.0.0.1:{closed}\": ")), "{m}"),
+            Outcome::Failure(m) => assert!(
+                m.starts_with(&format!(
+                    "error: failed to connect service at \"127.0.0.1:{closed}\": "
+                )),
+                "{m}"
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -50,7 +50,9 @@ pub enum Error {
         reason: String,
     },
     /// The deadline passed before the response headers arrived.
-    #[error("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)")]
+    #[error(
+        "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+    )]
     Timeout {
         /// The URL.
         url: String,
@@ -125,13 +127,23 @@ impl Url {
 
 impl std::fmt::Display for Url {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}{}", self.scheme.as_str(), self.host_port(), self.path)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.host_port(),
+            self.path
+        )
     }
 }
 
 /// `host:port`, with brackets around IPv6 addresses.
 pub fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// A GET request.
@@ -155,19 +167,34 @@ impl Request {
         if !has("Accept") {
             out.push(("Accept".into(), "*/*".into()));
         }
-        out.extend(headers.into_iter().filter(|(n, v)| !(n.eq_ignore_ascii_case("Accept") && v.is_empty())));
+        out.extend(
+            headers
+                .into_iter()
+                .filter(|(n, v)| !(n.eq_ignore_ascii_case("Accept") && v.is_empty())),
+        );
         Request { url, headers: out }
     }
 
     /// The `Host` header the pod set, if any.
     fn host_header(&self) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("Host")).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("Host"))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The request bytes.
     fn encode(&self) -> Vec<u8> {
-        let mut s = format!("GET {} HTTP/1.1\r\nHost: {}\r\n", self.url.path, self.host_header().map(str::to_string).unwrap_or_else(|| self.url.host_port()));
-        for (name, value) in self.headers.iter().filter(|(n, _)| !n.eq_ignore_ascii_case("Host") && !n.eq_ignore_ascii_case("Connection")) {
+        let mut s = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\n",
+            self.url.path,
+            self.host_header()
+                .map(str::to_string)
+                .unwrap_or_else(|| self.url.host_port())
+        );
+        for (name, value) in self.headers.iter().filter(|(n, _)| {
+            !n.eq_ignore_ascii_case("Host") && !n.eq_ignore_ascii_case("Connection")
+        }) {
             // Header injection through the pod spec is not possible: the API validates
             // names; values lose any line breaks here.
             let value: String = value.chars().filter(|c| *c != '\r' && *c != '\n').collect();
@@ -192,7 +219,10 @@ pub struct Response {
 impl Response {
     /// The first header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -201,35 +231,68 @@ impl Response {
 pub fn resolve_port(port: &Value, container: &Value) -> Result<u16, String> {
     let n = match port {
         Value::Number(n) => n.as_i64().unwrap_or(-1),
-        Value::String(name) => match container["ports"].as_array().into_iter().flatten().find(|p| p["name"] == name.as_str()) {
+        Value::String(name) => match container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name.as_str())
+        {
             Some(p) => p["containerPort"].as_i64().unwrap_or(-1),
-            None => name.parse::<i64>().map_err(|_| format!("strconv.Atoi: parsing {name:?}: invalid syntax"))?,
+            None => name
+                .parse::<i64>()
+                .map_err(|_| format!("strconv.Atoi: parsing {name:?}: invalid syntax"))?,
         },
         other => return Err(format!("intOrString had no kind: {other}")),
     };
-    u16::try_from(n).ok().filter(|p| *p > 0).ok_or_else(|| format!("invalid port number: {n}"))
+    u16::try_from(n)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("invalid port number: {n}"))
 }
 
 /// Builds the request of an `httpGet` action: scheme (HTTP), host (the pod IP), port,
 /// path and headers.
-pub fn build(action: &Value, container: &Value, pod_ip: Option<&str>, user_agent: &str) -> Result<Request, String> {
-    let scheme = match action["scheme"].as_str().unwrap_or("HTTP").to_ascii_uppercase().as_str() {
+pub fn build(
+    action: &Value,
+    container: &Value,
+    pod_ip: Option<&str>,
+    user_agent: &str,
+) -> Result<Request, String> {
+    let scheme = match action["scheme"]
+        .as_str()
+        .unwrap_or("HTTP")
+        .to_ascii_uppercase()
+        .as_str()
+    {
         "HTTP" | "" => Scheme::Http,
         "HTTPS" => Scheme::Https,
         other => return Err(format!("unsupported scheme {other:?}")),
     };
     let host = match action["host"].as_str().filter(|h| !h.is_empty()) {
         Some(h) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
-        None => pod_ip.filter(|ip| !ip.is_empty()).ok_or("the pod has no IP address yet")?.to_string(),
+        None => pod_ip
+            .filter(|ip| !ip.is_empty())
+            .ok_or("the pod has no IP address yet")?
+            .to_string(),
     };
     let port = resolve_port(&action["port"], container)?;
     let headers = action["httpHeaders"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|h| Some((h["name"].as_str()?.to_string(), h["value"].as_str().unwrap_or("").to_string())))
+        .filter_map(|h| {
+            Some((
+                h["name"].as_str()?.to_string(),
+                h["value"].as_str().unwrap_or("").to_string(),
+            ))
+        })
         .collect();
-    let url = Url { scheme, host, port, path: request_path(action["path"].as_str().unwrap_or("")) };
+    let url = Url {
+        scheme,
+        host,
+        port,
+        path: request_path(action["path"].as_str().unwrap_or("")),
+    };
     Ok(Request::new(url, headers, user_agent))
 }
 
@@ -268,13 +331,19 @@ pub async fn get(req: &Request, timeout: Duration, follow: Follow) -> Result<Res
     let mut redirects = 0;
     loop {
         let resp = send(&req, deadline).await?;
-        let location = resp.header("Location").filter(|_| matches!(resp.status, 301 | 302 | 303 | 307 | 308));
-        let Some((next, absolute)) = location.and_then(|l| resolve(&req.url, l)) else { return Ok(resp) };
+        let location = resp
+            .header("Location")
+            .filter(|_| matches!(resp.status, 301 | 302 | 303 | 307 | 308));
+        let Some((next, absolute)) = location.and_then(|l| resolve(&req.url, l)) else {
+            return Ok(resp);
+        };
         if follow == Follow::SameHost && next.host.to_ascii_lowercase() != original_host {
             return Ok(resp);
         }
         if redirects >= MAX_REDIRECTS {
-            return Err(Error::TooManyRedirects { url: next.to_string() });
+            return Err(Error::TooManyRedirects {
+                url: next.to_string(),
+            });
         }
         redirects += 1;
         if absolute {
@@ -289,7 +358,10 @@ pub async fn get(req: &Request, timeout: Duration, follow: Follow) -> Result<Res
 pub async fn probe(req: &Request, timeout: Duration) -> Outcome {
     match get(req, timeout, Follow::SameHost).await {
         Err(e) => Outcome::Failure(e.to_string()),
-        Ok(r) if (300..400).contains(&r.status) => Outcome::Warning(format!("Probe terminated redirects, Response body: {}", String::from_utf8_lossy(&r.body))),
+        Ok(r) if (300..400).contains(&r.status) => Outcome::Warning(format!(
+            "Probe terminated redirects, Response body: {}",
+            String::from_utf8_lossy(&r.body)
+        )),
         Ok(r) if (200..300).contains(&r.status) => Outcome::Success,
         Ok(r) => Outcome::Failure(format!("HTTP probe failed with statuscode: {}", r.status)),
     }
@@ -300,10 +372,14 @@ pub async fn probe(req: &Request, timeout: Duration) -> Outcome {
 pub async fn hook(req: &Request, timeout: Duration) -> Result<(), Error> {
     match get(req, timeout, Follow::Any).await {
         Ok(_) => Ok(()),
-        Err(Error::Tls { reason, .. }) if req.url.scheme == Scheme::Https && reason.contains("InvalidContentType") => {
+        Err(Error::Tls { reason, .. })
+            if req.url.scheme == Scheme::Https && reason.contains("InvalidContentType") =>
+        {
             let mut plain = req.clone();
             plain.url.scheme = Scheme::Http;
-            plain.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("Authorization"));
+            plain
+                .headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("Authorization"));
             get(&plain, timeout, Follow::Any).await.map(|_| ())
         }
         Err(e) => Err(e),
@@ -330,9 +406,18 @@ pub fn resolve(base: &Url, location: &str) -> Option<(Url, bool)> {
             base.path.clone()
         } else {
             let dir = base.path.split('?').next().unwrap_or("/");
-            format!("{}{location}", &dir[..dir.rfind('/').map(|i| i + 1).unwrap_or(0)])
+            format!(
+                "{}{location}",
+                &dir[..dir.rfind('/').map(|i| i + 1).unwrap_or(0)]
+            )
         };
-        return Some((Url { path: request_path(&remove_dot_segments(&path)), ..base.clone() }, false));
+        return Some((
+            Url {
+                path: request_path(&remove_dot_segments(&path)),
+                ..base.clone()
+            },
+            false,
+        ));
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
@@ -353,8 +438,20 @@ pub fn resolve(base: &Url, location: &str) -> Option<(Url, bool)> {
         Some(p) => p.parse().ok()?,
         None => scheme.default_port(),
     };
-    let path = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
-    Some((Url { scheme, host, port, path: request_path(&remove_dot_segments(&path)) }, true))
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    Some((
+        Url {
+            scheme,
+            host,
+            port,
+            path: request_path(&remove_dot_segments(&path)),
+        },
+        true,
+    ))
 }
 
 /// RFC 3986 dot-segment removal on the path part.
@@ -399,20 +496,40 @@ async fn send(req: &Request, deadline: Instant) -> Result<Response, Error> {
     let url = req.url.to_string();
     let addr = req.url.host_port();
     let timeout = || Error::Timeout { url: url.clone() };
-    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect((req.url.host.as_str(), req.url.port))).await {
+    let tcp = match tokio::time::timeout_at(
+        deadline,
+        TcpStream::connect((req.url.host.as_str(), req.url.port)),
+    )
+    .await
+    {
         Err(_) => return Err(timeout()),
-        Ok(Err(e)) => return Err(Error::Dial { url, addr, reason: format!("connect: {}", os_error(&e)) }),
+        Ok(Err(e)) => {
+            return Err(Error::Dial {
+                url,
+                addr,
+                reason: format!("connect: {}", os_error(&e)),
+            });
+        }
         Ok(Ok(s)) => s,
     };
     let _ = tcp.set_nodelay(true);
     match req.url.scheme {
         Scheme::Http => exchange(tcp, req, deadline, &url).await,
         Scheme::Https => {
-            let name = ServerName::try_from(req.url.host.clone()).map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
-            let connector = tls_connector().map_err(|reason| Error::Tls { url: url.clone(), reason })?;
+            let name = ServerName::try_from(req.url.host.clone())
+                .map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
+            let connector = tls_connector().map_err(|reason| Error::Tls {
+                url: url.clone(),
+                reason,
+            })?;
             let tls = match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
                 Err(_) => return Err(timeout()),
-                Ok(Err(e)) => return Err(Error::Tls { url, reason: tls_reason(&e) }),
+                Ok(Err(e)) => {
+                    return Err(Error::Tls {
+                        url,
+                        reason: tls_reason(&e),
+                    });
+                }
                 Ok(Ok(s)) => s,
             };
             exchange(tls, req, deadline, &url).await
@@ -435,7 +552,10 @@ pub fn os_error(e: &std::io::Error) -> String {
 }
 
 fn tls_reason(e: &std::io::Error) -> String {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::InvalidMessage(m)) => format!("tls: received corrupt message ({m:?})"),
         Some(other) => format!("tls: {other}"),
         None => os_error(e),
@@ -466,16 +586,43 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
 struct NoVerify(Arc<CryptoProvider>);
 
 impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -484,14 +631,25 @@ impl ServerCertVerifier for NoVerify {
 }
 
 /// Writes the request and reads the response on a connected stream.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &Request, deadline: Instant, url: &str) -> Result<Response, Error> {
-    let transport = |reason: String| Error::Transport { url: url.to_string(), reason };
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    req: &Request,
+    deadline: Instant,
+    url: &str,
+) -> Result<Response, Error> {
+    let transport = |reason: String| Error::Transport {
+        url: url.to_string(),
+        reason,
+    };
     let head = async {
-        s.write_all(&req.encode()).await.map_err(|e| transport(os_error(&e)))?;
+        s.write_all(&req.encode())
+            .await
+            .map_err(|e| transport(os_error(&e)))?;
         s.flush().await.map_err(|e| transport(os_error(&e)))?;
         let mut buf = Vec::with_capacity(1024);
         loop {
-            let (status, headers, consumed) = read_head(&mut s, &mut buf).await.map_err(transport)?;
+            let (status, headers, consumed) =
+                read_head(&mut s, &mut buf).await.map_err(transport)?;
             buf.drain(..consumed);
             // 1xx interim responses are skipped (101 is not expected for a GET).
             if !(100..200).contains(&status) {
@@ -500,10 +658,18 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &Request, de
         }
     };
     let (status, headers, rest) = match tokio::time::timeout_at(deadline, head).await {
-        Err(_) => return Err(Error::Timeout { url: url.to_string() }),
+        Err(_) => {
+            return Err(Error::Timeout {
+                url: url.to_string(),
+            });
+        }
         Ok(r) => r?,
     };
-    let mut resp = Response { status, headers, body: Vec::new() };
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     match tokio::time::timeout_at(deadline, read_body(&mut s, &resp, rest)).await {
         Err(_) => {
             return Err(transport("context deadline exceeded (Client.Timeout or context cancellation while reading body)".into()));
@@ -516,7 +682,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &Request, de
 
 /// Reads up to the end of a response head; returns status, headers and the bytes of
 /// `buf` it used.
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<(u16, Vec<(String, String)>, usize), String> {
+async fn read_head<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, Vec<(String, String)>, usize), String> {
     loop {
         if let Some(end) = find(buf, b"\r\n\r\n") {
             let (status, headers) = parse_head(&buf[..end])?;
@@ -528,7 +697,11 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result
         let mut chunk = [0u8; 4096];
         let n = s.read(&mut chunk).await.map_err(|e| os_error(&e))?;
         if n == 0 {
-            return Err(if buf.is_empty() { "EOF".into() } else { "unexpected EOF".into() });
+            return Err(if buf.is_empty() {
+                "EOF".into()
+            } else {
+                "unexpected EOF".into()
+            });
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -548,7 +721,9 @@ fn parse_head(head: &[u8]) -> Result<(u16, Vec<(String, String)>), String> {
     if !version.starts_with("HTTP/1.") || code.len() != 3 {
         return Err(format!("net/http: malformed HTTP response {status_line:?}"));
     }
-    let status = code.parse::<u16>().map_err(|_| format!("malformed HTTP status code {code:?}"))?;
+    let status = code
+        .parse::<u16>()
+        .map_err(|_| format!("malformed HTTP status code {code:?}"))?;
     let mut headers = Vec::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -561,12 +736,23 @@ fn parse_head(head: &[u8]) -> Result<(u16, Vec<(String, String)>), String> {
 
 /// Reads the body per its framing (Content-Length, chunked, or until close), keeping
 /// at most `MAX_BODY` bytes and stopping once that much has arrived.
-async fn read_body<S: AsyncRead + Unpin>(s: &mut S, resp: &Response, mut buf: Vec<u8>) -> Result<Vec<u8>, String> {
+async fn read_body<S: AsyncRead + Unpin>(
+    s: &mut S,
+    resp: &Response,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, String> {
     if resp.status == 204 || resp.status == 304 {
         return Ok(Vec::new());
     }
-    let chunked = resp.header("Transfer-Encoding").is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
-    let length = if chunked { None } else { resp.header("Content-Length").and_then(|l| l.parse::<usize>().ok()) };
+    let chunked = resp
+        .header("Transfer-Encoding")
+        .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
+    let length = if chunked {
+        None
+    } else {
+        resp.header("Content-Length")
+            .and_then(|l| l.parse::<usize>().ok())
+    };
     let mut chunk = [0u8; 4096];
     loop {
         if chunked {
@@ -608,10 +794,14 @@ enum Chunked {
 fn decode_chunked(mut data: &[u8]) -> Chunked {
     let mut body = Vec::new();
     loop {
-        let Some(line_end) = find(data, b"\r\n") else { return Chunked::Partial(body) };
+        let Some(line_end) = find(data, b"\r\n") else {
+            return Chunked::Partial(body);
+        };
         let size_text = String::from_utf8_lossy(&data[..line_end]);
         let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_text, 16) else { return Chunked::Invalid };
+        let Ok(size) = usize::from_str_radix(size_text, 16) else {
+            return Chunked::Invalid;
+        };
         data = &data[line_end + 2..];
         if size == 0 {
             body.truncate(MAX_BODY);
@@ -640,7 +830,12 @@ mod tests {
     use super::*;
 
     fn url(scheme: Scheme, host: &str, port: u16, path: &str) -> Url {
-        Url { scheme, host: host.into(), port, path: path.into() }
+        Url {
+            scheme,
+            host: host.into(),
+            port,
+            path: path.into(),
+        }
     }
 
     /// A one-shot-per-connection HTTP server answering each request with the next canned
@@ -658,8 +853,11 @@ mod tests {
         tokio::spawn(async move {
             let mut i = 0;
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
-                let resp = responses[i.min(responses.len() - 1)].replace("{port}", &port.to_string());
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let resp =
+                    responses[i.min(responses.len() - 1)].replace("{port}", &port.to_string());
                 i += 1;
                 let log = log.clone();
                 tokio::spawn(async move {
@@ -672,7 +870,9 @@ mod tests {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    log.lock().unwrap().push(String::from_utf8_lossy(&buf).into_owned());
+                    log.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf).into_owned());
                     if resp == "HANG" {
                         tokio::time::sleep(Duration::from_secs(30)).await;
                     }
@@ -685,7 +885,14 @@ mod tests {
     }
 
     fn req(port: u16, path: &str, headers: &[(&str, &str)]) -> Request {
-        Request::new(url(Scheme::Http, "127.0.0.1", port, path), headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(), PROBE_USER_AGENT)
+        Request::new(
+            url(Scheme::Http, "127.0.0.1", port, path),
+            headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            PROBE_USER_AGENT,
+        )
     }
 
     const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
@@ -694,19 +901,41 @@ mod tests {
     async fn probe_outcomes_by_status() {
         let cases = [
             (OK.to_string(), Outcome::Success),
-            ("HTTP/1.0 204 No Content\r\n\r\n".to_string(), Outcome::Success),
-            ("HTTP/1.1 399 Odd\r\nContent-Length: 0\r\n\r\n".to_string(), Outcome::Warning("Probe terminated redirects, Response body: ".into())),
-            ("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 3\r\n\r\nbad".to_string(), Outcome::Failure("HTTP probe failed with statuscode: 500".into())),
-            ("HTTP/1.1 404 Not Found\r\n\r\n".to_string(), Outcome::Failure("HTTP probe failed with statuscode: 404".into())),
-            ("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_string(), Outcome::Success),
-            ("garbage\r\n\r\n".to_string(), Outcome::Failure(String::new())),
+            (
+                "HTTP/1.0 204 No Content\r\n\r\n".to_string(),
+                Outcome::Success,
+            ),
+            (
+                "HTTP/1.1 399 Odd\r\nContent-Length: 0\r\n\r\n".to_string(),
+                Outcome::Warning("Probe terminated redirects, Response body: ".into()),
+            ),
+            (
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 3\r\n\r\nbad".to_string(),
+                Outcome::Failure("HTTP probe failed with statuscode: 500".into()),
+            ),
+            (
+                "HTTP/1.1 404 Not Found\r\n\r\n".to_string(),
+                Outcome::Failure("HTTP probe failed with statuscode: 404".into()),
+            ),
+            (
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                    .to_string(),
+                Outcome::Success,
+            ),
+            (
+                "garbage\r\n\r\n".to_string(),
+                Outcome::Failure(String::new()),
+            ),
         ];
         for (resp, want) in cases {
             let server = canned(vec![resp.clone()]).await;
             let got = probe(&req(server.port, "/healthz", &[]), Duration::from_secs(2)).await;
             match want {
                 Outcome::Failure(m) if m.is_empty() => {
-                    assert!(matches!(&got, Outcome::Failure(m) if m.contains("malformed HTTP response")), "{resp:?}: {got:?}")
+                    assert!(
+                        matches!(&got, Outcome::Failure(m) if m.contains("malformed HTTP response")),
+                        "{resp:?}: {got:?}"
+                    )
                 }
                 want => assert_eq!(got, want, "{resp:?}"),
             }
@@ -718,62 +947,127 @@ mod tests {
         let server = canned(vec![OK.into()]).await;
         probe(&req(server.port, "/ready?x=1", &[]), Duration::from_secs(2)).await;
         let sent = server.requests.lock().unwrap()[0].clone();
-        let want = format!("GET /ready?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n\r\n", server.port);
+        let want = format!(
+            "GET /ready?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            server.port
+        );
         assert_eq!(sent, want);
 
         // The pod's headers override Host, User-Agent and Accept (empty Accept = none).
         let server = canned(vec![OK.into()]).await;
-        let r = req(server.port, "/", &[("Host", "example.test"), ("user-agent", "mine"), ("Accept", ""), ("X-Custom", "a\r\nb")]);
+        let r = req(
+            server.port,
+            "/",
+            &[
+                ("Host", "example.test"),
+                ("user-agent", "mine"),
+                ("Accept", ""),
+                ("X-Custom", "a\r\nb"),
+            ],
+        );
         probe(&r, Duration::from_secs(2)).await;
         let sent = server.requests.lock().unwrap()[0].clone();
-        assert_eq!(sent, "GET / HTTP/1.1\r\nHost: example.test\r\nuser-agent: mine\r\nX-Custom: ab\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            sent,
+            "GET / HTTP/1.1\r\nHost: example.test\r\nuser-agent: mine\r\nX-Custom: ab\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[tokio::test]
     async fn redirects() {
         // Same host: followed (to another path).
-        let server = canned(vec!["HTTP/1.1 302 Found\r\nLocation: /other\r\nContent-Length: 0\r\n\r\n".into(), OK.into()]).await;
-        assert_eq!(probe(&req(server.port, "/", &[]), Duration::from_secs(2)).await, Outcome::Success);
+        let server = canned(vec![
+            "HTTP/1.1 302 Found\r\nLocation: /other\r\nContent-Length: 0\r\n\r\n".into(),
+            OK.into(),
+        ])
+        .await;
+        assert_eq!(
+            probe(&req(server.port, "/", &[]), Duration::from_secs(2)).await,
+            Outcome::Success
+        );
         assert!(server.requests.lock().unwrap()[1].starts_with("GET /other HTTP/1.1"));
 
         // Another host: not followed by probes, a warning with the body.
         let server = canned(vec!["HTTP/1.1 301 Moved\r\nLocation: http://elsewhere.invalid/x\r\nContent-Length: 4\r\n\r\nmove".into()]).await;
-        assert_eq!(probe(&req(server.port, "/", &[]), Duration::from_secs(2)).await, Outcome::Warning("Probe terminated redirects, Response body: move".into()));
+        assert_eq!(
+            probe(&req(server.port, "/", &[]), Duration::from_secs(2)).await,
+            Outcome::Warning("Probe terminated redirects, Response body: move".into())
+        );
         assert_eq!(server.requests.lock().unwrap().len(), 1);
 
         // Absolute redirect to the same host name on another port is followed.
         let target = canned(vec![OK.into()]).await;
-        let server = canned(vec![format!("HTTP/1.1 307 Temporary\r\nLocation: http://127.0.0.1:{}/t\r\n\r\n", target.port)]).await;
-        assert_eq!(probe(&req(server.port, "/", &[]), Duration::from_secs(2)).await, Outcome::Success);
+        let server = canned(vec![format!(
+            "HTTP/1.1 307 Temporary\r\nLocation: http://127.0.0.1:{}/t\r\n\r\n",
+            target.port
+        )])
+        .await;
+        assert_eq!(
+            probe(&req(server.port, "/", &[]), Duration::from_secs(2)).await,
+            Outcome::Success
+        );
         assert!(target.requests.lock().unwrap()[0].starts_with("GET /t HTTP/1.1"));
 
         // Endless redirects stop after 10.
-        let server = canned(vec!["HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\n\r\n".into()]).await;
+        let server = canned(vec![
+            "HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\n\r\n".into(),
+        ])
+        .await;
         let got = probe(&req(server.port, "/", &[]), Duration::from_secs(5)).await;
-        assert_eq!(got, Outcome::Failure(format!("Get \"http://127.0.0.1:{}/loop\": stopped after 10 redirects", server.port)));
+        assert_eq!(
+            got,
+            Outcome::Failure(format!(
+                "Get \"http://127.0.0.1:{}/loop\": stopped after 10 redirects",
+                server.port
+            ))
+        );
         assert_eq!(server.requests.lock().unwrap().len(), 11);
 
         // Hooks follow any host.
-        let server = canned(vec![format!("HTTP/1.1 302 Found\r\nLocation: http://localhost:{}/x\r\n\r\n", target.port)]).await;
-        hook(&req(server.port, "/", &[]), Duration::from_secs(2)).await.unwrap();
+        let server = canned(vec![format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://localhost:{}/x\r\n\r\n",
+            target.port
+        )])
+        .await;
+        hook(&req(server.port, "/", &[]), Duration::from_secs(2))
+            .await
+            .unwrap();
         assert_eq!(target.requests.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn bodies() {
         let cases = [
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n", "hello world"),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n",
+                "hello world",
+            ),
             ("HTTP/1.1 200 OK\r\n\r\nuntil close", "until close"),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi and more", "hi"),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi and more",
+                "hi",
+            ),
         ];
         for (resp, body) in cases {
             let server = canned(vec![resp.into()]).await;
-            let r = get(&req(server.port, "/", &[]), Duration::from_secs(2), Follow::SameHost).await.unwrap();
+            let r = get(
+                &req(server.port, "/", &[]),
+                Duration::from_secs(2),
+                Follow::SameHost,
+            )
+            .await
+            .unwrap();
             assert_eq!(String::from_utf8_lossy(&r.body), body, "{resp:?}");
         }
         let big = format!("HTTP/1.1 200 OK\r\n\r\n{}", "x".repeat(50_000));
         let server = canned(vec![big]).await;
-        let r = get(&req(server.port, "/", &[]), Duration::from_secs(2), Follow::SameHost).await.unwrap();
+        let r = get(
+            &req(server.port, "/", &[]),
+            Duration::from_secs(2),
+            Follow::SameHost,
+        )
+        .await
+        .unwrap();
         assert_eq!(r.body.len(), MAX_BODY);
     }
 
@@ -784,25 +1078,42 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let got = probe(&req(closed, "/healthz", &[]), Duration::from_secs(2)).await;
-        assert_eq!(got, Outcome::Failure(format!("Get \"http://127.0.0.1:{closed}/healthz\": dial tcp 127.0.0.1:{closed}: connect: connection refused")));
+        assert_eq!(
+            got,
+            Outcome::Failure(format!(
+                "Get \"http://127.0.0.1:{closed}/healthz\": dial tcp 127.0.0.1:{closed}: connect: connection refused"
+            ))
+        );
 
         let server = canned(vec!["HANG".into()]).await;
         let started = std::time::Instant::now();
         let got = probe(&req(server.port, "/", &[]), Duration::from_millis(300)).await;
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(got, Outcome::Failure(format!("Get \"http://127.0.0.1:{}/\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)", server.port)));
+        assert_eq!(
+            got,
+            Outcome::Failure(format!(
+                "Get \"http://127.0.0.1:{}/\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
+                server.port
+            ))
+        );
     }
 
     #[tokio::test]
     async fn https_without_verification() {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["probe.test".into()]).unwrap().self_signed(&key).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["probe.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -811,36 +1122,79 @@ mod tests {
             while let Ok((s, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(s).await else { return };
+                    let Ok(mut tls) = acceptor.accept(s).await else {
+                        return;
+                    };
                     let mut buf = [0u8; 2048];
                     let _ = tls.read(&mut buf).await;
-                    let _ = tls.write_all(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n").await;
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n")
+                        .await;
                     let _ = tls.shutdown().await;
                 });
             }
         });
-        let r = Request::new(url(Scheme::Https, "127.0.0.1", port, "/"), vec![], PROBE_USER_AGENT);
-        assert_eq!(probe(&r, Duration::from_secs(5)).await, Outcome::Failure("HTTP probe failed with statuscode: 503".into()));
+        let r = Request::new(
+            url(Scheme::Https, "127.0.0.1", port, "/"),
+            vec![],
+            PROBE_USER_AGENT,
+        );
+        assert_eq!(
+            probe(&r, Duration::from_secs(5)).await,
+            Outcome::Failure("HTTP probe failed with statuscode: 503".into())
+        );
 
         // A hook to an HTTPS URL answered in plain HTTP falls back to HTTP.
         let plain = canned(vec![OK.into()]).await;
-        let r = Request::new(url(Scheme::Https, "127.0.0.1", plain.port, "/hook"), vec![], HOOK_USER_AGENT);
+        let r = Request::new(
+            url(Scheme::Https, "127.0.0.1", plain.port, "/hook"),
+            vec![],
+            HOOK_USER_AGENT,
+        );
         hook(&r, Duration::from_secs(2)).await.unwrap();
         let reqs = plain.requests.lock().unwrap().clone();
-        assert!(reqs.last().unwrap().starts_with("GET /hook HTTP/1.1") && reqs.last().unwrap().contains("User-Agent: kube-lifecycle/1.33"), "{reqs:?}");
+        assert!(
+            reqs.last().unwrap().starts_with("GET /hook HTTP/1.1")
+                && reqs
+                    .last()
+                    .unwrap()
+                    .contains("User-Agent: kube-lifecycle/1.33"),
+            "{reqs:?}"
+        );
     }
 
     #[test]
     fn resolving_locations() {
         let base = url(Scheme::Http, "10.0.0.5", 8080, "/a/b?q=1");
         let cases = [
-            ("/x", Some((url(Scheme::Http, "10.0.0.5", 8080, "/x"), false))),
-            ("c", Some((url(Scheme::Http, "10.0.0.5", 8080, "/a/c"), false))),
-            ("../up", Some((url(Scheme::Http, "10.0.0.5", 8080, "/up"), false))),
-            ("?z=2", Some((url(Scheme::Http, "10.0.0.5", 8080, "/a/b?z=2"), false))),
-            ("https://Example.com/p#frag", Some((url(Scheme::Https, "Example.com", 443, "/p"), true))),
-            ("http://u:pw@10.0.0.5:9090", Some((url(Scheme::Http, "10.0.0.5", 9090, "/"), true))),
-            ("//[fd00::1]:81/v6", Some((url(Scheme::Http, "fd00::1", 81, "/v6"), true))),
+            (
+                "/x",
+                Some((url(Scheme::Http, "10.0.0.5", 8080, "/x"), false)),
+            ),
+            (
+                "c",
+                Some((url(Scheme::Http, "10.0.0.5", 8080, "/a/c"), false)),
+            ),
+            (
+                "../up",
+                Some((url(Scheme::Http, "10.0.0.5", 8080, "/up"), false)),
+            ),
+            (
+                "?z=2",
+                Some((url(Scheme::Http, "10.0.0.5", 8080, "/a/b?z=2"), false)),
+            ),
+            (
+                "https://Example.com/p#frag",
+                Some((url(Scheme::Https, "Example.com", 443, "/p"), true)),
+            ),
+            (
+                "http://u:pw@10.0.0.5:9090",
+                Some((url(Scheme::Http, "10.0.0.5", 9090, "/"), true)),
+            ),
+            (
+                "//[fd00::1]:81/v6",
+                Some((url(Scheme::Http, "fd00::1", 81, "/v6"), true)),
+            ),
             ("http://:80/", None),
             ("http://host:notaport/", None),
         ];
@@ -853,12 +1207,36 @@ mod tests {
     fn building_from_the_pod_spec() {
         let container = json!({"ports": [{"name": "http", "containerPort": 8080}]});
         let cases = [
-            (json!({"port": "http", "path": "healthz"}), Some("10.42.0.7"), Ok("http://10.42.0.7:8080/healthz")),
-            (json!({"port": 443, "scheme": "HTTPS", "host": "fd00::2"}), None, Ok("https://[fd00::2]:443/")),
-            (json!({"port": "9000", "path": "/a b"}), Some("10.42.0.7"), Ok("http://10.42.0.7:9000/a%20b")),
-            (json!({"port": "metrics"}), Some("10.42.0.7"), Err("strconv.Atoi: parsing \"metrics\": invalid syntax")),
-            (json!({"port": 70000}), Some("10.42.0.7"), Err("invalid port number: 70000")),
-            (json!({"port": 80}), None, Err("the pod has no IP address yet")),
+            (
+                json!({"port": "http", "path": "healthz"}),
+                Some("10.42.0.7"),
+                Ok("http://10.42.0.7:8080/healthz"),
+            ),
+            (
+                json!({"port": 443, "scheme": "HTTPS", "host": "fd00::2"}),
+                None,
+                Ok("https://[fd00::2]:443/"),
+            ),
+            (
+                json!({"port": "9000", "path": "/a b"}),
+                Some("10.42.0.7"),
+                Ok("http://10.42.0.7:9000/a%20b"),
+            ),
+            (
+                json!({"port": "metrics"}),
+                Some("10.42.0.7"),
+                Err("strconv.Atoi: parsing \"metrics\": invalid syntax"),
+            ),
+            (
+                json!({"port": 70000}),
+                Some("10.42.0.7"),
+                Err("invalid port number: 70000"),
+            ),
+            (
+                json!({"port": 80}),
+                None,
+                Err("the pod has no IP address yet"),
+            ),
         ];
         for (action, ip, want) in cases {
             let got = build(&action, &container, ip, PROBE_USER_AGENT).map(|r| r.url.to_string());
@@ -867,7 +1245,11 @@ mod tests {
         let r = build(&json!({"port": 80, "httpHeaders": [{"name": "X-A", "value": "1"}, {"name": "Accept", "value": "application/json"}]}), &container, Some("1.2.3.4"), PROBE_USER_AGENT).unwrap();
         assert_eq!(
             r.headers,
-            vec![("User-Agent".into(), "kube-probe/1.33".into()), ("X-A".into(), "1".into()), ("Accept".into(), "application/json".into())]
+            vec![
+                ("User-Agent".into(), "kube-probe/1.33".into()),
+                ("X-A".into(), "1".into()),
+                ("Accept".into(), "application/json".into())
+            ]
         );
     }
 
@@ -875,6 +1257,9 @@ mod tests {
     fn go_style_io_errors() {
         let e = std::io::Error::from_raw_os_error(111);
         assert_eq!(os_error(&e), "connection refused");
-        assert_eq!(os_error(&std::io::Error::other("Weird thing")), "weird thing");
+        assert_eq!(
+            os_error(&std::io::Error::other("Weird thing")),
+            "weird thing"
+        );
     }
 }

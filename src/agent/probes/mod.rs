@@ -57,27 +57,52 @@ pub struct Probes {
 impl Probes {
     /// A probe manager that records events through `client` as node `node_name`.
     pub fn new(client: kube::Client, node_name: &str, node_ip: IpAddr) -> Arc<Probes> {
-        Arc::new(Probes::with(Some((client, node_name.to_string())), Some(node_ip)))
+        Arc::new(Probes::with(
+            Some((client, node_name.to_string())),
+            Some(node_ip),
+        ))
     }
 
     fn with(events: Option<(kube::Client, String)>, node_ip: Option<IpAddr>) -> Probes {
-        Probes { events, node_ip, containers: Mutex::default(), pods: Mutex::default() }
+        Probes {
+            events,
+            node_ip,
+            containers: Mutex::default(),
+            pods: Mutex::default(),
+        }
     }
 
     fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.containers.lock().unwrap_or_else(PoisonError::into_inner)
+        self.containers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Notified whenever a probe result of a container of pod `uid` changes (a stored
     /// permit covers changes that happen while the pod worker is busy).
     pub fn changes(&self, uid: &str) -> Arc<Notify> {
-        self.pods.lock().unwrap_or_else(PoisonError::into_inner).entry(uid.to_string()).or_default().clone()
+        self.pods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(uid.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Makes sure probe workers run for the running container `container_id`
     /// (idempotent); a new id for the same container replaces the old workers.
-    pub fn ensure(&self, cri: &Cri, pod: &Value, container: &Value, container_id: &str, pod_ip: Option<&str>) {
-        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    pub fn ensure(
+        &self,
+        cri: &Cri,
+        pod: &Value,
+        container: &Value,
+        container_id: &str,
+        pod_ip: Option<&str>,
+    ) {
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let name = container["name"].as_str().unwrap_or_default().to_string();
         let mut map = self.containers();
         if map.contains_key(container_id) {
@@ -95,7 +120,13 @@ impl Probes {
         let cancel = CancellationToken::new();
         map.insert(
             container_id.to_string(),
-            Entry { uid, name: name.clone(), container: container.clone(), shared: shared.clone(), cancel: cancel.clone() },
+            Entry {
+                uid,
+                name: name.clone(),
+                container: container.clone(),
+                shared: shared.clone(),
+                cancel: cancel.clone(),
+            },
         );
         drop(map);
         if specs.is_empty() {
@@ -104,7 +135,10 @@ impl Probes {
         let host_network = pod["spec"]["hostNetwork"] == true;
         let ip = match (host_network, self.node_ip) {
             (true, Some(node_ip)) => Some(node_ip.to_string()),
-            _ => pod_ip.filter(|ip| !ip.is_empty()).or(pod["status"]["podIP"].as_str()).map(str::to_string),
+            _ => pod_ip
+                .filter(|ip| !ip.is_empty())
+                .or(pod["status"]["podIP"].as_str())
+                .map(str::to_string),
         };
         let target = Arc::new(CriTarget {
             cri: cri.clone(),
@@ -119,7 +153,15 @@ impl Probes {
         tokio::spawn(async move {
             let started = container_started(&target.cri, &target.container_id).await;
             let target: Arc<dyn Target> = target;
-            let workers = specs.into_iter().map(|spec| worker::run(spec, started, target.clone(), shared.clone(), cancel.clone()));
+            let workers = specs.into_iter().map(|spec| {
+                worker::run(
+                    spec,
+                    started,
+                    target.clone(),
+                    shared.clone(),
+                    cancel.clone(),
+                )
+            });
             futures::future::join_all(workers).await;
         });
     }
@@ -130,7 +172,11 @@ impl Probes {
             Some(e) => e.shared.results(),
             None => {
                 let has = |k: ProbeKind| container[k.field()].is_object();
-                Results { ready: has(ProbeKind::Readiness).then_some(false), started: has(ProbeKind::Startup).then_some(false), failed: None }
+                Results {
+                    ready: has(ProbeKind::Readiness).then_some(false),
+                    started: has(ProbeKind::Startup).then_some(false),
+                    failed: None,
+                }
             }
         }
     }
@@ -149,7 +195,9 @@ impl Probes {
     /// The liveness or startup probe that failed `failureThreshold` times: the container
     /// must be restarted (within the probe's grace period when it sets one).
     pub fn failed_probe(&self, container_id: &str) -> Option<Failed> {
-        self.containers().get(container_id).and_then(|e| e.shared.results().failed)
+        self.containers()
+            .get(container_id)
+            .and_then(|e| e.shared.results().failed)
     }
 
     /// Whether the liveness (or startup) probe has failed `failureThreshold` times.
@@ -165,32 +213,65 @@ impl Probes {
             }
             e.uid != uid
         });
-        self.pods.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
+        self.pods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(uid);
     }
 
     /// Runs a lifecycle hook (`exec`, `httpGet`, `sleep`) within `timeout`.
-    pub async fn run_hook(&self, cri: &Cri, hook: &Value, container_id: &str, pod_ip: Option<&str>, timeout: Duration) -> Result<(), String> {
+    pub async fn run_hook(
+        &self,
+        cri: &Cri,
+        hook: &Value,
+        container_id: &str,
+        pod_ip: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), String> {
         if let Some(cmd) = hook["exec"]["command"].as_array() {
-            let cmd: Vec<String> = cmd.iter().filter_map(|c| c.as_str().map(str::to_string)).collect();
+            let cmd: Vec<String> = cmd
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect();
             let mut cri = cri.clone();
             let secs = timeout.as_secs().max(1) as i64;
-            let resp = match tokio::time::timeout(timeout + Duration::from_secs(2), cri.exec_sync(container_id, cmd.clone(), secs)).await {
+            let resp = match tokio::time::timeout(
+                timeout + Duration::from_secs(2),
+                cri.exec_sync(container_id, cmd.clone(), secs),
+            )
+            .await
+            {
                 Err(_) => return Err(format!("command {:?} timed out", cmd.join(" "))),
                 Ok(r) => r.map_err(|e| e.to_string())?,
             };
             if resp.exit_code != 0 {
-                return Err(format!("command exited with {}: {}", resp.exit_code, String::from_utf8_lossy(&resp.stderr)));
+                return Err(format!(
+                    "command exited with {}: {}",
+                    resp.exit_code,
+                    String::from_utf8_lossy(&resp.stderr)
+                ));
             }
             return Ok(());
         }
-        self.run_network_hook(hook, container_id, pod_ip, timeout).await
+        self.run_network_hook(hook, container_id, pod_ip, timeout)
+            .await
     }
 
     /// The `httpGet` and `sleep` hooks (no runtime needed).
-    async fn run_network_hook(&self, hook: &Value, container_id: &str, pod_ip: Option<&str>, timeout: Duration) -> Result<(), String> {
+    async fn run_network_hook(
+        &self,
+        hook: &Value,
+        container_id: &str,
+        pod_ip: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), String> {
         if hook["httpGet"].is_object() {
             // Named ports resolve against the container spec once its workers know it.
-            let container = self.containers().get(container_id).map(|e| e.container.clone()).unwrap_or(Value::Null);
+            let container = self
+                .containers()
+                .get(container_id)
+                .map(|e| e.container.clone())
+                .unwrap_or(Value::Null);
             let node_ip = self.node_ip.map(|ip| ip.to_string());
             let ip = pod_ip.filter(|ip| !ip.is_empty()).or(node_ip.as_deref());
             let req = http::build(&hook["httpGet"], &container, ip, http::HOOK_USER_AGENT)?;
@@ -245,7 +326,15 @@ impl Target for CriTarget {
     async fn probe(&self, spec: &ProbeSpec) -> Outcome {
         let outcome = match exec_command(&spec.handler) {
             Some(cmd) => exec(&self.cri, &self.container_id, cmd, spec.timeout).await,
-            None => network(&spec.handler, &self.container, self.pod_ip.as_deref(), spec.timeout).await,
+            None => {
+                network(
+                    &spec.handler,
+                    &self.container,
+                    self.pod_ip.as_deref(),
+                    spec.timeout,
+                )
+                .await
+            }
         };
         match outcome {
             Outcome::Success | Outcome::Warning(_) | Outcome::Gone => outcome,
@@ -257,13 +346,25 @@ impl Target for CriTarget {
     fn event(&self, reason: &'static str, message: String) {
         tracing::debug!(pod = %self.pod["metadata"]["name"], container = %self.name, %reason, %message, "probe event");
         if let Some((client, node)) = &self.events {
-            events::record(client, node, &self.pod, Kind::Warning, reason, message, Some(&self.name));
+            events::record(
+                client,
+                node,
+                &self.pod,
+                Kind::Warning,
+                reason,
+                message,
+                Some(&self.name),
+            );
         }
     }
 }
 
 fn exec_command(handler: &Value) -> Option<Vec<String>> {
-    handler["exec"]["command"].as_array().map(|c| c.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+    handler["exec"]["command"].as_array().map(|c| {
+        c.iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    })
 }
 
 /// An exec probe: exit code 0 passes; the output is the failure message.
@@ -284,15 +385,29 @@ async fn exec(cri: &Cri, id: &str, cmd: Vec<String>, timeout: Duration) -> Outco
         Ok(Ok(resp)) => {
             let mut out = resp.stdout;
             out.extend_from_slice(&resp.stderr);
-            if resp.exit_code == 0 { Outcome::Success } else { Outcome::Failure(String::from_utf8_lossy(&out).into_owned()) }
+            if resp.exit_code == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Failure(String::from_utf8_lossy(&out).into_owned())
+            }
         }
     }
 }
 
 /// httpGet, tcpSocket and grpc probes against the pod IP (or the handler's host).
-async fn network(handler: &Value, container: &Value, pod_ip: Option<&str>, timeout: Duration) -> Outcome {
+async fn network(
+    handler: &Value,
+    container: &Value,
+    pod_ip: Option<&str>,
+    timeout: Duration,
+) -> Outcome {
     if handler["httpGet"].is_object() {
-        return match http::build(&handler["httpGet"], container, pod_ip, http::PROBE_USER_AGENT) {
+        return match http::build(
+            &handler["httpGet"],
+            container,
+            pod_ip,
+            http::PROBE_USER_AGENT,
+        ) {
             Ok(req) => http::probe(&req, timeout).await,
             Err(e) => Outcome::Error(e),
         };
@@ -310,8 +425,14 @@ async fn network(handler: &Value, container: &Value, pod_ip: Option<&str>, timeo
     }
     if handler["grpc"].is_object() {
         let g = &handler["grpc"];
-        let Some(host) = pod_ip else { return Outcome::Error("the pod has no IP address yet".into()) };
-        let Some(port) = g["port"].as_i64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) else {
+        let Some(host) = pod_ip else {
+            return Outcome::Error("the pod has no IP address yet".into());
+        };
+        let Some(port) = g["port"]
+            .as_i64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+        else {
             return Outcome::Error(format!("invalid port number: {}", g["port"]));
         };
         return grpc::check(host, port, g["service"].as_str().unwrap_or(""), timeout).await;
@@ -344,24 +465,70 @@ mod tests {
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n").await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+                    .await;
             }
         });
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let container = json!({"name": "app", "ports": [{"name": "web", "containerPort": port}]});
         let t = Duration::from_secs(2);
         let cases = [
-            (json!({"tcpSocket": {"port": "web"}}), Some("127.0.0.1"), Outcome::Success),
-            (json!({"tcpSocket": {"port": closed}}), Some("127.0.0.1"), Outcome::Failure(format!("dial tcp 127.0.0.1:{closed}: connect: connection refused"))),
-            (json!({"tcpSocket": {"port": closed, "host": "127.0.0.1"}}), None, Outcome::Failure(format!("dial tcp 127.0.0.1:{closed}: connect: connection refused"))),
-            (json!({"tcpSocket": {"port": "db"}}), Some("127.0.0.1"), Outcome::Error("strconv.Atoi: parsing \"db\": invalid syntax".into())),
-            (json!({"httpGet": {"port": port, "path": "/healthz"}}), Some("127.0.0.1"), Outcome::Failure("HTTP probe failed with statuscode: 500".into())),
-            (json!({"httpGet": {"port": port}}), None, Outcome::Error("the pod has no IP address yet".into())),
-            (json!({"grpc": {"port": 0}}), Some("127.0.0.1"), Outcome::Error("invalid port number: 0".into())),
-            (json!({"periodSeconds": 3}), Some("127.0.0.1"), Outcome::Error("missing probe handler".into())),
+            (
+                json!({"tcpSocket": {"port": "web"}}),
+                Some("127.0.0.1"),
+                Outcome::Success,
+            ),
+            (
+                json!({"tcpSocket": {"port": closed}}),
+                Some("127.0.0.1"),
+                Outcome::Failure(format!(
+                    "dial tcp 127.0.0.1:{closed}: connect: connection refused"
+                )),
+            ),
+            (
+                json!({"tcpSocket": {"port": closed, "host": "127.0.0.1"}}),
+                None,
+                Outcome::Failure(format!(
+                    "dial tcp 127.0.0.1:{closed}: connect: connection refused"
+                )),
+            ),
+            (
+                json!({"tcpSocket": {"port": "db"}}),
+                Some("127.0.0.1"),
+                Outcome::Error("strconv.Atoi: parsing \"db\": invalid syntax".into()),
+            ),
+            (
+                json!({"httpGet": {"port": port, "path": "/healthz"}}),
+                Some("127.0.0.1"),
+                Outcome::Failure("HTTP probe failed with statuscode: 500".into()),
+            ),
+            (
+                json!({"httpGet": {"port": port}}),
+                None,
+                Outcome::Error("the pod has no IP address yet".into()),
+            ),
+            (
+                json!({"grpc": {"port": 0}}),
+                Some("127.0.0.1"),
+                Outcome::Error("invalid port number: 0".into()),
+            ),
+            (
+                json!({"periodSeconds": 3}),
+                Some("127.0.0.1"),
+                Outcome::Error("missing probe handler".into()),
+            ),
         ];
         for (handler, ip, want) in cases {
-            assert_eq!(network(&handler, &container, ip, t).await, want, "{handler}");
+            assert_eq!(
+                network(&handler, &container, ip, t).await,
+                want,
+                "{handler}"
+            );
         }
     }
 
@@ -370,8 +537,16 @@ mod tests {
         let probes = Probes::with(None, None);
         let cases = [
             (json!({"name": "a"}), None, None),
-            (json!({"name": "a", "readinessProbe": {"tcpSocket": {"port": 1}}}), Some(false), None),
-            (json!({"name": "a", "startupProbe": {"tcpSocket": {"port": 1}}, "livenessProbe": {"tcpSocket": {"port": 1}}}), None, Some(false)),
+            (
+                json!({"name": "a", "readinessProbe": {"tcpSocket": {"port": 1}}}),
+                Some(false),
+                None,
+            ),
+            (
+                json!({"name": "a", "startupProbe": {"tcpSocket": {"port": 1}}, "livenessProbe": {"tcpSocket": {"port": 1}}}),
+                None,
+                Some(false),
+            ),
         ];
         for (c, ready, started) in cases {
             assert_eq!(probes.ready("abc", &c), ready, "{c}");
@@ -389,7 +564,9 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &probes.changes("uid-2")));
         // A change notified while nobody waits is not lost.
         a.notify_one();
-        tokio::time::timeout(Duration::from_secs(1), probes.changes("uid-1").notified()).await.expect("stored permit");
+        tokio::time::timeout(Duration::from_secs(1), probes.changes("uid-1").notified())
+            .await
+            .expect("stored permit");
         probes.forget_pod("uid-1");
         assert!(!Arc::ptr_eq(&a, &probes.changes("uid-1")));
     }
@@ -402,20 +579,61 @@ mod tests {
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    .await;
             }
         });
         let probes = Probes::with(None, Some("127.0.0.1".parse().unwrap()));
         let hook = json!({"httpGet": {"port": port, "path": "/shutdown"}});
         // No pod IP: a host-network pod's IP is the node's.
-        probes.run_network_hook(&hook, "c1", None, Duration::from_secs(2)).await.unwrap();
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let err = probes.run_network_hook(&json!({"httpGet": {"port": closed}}), "c1", Some("127.0.0.1"), Duration::from_secs(2)).await.unwrap_err();
-        assert_eq!(err, format!("Get \"http://127.0.0.1:{closed}/\": dial tcp 127.0.0.1:{closed}: connect: connection refused"));
-        let err = probes.run_network_hook(&json!({"tcpSocket": {"port": 1}}), "c1", None, Duration::from_secs(1)).await.unwrap_err();
+        probes
+            .run_network_hook(&hook, "c1", None, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = probes
+            .run_network_hook(
+                &json!({"httpGet": {"port": closed}}),
+                "c1",
+                Some("127.0.0.1"),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "Get \"http://127.0.0.1:{closed}/\": dial tcp 127.0.0.1:{closed}: connect: connection refused"
+            )
+        );
+        let err = probes
+            .run_network_hook(
+                &json!({"tcpSocket": {"port": 1}}),
+                "c1",
+                None,
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(err, "unsupported hook handler");
         let started = Instant::now();
-        probes.run_network_hook(&json!({"sleep": {"seconds": 30}}), "c1", None, Duration::from_millis(200)).await.unwrap();
-        assert!(started.elapsed() < Duration::from_secs(5), "sleep hooks end at the timeout");
+        probes
+            .run_network_hook(
+                &json!({"sleep": {"seconds": 30}}),
+                "c1",
+                None,
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "sleep hooks end at the timeout"
+        );
     }
 }

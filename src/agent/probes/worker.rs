@@ -37,7 +37,11 @@ pub enum ProbeKind {
 
 impl ProbeKind {
     /// Every kind, startup first.
-    pub const ALL: [ProbeKind; 3] = [ProbeKind::Startup, ProbeKind::Liveness, ProbeKind::Readiness];
+    pub const ALL: [ProbeKind; 3] = [
+        ProbeKind::Startup,
+        ProbeKind::Liveness,
+        ProbeKind::Readiness,
+    ];
 
     /// The container field holding this probe.
     pub fn field(self) -> &'static str {
@@ -111,24 +115,42 @@ impl ProbeSpec {
         if !p.is_object() {
             return None;
         }
-        let int = |field: &str, default: i64, min: i64| p[field].as_i64().filter(|v| *v >= min).unwrap_or(default);
-        let secs = |field: &str, default: i64, min: i64| Duration::from_secs(int(field, default, min) as u64);
-        let count = |field: &str, default: i64| u32::try_from(int(field, default, 1)).unwrap_or(u32::MAX);
+        let int = |field: &str, default: i64, min: i64| {
+            p[field].as_i64().filter(|v| *v >= min).unwrap_or(default)
+        };
+        let secs = |field: &str, default: i64, min: i64| {
+            Duration::from_secs(int(field, default, min) as u64)
+        };
+        let count =
+            |field: &str, default: i64| u32::try_from(int(field, default, 1)).unwrap_or(u32::MAX);
         Some(ProbeSpec {
             kind,
             initial_delay: secs("initialDelaySeconds", 0, 0),
             period: secs("periodSeconds", 10, 1),
             timeout: secs("timeoutSeconds", 1, 1),
-            success_threshold: if kind == ProbeKind::Readiness { count("successThreshold", 1) } else { 1 },
+            success_threshold: if kind == ProbeKind::Readiness {
+                count("successThreshold", 1)
+            } else {
+                1
+            },
             failure_threshold: count("failureThreshold", 3),
-            grace: if kind == ProbeKind::Readiness { None } else { p["terminationGracePeriodSeconds"].as_i64().filter(|g| *g >= 0) },
+            grace: if kind == ProbeKind::Readiness {
+                None
+            } else {
+                p["terminationGracePeriodSeconds"]
+                    .as_i64()
+                    .filter(|g| *g >= 0)
+            },
             handler: p.clone(),
         })
     }
 
     /// Every probe of a container spec, startup first.
     pub fn all(container: &Value) -> Vec<ProbeSpec> {
-        ProbeKind::ALL.iter().filter_map(|k| ProbeSpec::of(container, *k)).collect()
+        ProbeKind::ALL
+            .iter()
+            .filter_map(|k| ProbeSpec::of(container, *k))
+            .collect()
     }
 }
 
@@ -144,7 +166,12 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker for `spec`.
     pub fn new(spec: &ProbeSpec) -> Tracker {
-        Tracker { success_threshold: spec.success_threshold.max(1), failure_threshold: spec.failure_threshold.max(1), last: None, run: 0 }
+        Tracker {
+            success_threshold: spec.success_threshold.max(1),
+            failure_threshold: spec.failure_threshold.max(1),
+            last: None,
+            run: 0,
+        }
     }
 
     /// Feeds one result (true = success); returns the result to publish once it has
@@ -156,7 +183,11 @@ impl Tracker {
             self.last = Some(success);
             self.run = 1;
         }
-        let threshold = if success { self.success_threshold } else { self.failure_threshold };
+        let threshold = if success {
+            self.success_threshold
+        } else {
+            self.failure_threshold
+        };
         (self.run >= threshold).then_some(success)
     }
 }
@@ -199,7 +230,11 @@ impl Shared {
             failed: None,
         };
         let (started, _) = watch::channel(!has(ProbeKind::Startup));
-        Shared { results: Mutex::new(results), started, changed }
+        Shared {
+            results: Mutex::new(results),
+            started,
+            changed,
+        }
     }
 
     /// The current results.
@@ -231,7 +266,13 @@ pub trait Target: Send + Sync {
 
 /// Runs one probe worker until the container is gone, a liveness/startup probe failed,
 /// the startup probe succeeded, or `cancel`.
-pub async fn run(spec: ProbeSpec, container_started: Instant, target: Arc<dyn Target>, shared: Arc<Shared>, cancel: CancellationToken) {
+pub async fn run(
+    spec: ProbeSpec,
+    container_started: Instant,
+    target: Arc<dyn Target>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     if spec.kind != ProbeKind::Startup {
         // Liveness and readiness wait for the startup probe.
         let mut started = shared.started.subscribe();
@@ -273,7 +314,10 @@ pub async fn run(spec: ProbeSpec, container_started: Instant, target: Arc<dyn Ta
                 false
             }
             Outcome::Error(msg) => {
-                target.event("Unhealthy", format!("{title} probe errored and resulted in unknown state: {msg}"));
+                target.event(
+                    "Unhealthy",
+                    format!("{title} probe errored and resulted in unknown state: {msg}"),
+                );
                 continue;
             }
             Outcome::Gone => {
@@ -284,7 +328,9 @@ pub async fn run(spec: ProbeSpec, container_started: Instant, target: Arc<dyn Ta
             }
         };
         tracing::trace!(probe = %spec.kind, success, "probe result");
-        let Some(result) = tracker.observe(success) else { continue };
+        let Some(result) = tracker.observe(success) else {
+            continue;
+        };
         match (spec.kind, result) {
             (ProbeKind::Readiness, ready) => shared.update(|r| r.ready = Some(ready)),
             (ProbeKind::Startup, true) => {
@@ -295,7 +341,12 @@ pub async fn run(spec: ProbeSpec, container_started: Instant, target: Arc<dyn Ta
             (ProbeKind::Liveness, true) => {}
             (kind, false) => {
                 // On hold for good: the container is restarted with new workers.
-                shared.update(|r| r.failed = Some(Failed { probe: kind, grace: spec.grace }));
+                shared.update(|r| {
+                    r.failed = Some(Failed {
+                        probe: kind,
+                        grace: spec.grace,
+                    })
+                });
                 return;
             }
         }
@@ -317,7 +368,10 @@ mod tests {
             "readinessProbe": {"tcpSocket": {"port": 80}, "initialDelaySeconds": 4, "periodSeconds": 2, "timeoutSeconds": 7, "successThreshold": 2, "failureThreshold": 6, "terminationGracePeriodSeconds": 9},
         });
         let all = ProbeSpec::all(&c);
-        assert_eq!(all.iter().map(|s| s.kind).collect::<Vec<_>>(), [ProbeKind::Liveness, ProbeKind::Readiness]);
+        assert_eq!(
+            all.iter().map(|s| s.kind).collect::<Vec<_>>(),
+            [ProbeKind::Liveness, ProbeKind::Readiness]
+        );
         let cases = [
             // kind, initial delay, period, timeout, success, failure, grace
             (ProbeKind::Liveness, 0, 10, 1, 1, 3, Some(3)),
@@ -328,26 +382,62 @@ mod tests {
             assert_eq!(spec.initial_delay, Duration::from_secs(delay), "{kind}");
             assert_eq!(spec.period, Duration::from_secs(period), "{kind}");
             assert_eq!(spec.timeout, Duration::from_secs(timeout), "{kind}");
-            assert_eq!((spec.success_threshold, spec.failure_threshold), (succ, fail), "{kind}");
+            assert_eq!(
+                (spec.success_threshold, spec.failure_threshold),
+                (succ, fail),
+                "{kind}"
+            );
             assert_eq!(spec.grace, grace, "{kind}");
         }
         assert!(ProbeSpec::of(&json!({"startupProbe": null}), ProbeKind::Startup).is_none());
         // Nonsense values fall back to the defaults.
-        let odd = ProbeSpec::of(&json!({"startupProbe": {"periodSeconds": 0, "failureThreshold": -1}}), ProbeKind::Startup).unwrap();
-        assert_eq!((odd.period, odd.failure_threshold), (Duration::from_secs(10), 3));
+        let odd = ProbeSpec::of(
+            &json!({"startupProbe": {"periodSeconds": 0, "failureThreshold": -1}}),
+            ProbeKind::Startup,
+        )
+        .unwrap();
+        assert_eq!(
+            (odd.period, odd.failure_threshold),
+            (Duration::from_secs(10), 3)
+        );
     }
 
     #[test]
     fn thresholds() {
         // (success threshold, failure threshold, results fed, published after each)
-        let cases: &[(u32, u32, &[bool], &[Option<bool>])] = &[
-            (1, 3, &[true, false, false, false, false], &[Some(true), None, None, Some(false), Some(false)]),
-            (2, 1, &[true, true, false, true, true, true], &[None, Some(true), Some(false), None, Some(true), Some(true)]),
-            (1, 2, &[false, true, false, true, false, false], &[None, Some(true), None, Some(true), None, Some(false)]),
-            (3, 3, &[true, true, false, false, true], &[None, None, None, None, None]),
+        type Case<'a> = (u32, u32, &'a [bool], &'a [Option<bool>]);
+        let cases: &[Case] = &[
+            (
+                1,
+                3,
+                &[true, false, false, false, false],
+                &[Some(true), None, None, Some(false), Some(false)],
+            ),
+            (
+                2,
+                1,
+                &[true, true, false, true, true, true],
+                &[None, Some(true), Some(false), None, Some(true), Some(true)],
+            ),
+            (
+                1,
+                2,
+                &[false, true, false, true, false, false],
+                &[None, Some(true), None, Some(true), None, Some(false)],
+            ),
+            (
+                3,
+                3,
+                &[true, true, false, false, true],
+                &[None, None, None, None, None],
+            ),
         ];
         for (succ, fail, fed, want) in cases {
-            let spec = ProbeSpec { success_threshold: *succ, failure_threshold: *fail, ..spec(ProbeKind::Readiness, 10, 0) };
+            let spec = ProbeSpec {
+                success_threshold: *succ,
+                failure_threshold: *fail,
+                ..spec(ProbeKind::Readiness, 10, 0)
+            };
             let mut t = Tracker::new(&spec);
             let got: Vec<Option<bool>> = fed.iter().map(|r| t.observe(*r)).collect();
             assert_eq!(&got, want, "success {succ} failure {fail} fed {fed:?}");
@@ -380,12 +470,21 @@ mod tests {
         fn with(script: &[(ProbeKind, &[Outcome])]) -> Arc<Fake> {
             let f = Fake::default();
             for (k, outcomes) in script {
-                f.script.lock().unwrap().insert(*k, outcomes.iter().cloned().collect());
+                f.script
+                    .lock()
+                    .unwrap()
+                    .insert(*k, outcomes.iter().cloned().collect());
             }
             Arc::new(f)
         }
         fn calls(&self, kind: ProbeKind) -> Vec<Instant> {
-            self.calls.lock().unwrap().iter().filter(|(k, _)| *k == kind).map(|(_, t)| *t).collect()
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, t)| *t)
+                .collect()
         }
         fn events(&self) -> Vec<(String, String)> {
             self.events.lock().unwrap().clone()
@@ -398,16 +497,27 @@ mod tests {
             self.calls.lock().unwrap().push((spec.kind, Instant::now()));
             let mut script = self.script.lock().unwrap();
             let q = script.entry(spec.kind).or_default();
-            if q.len() > 1 { q.pop_front().unwrap() } else { q.front().cloned().unwrap_or(Outcome::Success) }
+            if q.len() > 1 {
+                q.pop_front().unwrap()
+            } else {
+                q.front().cloned().unwrap_or(Outcome::Success)
+            }
         }
         fn event(&self, reason: &'static str, message: String) {
-            self.events.lock().unwrap().push((reason.to_string(), message));
+            self.events
+                .lock()
+                .unwrap()
+                .push((reason.to_string(), message));
         }
     }
 
     /// Starts workers for `specs` against `fake`; returns the shared state, the change
     /// notification and the cancel token.
-    fn start(specs: Vec<ProbeSpec>, fake: &Arc<Fake>, started: Instant) -> (Arc<Shared>, Arc<Notify>, CancellationToken) {
+    fn start(
+        specs: Vec<ProbeSpec>,
+        fake: &Arc<Fake>,
+        started: Instant,
+    ) -> (Arc<Shared>, Arc<Notify>, CancellationToken) {
         let changed = Arc::new(Notify::new());
         let shared = Arc::new(Shared::new(&specs, changed.clone()));
         let cancel = CancellationToken::new();
@@ -421,7 +531,11 @@ mod tests {
     async fn until(what: &str, shared: &Shared, f: impl Fn(&Results) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !f(&shared.results()) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", shared.results());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                shared.results()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -429,19 +543,52 @@ mod tests {
     #[tokio::test]
     async fn readiness_starts_false_and_follows_thresholds() {
         use Outcome::*;
-        let fake = Fake::with(&[(ProbeKind::Readiness, &[Success, Success, Failure("boom".into()), Failure("boom".into()), Success])]);
-        let s = ProbeSpec { success_threshold: 2, failure_threshold: 2, ..spec(ProbeKind::Readiness, 20, 0) };
+        let fake = Fake::with(&[(
+            ProbeKind::Readiness,
+            &[
+                Success,
+                Success,
+                Failure("boom".into()),
+                Failure("boom".into()),
+                Success,
+            ],
+        )]);
+        let s = ProbeSpec {
+            success_threshold: 2,
+            failure_threshold: 2,
+            ..spec(ProbeKind::Readiness, 20, 0)
+        };
         let (shared, changed, cancel) = start(vec![s], &fake, Instant::now());
-        assert_eq!(shared.results(), Results { ready: Some(false), started: None, failed: None });
+        assert_eq!(
+            shared.results(),
+            Results {
+                ready: Some(false),
+                started: None,
+                failed: None
+            }
+        );
         until("ready", &shared, |r| r.ready == Some(true)).await;
         // The pod worker is woken for the change.
-        tokio::time::timeout(Duration::from_secs(5), changed.notified()).await.expect("notified");
-        until("not ready after two failures", &shared, |r| r.ready == Some(false)).await;
-        assert_eq!(fake.calls(ProbeKind::Readiness).len(), 4);
+        tokio::time::timeout(Duration::from_secs(5), changed.notified())
+            .await
+            .expect("notified");
+        until("not ready after two failures", &shared, |r| {
+            r.ready == Some(false)
+        })
+        .await;
         until("ready again", &shared, |r| r.ready == Some(true)).await;
         cancel.cancel();
         let events = fake.events();
-        assert_eq!(events, vec![("Unhealthy".to_string(), "Readiness probe failed: boom".to_string()); 2]);
+        assert_eq!(
+            events,
+            vec![
+                (
+                    "Unhealthy".to_string(),
+                    "Readiness probe failed: boom".to_string()
+                );
+                2
+            ]
+        );
     }
 
     #[tokio::test]
@@ -451,16 +598,24 @@ mod tests {
         let (shared, _, cancel) = start(vec![spec(ProbeKind::Readiness, 20, 300)], &fake, t0);
         until("ready", &shared, |r| r.ready == Some(true)).await;
         let first = fake.calls(ProbeKind::Readiness)[0];
-        assert!(first.duration_since(t0) >= Duration::from_millis(300), "probed after {:?}", first.duration_since(t0));
+        assert!(
+            first.duration_since(t0) >= Duration::from_millis(300),
+            "probed after {:?}",
+            first.duration_since(t0)
+        );
         cancel.cancel();
 
         // A container that started long ago is probed at once.
         let fake = Fake::with(&[(ProbeKind::Readiness, &[Outcome::Success])]);
-        let long_ago = Instant::now().checked_sub(Duration::from_secs(5)).unwrap_or(t0);
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(5))
+            .unwrap_or(t0);
         let t1 = Instant::now();
         let (shared, _, cancel) = start(vec![spec(ProbeKind::Readiness, 20, 300)], &fake, long_ago);
         until("ready", &shared, |r| r.ready == Some(true)).await;
-        assert!(fake.calls(ProbeKind::Readiness)[0].duration_since(t1) < Duration::from_millis(250));
+        assert!(
+            fake.calls(ProbeKind::Readiness)[0].duration_since(t1) < Duration::from_millis(250)
+        );
         cancel.cancel();
     }
 
@@ -468,25 +623,48 @@ mod tests {
     async fn startup_gates_liveness_and_readiness() {
         use Outcome::*;
         let fake = Fake::with(&[
-            (ProbeKind::Startup, &[Failure("not yet".into()), Failure("not yet".into()), Success]),
+            (
+                ProbeKind::Startup,
+                &[
+                    Failure("not yet".into()),
+                    Failure("not yet".into()),
+                    Success,
+                ],
+            ),
             (ProbeKind::Liveness, &[Success]),
             (ProbeKind::Readiness, &[Success]),
         ]);
         let specs = vec![
-            ProbeSpec { failure_threshold: 5, ..spec(ProbeKind::Startup, 30, 0) },
+            ProbeSpec {
+                failure_threshold: 5,
+                ..spec(ProbeKind::Startup, 30, 0)
+            },
             spec(ProbeKind::Liveness, 30, 0),
             // A long period: readiness is probed right when startup succeeds, not a period later.
             spec(ProbeKind::Readiness, 60_000, 0),
         ];
         let (shared, _, cancel) = start(specs, &fake, Instant::now());
-        assert_eq!(shared.results(), Results { ready: Some(false), started: Some(false), failed: None });
-        until("started and ready", &shared, |r| r.started == Some(true) && r.ready == Some(true)).await;
+        assert_eq!(
+            shared.results(),
+            Results {
+                ready: Some(false),
+                started: Some(false),
+                failed: None
+            }
+        );
+        until("started and ready", &shared, |r| {
+            r.started == Some(true) && r.ready == Some(true)
+        })
+        .await;
         let started_at = *fake.calls(ProbeKind::Startup).last().unwrap();
         assert_eq!(fake.calls(ProbeKind::Startup).len(), 3);
         for kind in [ProbeKind::Liveness, ProbeKind::Readiness] {
             let calls = fake.calls(kind);
             assert!(!calls.is_empty(), "{kind} probed after startup");
-            assert!(calls.iter().all(|t| *t >= started_at), "{kind} probed before the startup probe succeeded");
+            assert!(
+                calls.iter().all(|t| *t >= started_at),
+                "{kind} probed before the startup probe succeeded"
+            );
         }
         // The startup worker is done once it succeeded.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -497,54 +675,124 @@ mod tests {
 
     #[tokio::test]
     async fn failed_startup_is_a_restart_and_keeps_the_rest_gated() {
-        let fake = Fake::with(&[(ProbeKind::Startup, &[Outcome::Failure("HTTP probe failed with statuscode: 503".into())])]);
+        let fake = Fake::with(&[(
+            ProbeKind::Startup,
+            &[Outcome::Failure(
+                "HTTP probe failed with statuscode: 503".into(),
+            )],
+        )]);
         let specs = vec![
-            ProbeSpec { failure_threshold: 3, grace: Some(4), ..spec(ProbeKind::Startup, 10, 0) },
+            ProbeSpec {
+                failure_threshold: 3,
+                grace: Some(4),
+                ..spec(ProbeKind::Startup, 10, 0)
+            },
             spec(ProbeKind::Liveness, 10, 0),
             spec(ProbeKind::Readiness, 10, 0),
         ];
         let (shared, _, cancel) = start(specs, &fake, Instant::now());
         until("failed", &shared, |r| r.failed.is_some()).await;
-        assert_eq!(shared.results().failed, Some(Failed { probe: ProbeKind::Startup, grace: Some(4) }));
+        assert_eq!(
+            shared.results().failed,
+            Some(Failed {
+                probe: ProbeKind::Startup,
+                grace: Some(4)
+            })
+        );
         tokio::time::sleep(Duration::from_millis(80)).await;
-        assert_eq!(fake.calls(ProbeKind::Startup).len(), 3, "on hold after the failure");
-        assert!(fake.calls(ProbeKind::Liveness).is_empty() && fake.calls(ProbeKind::Readiness).is_empty());
+        assert_eq!(
+            fake.calls(ProbeKind::Startup).len(),
+            3,
+            "on hold after the failure"
+        );
+        assert!(
+            fake.calls(ProbeKind::Liveness).is_empty()
+                && fake.calls(ProbeKind::Readiness).is_empty()
+        );
         assert_eq!(shared.results().ready, Some(false));
         assert_eq!(fake.events().len(), 3);
-        assert_eq!(fake.events()[0].1, "Startup probe failed: HTTP probe failed with statuscode: 503");
+        assert_eq!(
+            fake.events()[0].1,
+            "Startup probe failed: HTTP probe failed with statuscode: 503"
+        );
         cancel.cancel();
     }
 
     #[tokio::test]
     async fn liveness_failure_holds_and_errors_do_not_count() {
         use Outcome::*;
-        let fake = Fake::with(&[(ProbeKind::Liveness, &[Error("rpc failed".into()), Error("rpc failed".into()), Error("rpc failed".into()), Failure("cat: can't open '/tmp/healthy'".into()), Success, Failure("x".into())])]);
-        let specs = vec![ProbeSpec { failure_threshold: 1, ..spec(ProbeKind::Liveness, 20, 0) }];
+        let fake = Fake::with(&[(
+            ProbeKind::Liveness,
+            &[
+                Error("rpc failed".into()),
+                Error("rpc failed".into()),
+                Error("rpc failed".into()),
+                Failure("cat: can't open '/tmp/healthy'".into()),
+                Success,
+                Failure("x".into()),
+            ],
+        )]);
+        let specs = vec![ProbeSpec {
+            failure_threshold: 1,
+            ..spec(ProbeKind::Liveness, 20, 0)
+        }];
         let (shared, _, cancel) = start(specs, &fake, Instant::now());
         until("liveness failed", &shared, |r| r.failed.is_some()).await;
-        assert_eq!(shared.results().failed, Some(Failed { probe: ProbeKind::Liveness, grace: None }));
+        assert_eq!(
+            shared.results().failed,
+            Some(Failed {
+                probe: ProbeKind::Liveness,
+                grace: None
+            })
+        );
         // Three attempts erred (one event, no result), then the failure counted.
         assert_eq!(
             fake.events(),
             vec![
-                ("Unhealthy".to_string(), "Liveness probe errored and resulted in unknown state: rpc failed".to_string()),
-                ("Unhealthy".to_string(), "Liveness probe failed: cat: can't open '/tmp/healthy'".to_string()),
+                (
+                    "Unhealthy".to_string(),
+                    "Liveness probe errored and resulted in unknown state: rpc failed".to_string()
+                ),
+                (
+                    "Unhealthy".to_string(),
+                    "Liveness probe failed: cat: can't open '/tmp/healthy'".to_string()
+                ),
             ]
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(fake.calls(ProbeKind::Liveness).len(), 4, "no probing after the failure");
+        assert_eq!(
+            fake.calls(ProbeKind::Liveness).len(),
+            4,
+            "no probing after the failure"
+        );
         cancel.cancel();
     }
 
     #[tokio::test]
     async fn warnings_count_as_success_and_gone_stops() {
         use Outcome::*;
-        let fake = Fake::with(&[(ProbeKind::Readiness, &[Warning("Probe terminated redirects, Response body: ".into()), Gone])]);
-        let (shared, _, _cancel) = start(vec![spec(ProbeKind::Readiness, 20, 0)], &fake, Instant::now());
+        let fake = Fake::with(&[(
+            ProbeKind::Readiness,
+            &[
+                Warning("Probe terminated redirects, Response body: ".into()),
+                Gone,
+            ],
+        )]);
+        let (shared, _, _cancel) = start(
+            vec![spec(ProbeKind::Readiness, 20, 0)],
+            &fake,
+            Instant::now(),
+        );
         until("ready", &shared, |r| r.ready == Some(true)).await;
         until("not ready once gone", &shared, |r| r.ready == Some(false)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(fake.calls(ProbeKind::Readiness).len(), 2);
-        assert_eq!(fake.events(), vec![("ProbeWarning".to_string(), "Readiness probe warning: Probe terminated redirects, Response body: ".to_string())]);
+        assert_eq!(
+            fake.events(),
+            vec![(
+                "ProbeWarning".to_string(),
+                "Readiness probe warning: Probe terminated redirects, Response body: ".to_string()
+            )]
+        );
     }
 }

@@ -6,6 +6,9 @@
 //!   an in-memory [`index`] of the four RBAC kinds that a background task keeps current
 //!   from the watch cache. Members of `system:masters` are always allowed (upstream's
 //!   privileged-group authorizer); everyone else gets exactly what their bindings grant.
+//!   The request path uses [`Rbac::authorize_fresh`] / [`impersonate_fresh`], which re-check
+//!   a denial once the index has caught up with the store, so a grant is effective as soon
+//!   as its write is acknowledged.
 //! - [`bootstrap`] creates or reconciles the default ClusterRoles and bindings
 //!   ([`bootstrap`](mod@bootstrap) module) at every start.
 //! - [`validate_escalation`] is the admission step for RBAC writes ([`escalation`]).
@@ -127,6 +130,27 @@ impl Rbac {
         self.read_index().rules_for(user, namespace)
     }
 
+    /// [`Authorizer::authorize`], but a denial is only final once the index reflects every
+    /// write acknowledged before the request: a client that was just granted access (its
+    /// RoleBinding created a moment ago) is not refused because the index lags the store.
+    /// Allowed requests never wait.
+    pub async fn authorize_fresh(
+        &self,
+        reg: &Registry,
+        user: &UserInfo,
+        req: &RequestInfo,
+    ) -> Decision {
+        let decision = self.authorize(user, req);
+        if decision == Decision::Allow {
+            return decision;
+        }
+        if let Err(err) = self.sync(reg).await {
+            tracing::warn!(%err, "authorizing against a possibly stale RBAC index");
+            return decision;
+        }
+        self.authorize(user, req)
+    }
+
     /// The newest watch-cache revision the index reflects.
     pub fn revision(&self) -> u64 {
         *self.revision.borrow()
@@ -193,4 +217,24 @@ pub async fn review(
 /// user to act as.
 pub fn impersonate(rbac: &Rbac, user: UserInfo, headers: &HeaderMap) -> Result<UserInfo, Status> {
     impersonate::impersonate(rbac, user, headers)
+}
+
+/// [`impersonate`], but a refusal is only final once the index reflects every write
+/// acknowledged before the request (see [`Rbac::authorize_fresh`]).
+pub async fn impersonate_fresh(
+    reg: &Registry,
+    user: UserInfo,
+    headers: &HeaderMap,
+) -> Result<UserInfo, Status> {
+    let rbac = reg.rbac();
+    match impersonate::impersonate(rbac, user.clone(), headers) {
+        Err(denied) if denied.code == 403 => match rbac.sync(reg).await {
+            Ok(()) => impersonate::impersonate(rbac, user, headers),
+            Err(err) => {
+                tracing::warn!(%err, "impersonating against a possibly stale RBAC index");
+                Err(denied)
+            }
+        },
+        other => other,
+    }
 }

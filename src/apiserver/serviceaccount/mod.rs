@@ -1,7 +1,8 @@
-//! Service account tokens, as upstream's token controller-less "bound token" design:
-//! the API server signs short-lived JWTs (ES256, compact JWS) for a ServiceAccount,
-//! optionally bound to a Pod, Secret or Node, and accepts them back as bearer tokens as
-//! long as the account and the bound object still exist with the same uid.
+//! Service account tokens in upstream's bound-token design: the API server signs
+//! short-lived JWTs (ES256, compact JWS) for a ServiceAccount, optionally bound to a Pod,
+//! Secret or Node, and accepts them back as bearer tokens as long as the account and the
+//! bound object still exist with the same uid. (Legacy Secret-based tokens are not issued
+//! or accepted.)
 //!
 //! Serves `POST .../serviceaccounts/{name}/token` (TokenRequest),
 //! `POST /apis/authentication.k8s.io/v1/tokenreviews` (TokenReview), the bearer-token
