@@ -12,7 +12,7 @@ use common::{Server, ok, stdout};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 /// Polls `check` every 200 ms for up to 30 s; panics with `what` on timeout.
@@ -129,34 +129,43 @@ async fn dependents_of_deleted_or_missing_owners_are_collected() {
     assert!(exists(&cms, "real").await, "the same-named object is left alone");
 }
 
-async fn replicaset_with_pods(client: &kube::Client, name: &str, hold_first: bool) -> Vec<String> {
+/// Pods labelled `app=<app>` with a blocking controller reference to `uid`.
+async fn owned_pods(pods: &Api<Pod>, app: &str, uid: &str) -> Vec<String> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .unwrap();
+    list.items
+        .iter()
+        .filter(|p| {
+            p.metadata.owner_references.iter().flatten().any(|r| {
+                r.uid == uid && r.controller == Some(true) && r.block_owner_deletion == Some(true)
+            })
+        })
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect()
+}
+
+/// A ReplicaSet of two pods, which the ReplicaSet controller creates with controller
+/// references (`blockOwnerDeletion: true`) to it; returns the pods' names.
+async fn replicaset_with_pods(client: &kube::Client, name: &str) -> Vec<String> {
     let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let template = json!({"metadata": {"labels": {"app": name}},
-                          "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
     let rs: ReplicaSet = serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}}, "template": template},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
     }))
     .unwrap();
     let rs = rss.create(&PostParams::default(), &rs).await.unwrap();
-    let mut names = Vec::new();
-    for i in 1..=2 {
-        let pod_name = format!("{name}-{i}");
-        let mut body = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod_name, "labels": {"app": name},
-                         "ownerReferences": [owner_ref("apps/v1", "ReplicaSet", name, &uid_of(&rs), true)]},
-            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
-        });
-        if hold_first && i == 1 {
-            body["metadata"]["finalizers"] = json!(["example.com/hold"]);
-        }
-        pods.create(&PostParams::default(), &serde_json::from_value(body).unwrap())
-            .await
-            .unwrap();
-        names.push(pod_name);
-    }
+    let uid = uid_of(&rs);
+    wait_for(&format!("ReplicaSet {name} owns two pods"), || async {
+        owned_pods(&pods, name, &uid).await.len() == 2
+    })
+    .await;
+    let mut names = owned_pods(&pods, name, &uid).await;
+    names.sort();
     names
 }
 
@@ -169,7 +178,7 @@ async fn kubectl_cascading_deletion_of_a_replicaset() {
     default_service_account(&client).await;
 
     // Background (kubectl's default): the pods follow their ReplicaSet.
-    let x = replicaset_with_pods(&client, "x", false).await;
+    let x = replicaset_with_pods(&client, "x").await;
     ok(server.kubectl(&["delete", "rs", "x", "--timeout=60s"]));
     wait_for("pods of a deleted ReplicaSet are collected", || async {
         !exists(&pods, &x[0]).await && !exists(&pods, &x[1]).await
@@ -177,7 +186,7 @@ async fn kubectl_cascading_deletion_of_a_replicaset() {
     .await;
 
     // Orphan: the ReplicaSet goes, the pods stay without the owner reference.
-    let y = replicaset_with_pods(&client, "y", false).await;
+    let y = replicaset_with_pods(&client, "y").await;
     let out = ok(server.kubectl(&["delete", "rs", "y", "--cascade=orphan", "--timeout=60s"]));
     assert!(out.contains("replicaset.apps \"y\" deleted"), "{out}");
     wait_for("the orphaned ReplicaSet is gone", || async { !exists(&rss, "y").await }).await;
@@ -192,9 +201,16 @@ async fn kubectl_cascading_deletion_of_a_replicaset() {
     let listed = ok(server.kubectl(&["get", "pods", "-l", "app=y", "-o", "name"]));
     assert_eq!(listed.lines().count(), 2, "{listed}");
 
-    // Foreground: the ReplicaSet stays (deleting) until its pods are gone. The first pod
-    // holds a finalizer, so the owner visibly waits for it.
-    let z = replicaset_with_pods(&client, "z", true).await;
+    // Foreground: the ReplicaSet stays (deleting) until its pods are gone. One pod gets a
+    // finalizer, so the owner visibly waits for it.
+    let z = replicaset_with_pods(&client, "z").await;
+    pods.patch(
+        &z[0],
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold"]}})),
+    )
+    .await
+    .unwrap();
     ok(server.kubectl(&["delete", "rs", "z", "--cascade=foreground", "--wait=false"]));
     wait_for("the unheld pod is collected and the held one is deleting", || async {
         !exists(&pods, &z[1]).await

@@ -33,6 +33,9 @@ const RESYNC: Duration = Duration::from_secs(2);
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
+/// The running workers, by pod uid: each is fed the newest pod (None: the pod is gone).
+type Workers = Arc<Mutex<HashMap<String, watch::Sender<Option<Value>>>>>;
+
 /// Shared state of the workers.
 struct Ctx {
     client: kube::Client,
@@ -64,7 +67,7 @@ pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>, cri: Cri, shutdown
     let pods: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let mut stream = watcher(pods, wc).boxed();
-    let workers: Arc<Mutex<HashMap<String, watch::Sender<Option<Value>>>>> = Arc::default();
+    let workers: Workers = Arc::default();
     let mut listed: Vec<String> = Vec::new();
     // Orphans are only judged after the first full list of this node's pods.
     let mut synced = false;
@@ -109,7 +112,7 @@ pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>, cri: Cri, shutdown
 }
 
 /// Hands the newest pod (or its disappearance) to its worker, starting one if needed.
-async fn dispatch(ctx: &Arc<Ctx>, workers: &Arc<Mutex<HashMap<String, watch::Sender<Option<Value>>>>>, uid: &str, pod: Option<Value>, shutdown: &CancellationToken) {
+async fn dispatch(ctx: &Arc<Ctx>, workers: &Workers, uid: &str, pod: Option<Value>, shutdown: &CancellationToken) {
     let mut map = workers.lock().await;
     if let Some(tx) = map.get(uid) {
         let _ = tx.send(pod);
@@ -202,10 +205,10 @@ async fn observe(ctx: &Ctx, uid: &str, sandbox_id: Option<&str>) -> Result<Obser
             Ok(s) => s,
             Err(_) => continue,
         };
-        if !latest.contains_key(&name) {
-            latest.insert(name, (ctr, status));
-        } else if !previous.contains_key(&name) {
-            previous.insert(name, status);
+        if let std::collections::hash_map::Entry::Vacant(e) = latest.entry(name.clone()) {
+            e.insert((ctr, status));
+        } else {
+            previous.entry(name).or_insert(status);
         }
     }
     Ok(Observed { latest, previous })
@@ -645,7 +648,6 @@ async fn start_container(ctx: &Ctx, pod: &Value, st: &mut PodState, sandbox_id: 
                 supplemental_groups: psc["supplementalGroups"].as_array().into_iter().flatten().filter_map(Value::as_i64).collect(),
                 ..Default::default()
             }),
-            ..Default::default()
         }),
         ..Default::default()
     };
@@ -769,7 +771,7 @@ async fn teardown(ctx: &Ctx, uid: &str, pod: Option<&Value>, grace: i64) {
 }
 
 /// Removes runtime sandboxes of pods that no longer exist here.
-async fn remove_orphans(ctx: &Arc<Ctx>, workers: &Arc<Mutex<HashMap<String, watch::Sender<Option<Value>>>>>) {
+async fn remove_orphans(ctx: &Arc<Ctx>, workers: &Workers) {
     let mut c = ctx.cri.clone();
     let Ok(sandboxes) = c.sandboxes(None).await else { return };
     let known: Vec<String> = workers.lock().await.keys().cloned().collect();

@@ -38,7 +38,8 @@ use futures::channel::mpsc;
 use futures::stream::FuturesUnordered;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
-    Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
+    PropagationPolicy,
 };
 use kube::core::{ApiResource, GroupVersionKind, PartialObjectMeta};
 use kube::runtime::scheduler::{ScheduleRequest, scheduler};
@@ -651,7 +652,8 @@ async fn owner_state(
 }
 
 /// Foreground deletion of an owner: deletes its dependents, and removes the finalizer
-/// once no dependent blocks it.
+/// once no dependent blocks it — per the graph, then confirmed by live lists (a
+/// dependent created just before the owner's deletion may not have reached the graph).
 async fn delete_dependents(
     ctx: &Ctx,
     uid: &str,
@@ -668,17 +670,30 @@ async fn delete_dependents(
             .collect();
         (g.blocking_dependents(uid), pending)
     };
-    if blocking.is_empty() {
-        tracing::info!(ns = ?node.namespace, name = %node.name, "dependents deleted; finishing foreground deletion");
-        return remove_finalizer(api, &node.name, meta, FOREGROUND).await;
+    if !blocking.is_empty() {
+        ctx.enqueue(pending);
+        // Each dependent's deletion wakes the owner; the requeue is a safety net.
+        return Ok(Some(RESYNC));
     }
-    ctx.enqueue(pending);
-    // Each dependent's deletion wakes the owner; the requeue is a safety net.
-    Ok(Some(RESYNC))
+    let live = live_dependents(ctx, node, uid).await?;
+    let still_blocking = live.iter().any(|(_, m)| {
+        m.owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.uid == uid && r.block_owner_deletion == Some(true))
+    });
+    if still_blocking {
+        // The graph has not caught up yet; its watches will enqueue the dependents.
+        ctx.enqueue(live.into_iter().filter_map(|(_, m)| m.uid));
+        return Ok(Some(Duration::from_secs(1)));
+    }
+    tracing::info!(ns = ?node.namespace, name = %node.name, "dependents deleted; finishing foreground deletion");
+    remove_finalizer(api, &node.name, meta, FOREGROUND).await
 }
 
-/// Orphan deletion of an owner: removes its reference from every dependent, then the
-/// finalizer.
+/// Orphan deletion of an owner: removes its reference from every dependent (found by
+/// live lists, so none is missed while the graph catches up), then the finalizer.
 async fn orphan_dependents(
     ctx: &Ctx,
     uid: &str,
@@ -686,32 +701,59 @@ async fn orphan_dependents(
     api: &Api<DynamicObject>,
     meta: &ObjectMeta,
 ) -> Result<Option<Duration>, Error> {
-    let dependents: Vec<(String, Node)> = {
-        let g = ctx.graph();
-        g.dependents_of(uid)
+    for (kind, dep) in live_dependents(ctx, node, uid).await? {
+        let dapi = ctx.api(ctx.kinds[kind], dep.namespace.as_deref());
+        let name = dep.name.clone().unwrap_or_default();
+        let kept = dep
+            .owner_references
+            .clone()
+            .unwrap_or_default()
             .into_iter()
-            .filter_map(|d| g.nodes.get(&d).cloned().map(|n| (d, n)))
-            .collect()
-    };
-    for (duid, dep) in dependents {
-        let dapi = ctx.api(ctx.kinds[dep.kind], dep.namespace.as_deref());
-        let Some(live) = dapi.get_metadata_opt(&dep.name).await? else {
-            continue;
-        };
-        if live.metadata.uid.as_deref() != Some(duid.as_str()) {
-            continue;
-        }
-        let refs = live.metadata.owner_references.clone().unwrap_or_default();
-        if !refs.iter().any(|r| r.uid == uid) {
-            continue;
-        }
-        let kept = refs.into_iter().filter(|r| r.uid != uid).collect();
-        if let Some(retry) = patch_owner_references(&dapi, &dep.name, &live.metadata, kept).await? {
+            .filter(|r| r.uid != uid)
+            .collect();
+        if let Some(retry) = patch_owner_references(&dapi, &name, &dep, kept).await? {
             return Ok(Some(retry));
         }
     }
     tracing::info!(ns = ?node.namespace, name = %node.name, "dependents orphaned; finishing orphan deletion");
     remove_finalizer(api, &node.name, meta, ORPHAN).await
+}
+
+/// Every object currently referring to the owner `uid` (metadata lists of each watched
+/// kind: in the owner's namespace for a namespaced owner, everywhere otherwise).
+async fn live_dependents(
+    ctx: &Ctx,
+    owner: &Node,
+    uid: &str,
+) -> Result<Vec<(usize, ObjectMeta)>, Error> {
+    let owner_ri = ctx.kinds[owner.kind];
+    let mut found = Vec::new();
+    for (kind, ri) in ctx.kinds.iter().enumerate() {
+        // Cluster-scoped objects cannot depend on namespaced owners.
+        if owner_ri.namespaced && !ri.namespaced {
+            continue;
+        }
+        let ns = if owner_ri.namespaced {
+            owner.namespace.as_deref()
+        } else {
+            None
+        };
+        let list = ctx.api(ri, ns).list_metadata(&ListParams::default()).await?;
+        found.extend(
+            list.items
+                .into_iter()
+                .map(|o| o.metadata)
+                .filter(|m| {
+                    m.owner_references
+                        .as_deref()
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|r| r.uid == uid)
+                })
+                .map(|m| (kind, m)),
+        );
+    }
+    Ok(found)
 }
 
 /// Deletes a collected object, guarded by its uid.

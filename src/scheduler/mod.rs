@@ -354,7 +354,7 @@ mod tests {
         };
         let pod = json!({"metadata": {"name": "p", "namespace": "default"},
                          "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}});
-        let err = schedule_one(&pod, &[node.clone()]).unwrap_err();
+        let err = schedule_one(&pod, std::slice::from_ref(&node)).unwrap_err();
         assert!(err.starts_with("0/1 nodes are available: 1 Insufficient cpu."), "{err}");
         let fits = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": [{"name": "c"}]}});
         assert_eq!(schedule_one(&fits, &[node]).unwrap(), "n1");

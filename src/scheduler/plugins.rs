@@ -281,32 +281,32 @@ mod tests {
     fn resources_fit() {
         let n = node("n1", "1", json!({}), json!([]));
         let p = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "1500m"}}}]}));
-        assert_eq!(filter(&p, &n, &[n.clone()]).unwrap_err(), vec!["Insufficient cpu"]);
+        assert_eq!(filter(&p, &n, std::slice::from_ref(&n)).unwrap_err(), vec!["Insufficient cpu"]);
         let small = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}));
-        assert!(filter(&small, &n, &[n.clone()]).is_ok());
+        assert!(filter(&small, &n, std::slice::from_ref(&n)).is_ok());
         let mut busy = n.clone();
         busy.pods.push(small.clone());
         busy.pods.push(small.clone());
-        assert!(filter(&small, &busy, &[busy.clone()]).is_err());
+        assert!(filter(&small, &busy, std::slice::from_ref(&busy)).is_err());
     }
 
     #[test]
     fn selectors_taints_affinity() {
         let n = node("n1", "2", json!({"disk": "ssd", "kubernetes.io/hostname": "n1"}), json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]));
         let p = pod(json!({"containers": [{"name": "c"}], "nodeSelector": {"disk": "ssd"}}));
-        let err = filter(&p, &n, &[n.clone()]).unwrap_err();
+        let err = filter(&p, &n, std::slice::from_ref(&n)).unwrap_err();
         assert_eq!(err, vec!["node(s) had untolerated taint {dedicated: gpu}"]);
         let tolerated = pod(json!({"containers": [{"name": "c"}], "nodeSelector": {"disk": "ssd"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}));
-        assert!(filter(&tolerated, &n, &[n.clone()]).is_ok());
+        assert!(filter(&tolerated, &n, std::slice::from_ref(&n)).is_ok());
         let wrong = pod(json!({"containers": [{"name": "c"}], "nodeSelector": {"disk": "hdd"}, "tolerations": [{"operator": "Exists"}]}));
-        assert_eq!(filter(&wrong, &n, &[n.clone()]).unwrap_err(), vec!["node(s) didn't match Pod's node affinity/selector"]);
+        assert_eq!(filter(&wrong, &n, std::slice::from_ref(&n)).unwrap_err(), vec!["node(s) didn't match Pod's node affinity/selector"]);
         let mut occupied = n.clone();
         occupied.pods.push(pod(json!({"containers": [{"name": "c"}]})));
         let anti = pod(json!({"containers": [{"name": "c"}], "tolerations": [{"operator": "Exists"}],
             "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
                 {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}));
-        assert_eq!(filter(&anti, &occupied, &[occupied.clone()]).unwrap_err(), vec!["node(s) didn't match pod anti-affinity rules"]);
+        assert_eq!(filter(&anti, &occupied, std::slice::from_ref(&occupied)).unwrap_err(), vec!["node(s) didn't match pod anti-affinity rules"]);
     }
 
     #[test]
