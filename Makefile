@@ -35,6 +35,7 @@ fmt:
 ## API server and store benchmark (prints a table; see docs/BENCHMARKS.md).
 bench:
 	$(CARGO) bench --bench apiserver
+	$(CARGO) bench --bench pods
 
 ## Install the system packages the build and tests need (Debian, as root).
 setup:

@@ -7,6 +7,8 @@ packages=(curl ca-certificates protobuf-compiler)
 packages+=(gcc containerd runc containernetworking-plugins busybox-static)
 # The CNI bridge plugin masquerades with iptables; the service proxy uses nftables.
 packages+=(iptables nftables iproute2 kmod)
+# tests/registry.rs serves images from a local registry, pushed with skopeo.
+packages+=(docker-registry skopeo)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

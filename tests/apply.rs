@@ -65,12 +65,18 @@ fn jsonpath(server: &Server, bin: &str, path: &str) -> String {
 }
 
 /// `manager:operation` of every managedFields entry, one per line.
+/// The field managers of the deployment, without the controllers' own entries (the
+/// deployment controller writes revision annotations and status, as upstream's does).
 fn managers(server: &Server, bin: &str) -> String {
     jsonpath(
         server,
         bin,
         r#"{range .metadata.managedFields[*]}{.manager}:{.operation}{"\n"}{end}"#,
     )
+    .lines()
+    .filter(|l| !l.starts_with("kube-controller-manager:"))
+    .collect::<Vec<_>>()
+    .join("\n")
 }
 
 fn server_side_apply(bin: &str) {

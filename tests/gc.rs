@@ -55,9 +55,12 @@ async fn configmap(api: &Api<ConfigMap>, name: &str, owners: Vec<Value>) -> Conf
     if !owners.is_empty() {
         body["metadata"]["ownerReferences"] = Value::Array(owners);
     }
-    api.create(&PostParams::default(), &serde_json::from_value(body).unwrap())
-        .await
-        .unwrap()
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(body).unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 /// Pods need their service account, which the service account controller creates.
@@ -90,18 +93,24 @@ async fn dependents_of_deleted_or_missing_owners_are_collected() {
     configmap(&cms, "bystander", vec![]).await;
     // Give the collector a moment: nothing may be collected while owners live.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(exists(&cms, "dependent").await, "a dependent with a live owner stays");
+    assert!(
+        exists(&cms, "dependent").await,
+        "a dependent with a live owner stays"
+    );
 
     cms.delete("owner", &DeleteParams::default()).await.unwrap();
     wait_for("the dependent of a deleted owner is collected", || async {
         !exists(&cms, "dependent").await
     })
     .await;
-    wait_for("the shared dependent drops the dangling reference", || async {
-        let s = cms.get("shared").await.unwrap();
-        let refs = s.metadata.owner_references.unwrap_or_default();
-        refs.len() == 1 && refs[0].name == "keeper"
-    })
+    wait_for(
+        "the shared dependent drops the dangling reference",
+        || async {
+            let s = cms.get("shared").await.unwrap();
+            let refs = s.metadata.owner_references.unwrap_or_default();
+            refs.len() == 1 && refs[0].name == "keeper"
+        },
+    )
     .await;
     assert!(exists(&cms, "bystander").await);
     assert!(exists(&cms, "keeper").await);
@@ -110,7 +119,13 @@ async fn dependents_of_deleted_or_missing_owners_are_collected() {
     configmap(
         &cms,
         "ghost-dependent",
-        vec![owner_ref("v1", "ConfigMap", "ghost", "6b1a0e1c-0000-4000-8000-000000000001", false)],
+        vec![owner_ref(
+            "v1",
+            "ConfigMap",
+            "ghost",
+            "6b1a0e1c-0000-4000-8000-000000000001",
+            false,
+        )],
     )
     .await;
     // An owner with the right name but another uid is not the owner either.
@@ -119,14 +134,23 @@ async fn dependents_of_deleted_or_missing_owners_are_collected() {
     configmap(
         &cms,
         "impostor-dependent",
-        vec![owner_ref("v1", "ConfigMap", "real", "6b1a0e1c-0000-4000-8000-000000000002", false)],
+        vec![owner_ref(
+            "v1",
+            "ConfigMap",
+            "real",
+            "6b1a0e1c-0000-4000-8000-000000000002",
+            false,
+        )],
     )
     .await;
     wait_for("dependents of missing owners are collected", || async {
         !exists(&cms, "ghost-dependent").await && !exists(&cms, "impostor-dependent").await
     })
     .await;
-    assert!(exists(&cms, "real").await, "the same-named object is left alone");
+    assert!(
+        exists(&cms, "real").await,
+        "the same-named object is left alone"
+    );
 }
 
 /// Pods labelled `app=<app>` with a blocking controller reference to `uid`.
@@ -189,7 +213,10 @@ async fn kubectl_cascading_deletion_of_a_replicaset() {
     let y = replicaset_with_pods(&client, "y").await;
     let out = ok(server.kubectl(&["delete", "rs", "y", "--cascade=orphan", "--timeout=60s"]));
     assert!(out.contains("replicaset.apps \"y\" deleted"), "{out}");
-    wait_for("the orphaned ReplicaSet is gone", || async { !exists(&rss, "y").await }).await;
+    wait_for("the orphaned ReplicaSet is gone", || async {
+        !exists(&rss, "y").await
+    })
+    .await;
     for name in &y {
         let pod = pods.get(name).await.unwrap();
         assert!(
@@ -212,14 +239,17 @@ async fn kubectl_cascading_deletion_of_a_replicaset() {
     .await
     .unwrap();
     ok(server.kubectl(&["delete", "rs", "z", "--cascade=foreground", "--wait=false"]));
-    wait_for("the unheld pod is collected and the held one is deleting", || async {
-        !exists(&pods, &z[1]).await
-            && pods
-                .get_opt(&z[0])
-                .await
-                .unwrap()
-                .is_some_and(|p| p.metadata.deletion_timestamp.is_some())
-    })
+    wait_for(
+        "the unheld pod is collected and the held one is deleting",
+        || async {
+            !exists(&pods, &z[1]).await
+                && pods
+                    .get_opt(&z[0])
+                    .await
+                    .unwrap()
+                    .is_some_and(|p| p.metadata.deletion_timestamp.is_some())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let owner = rss.get("z").await.expect("the owner waits for its pods");
@@ -246,7 +276,11 @@ async fn kubectl_cascading_deletion_of_a_replicaset() {
     .await;
     let out = server.kubectl(&["get", "rs", "z"]);
     assert!(!out.status.success());
-    assert!(common::stderr(&out).contains("NotFound"), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("NotFound"),
+        "{}",
+        common::stderr(&out)
+    );
 }
 
 async fn ready_pod(pods: &Api<Pod>, name: &str, app: &str, running: bool) {
@@ -279,13 +313,16 @@ async fn client_without_retries(server: &Server) -> kube::Client {
 
 /// Waits until the budget's status reflects its current spec and allows `allowed`.
 async fn budget_settles(pdbs: &Api<PodDisruptionBudget>, name: &str, healthy: i32, allowed: i32) {
-    wait_for(&format!("budget {name} allows {allowed} disruptions"), || async {
-        let pdb = pdbs.get(name).await.unwrap();
-        let s = pdb.status.unwrap_or_default();
-        s.observed_generation == pdb.metadata.generation
-            && s.current_healthy == healthy
-            && s.disruptions_allowed == allowed
-    })
+    wait_for(
+        &format!("budget {name} allows {allowed} disruptions"),
+        || async {
+            let pdb = pdbs.get(name).await.unwrap();
+            let s = pdb.status.unwrap_or_default();
+            s.observed_generation == pdb.metadata.generation
+                && s.current_healthy == healthy
+                && s.disruptions_allowed == allowed
+        },
+    )
     .await;
 }
 
@@ -309,26 +346,48 @@ async fn eviction_honours_disruption_budgets() {
     assert_eq!((status.expected_pods, status.desired_healthy), (2, 2));
     let cond = &status.conditions.unwrap()[0];
     assert_eq!(
-        (cond.type_.as_str(), cond.status.as_str(), cond.reason.as_str()),
+        (
+            cond.type_.as_str(),
+            cond.status.as_str(),
+            cond.reason.as_str()
+        ),
         ("DisruptionAllowed", "False", "InsufficientPods")
     );
 
     // minAvailable=2 of 2 ready pods: the eviction is refused with 429.
-    let err = pods.evict("e-1", &EvictParams::default()).await.unwrap_err();
+    let err = pods
+        .evict("e-1", &EvictParams::default())
+        .await
+        .unwrap_err();
     let kube::Error::Api(s) = &err else {
         panic!("expected an API error, got {err:?}")
     };
     assert_eq!(s.code, 429);
     assert_eq!(s.reason, "TooManyRequests");
-    assert_eq!(s.message, "Cannot evict pod as it would violate the pod's disruption budget.");
+    assert_eq!(
+        s.message,
+        "Cannot evict pod as it would violate the pod's disruption budget."
+    );
     let cause = &s.details.as_ref().unwrap().causes[0];
     assert_eq!(cause.reason, "DisruptionBudget");
-    assert_eq!(cause.message, "The disruption budget e-pdb needs 2 healthy pods and has 2 currently");
-    assert!(exists(&pods, "e-1").await, "a refused eviction deletes nothing");
+    assert_eq!(
+        cause.message,
+        "The disruption budget e-pdb needs 2 healthy pods and has 2 currently"
+    );
+    assert!(
+        exists(&pods, "e-1").await,
+        "a refused eviction deletes nothing"
+    );
 
     let table = ok(server.kubectl(&["get", "pdb"]));
     let header = table.lines().next().unwrap_or_default();
-    for col in ["NAME", "MIN AVAILABLE", "MAX UNAVAILABLE", "ALLOWED DISRUPTIONS", "AGE"] {
+    for col in [
+        "NAME",
+        "MIN AVAILABLE",
+        "MAX UNAVAILABLE",
+        "ALLOWED DISRUPTIONS",
+        "AGE",
+    ] {
         assert!(header.contains(col), "{table}");
     }
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
@@ -347,11 +406,23 @@ async fn eviction_honours_disruption_budgets() {
     assert_eq!(row.split_whitespace().nth(3), Some("1"), "{row}");
 
     let done = pods.evict("e-1", &EvictParams::default()).await.unwrap();
-    assert_eq!(done.status, Some(kube::core::response::StatusSummary::Success));
-    assert!(!exists(&pods, "e-1").await, "an unscheduled pod is deleted at once");
+    assert_eq!(
+        done.status,
+        Some(kube::core::response::StatusSummary::Success)
+    );
+    assert!(
+        !exists(&pods, "e-1").await,
+        "an unscheduled pod is deleted at once"
+    );
     let spent = pdbs.get("e-pdb").await.unwrap().status.unwrap();
-    assert_eq!(spent.disruptions_allowed, 0, "the eviction spent the budget");
-    let err = pods.evict("e-2", &EvictParams::default()).await.unwrap_err();
+    assert_eq!(
+        spent.disruptions_allowed, 0,
+        "the eviction spent the budget"
+    );
+    let err = pods
+        .evict("e-2", &EvictParams::default())
+        .await
+        .unwrap_err();
     assert_eq!(api_code(&err), 429);
     assert!(exists(&pods, "e-2").await);
     budget_settles(&pdbs, "e-pdb", 1, 0).await;
@@ -368,7 +439,10 @@ async fn eviction_honours_disruption_budgets() {
     }))
     .unwrap();
     pdbs.create(&PostParams::default(), &second).await.unwrap();
-    let err = pods.evict("e-2", &EvictParams::default()).await.unwrap_err();
+    let err = pods
+        .evict("e-2", &EvictParams::default())
+        .await
+        .unwrap_err();
     let kube::Error::Api(s) = &err else {
         panic!("expected an API error, got {err:?}")
     };

@@ -574,8 +574,15 @@ spec:
         }
     })
     .await;
-    let d = deployments.get("big").await.unwrap();
-    assert_eq!(condition(&d, "Available"), Some(("False".into(), "MinimumReplicasUnavailable".into())), "8 available < 15 - 3");
+    // 8 available pods are fewer than 15 - 3.
+    wait_for("Available False", 30, || async {
+        let d = deployments.get("big").await.unwrap();
+        match condition(&d, "Available") {
+            Some((s, r)) if s == "False" && r == "MinimumReplicasUnavailable" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     // Once the old ReplicaSet's 12 pods are ready the Deployment is available again.
     let old_hash = rss.get(&stuck[0].0).await.unwrap().labels()["pod-template-hash"].clone();
     for p in active_pods(&pods, &format!("app=big,pod-template-hash={old_hash}")).await {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use super::registries::Registries;
 use super::{AgentConfig, Error};
 
 const TEMPLATE: &str = include_str!("../../embedded/containerd/config.toml.tmpl");
@@ -74,11 +75,21 @@ fn can_lower_oom_score() -> bool {
         .is_some_and(|caps| caps & (1 << 24) != 0)
 }
 
-/// Renders the containerd configuration (from `config.toml.tmpl` beside it if the user
-/// put one there, else the embedded template).
+/// Renders the containerd configuration without private registries (see
+/// [`render_config_with_registries`]).
 pub fn render_config(paths: &Paths, sandbox_image: &str) -> String {
+    render_config_with_registries(paths, sandbox_image, &Registries::default())
+}
+
+/// Renders the containerd configuration (from `config.toml.tmpl` beside it if the user
+/// put one there, else the embedded template), with the private registry section at the
+/// `{{registries}}` placeholder or, without one, at the end.
+pub fn render_config_with_registries(paths: &Paths, sandbox_image: &str, registries: &Registries) -> String {
     let custom = paths.config.with_extension("toml.tmpl");
-    let template = std::fs::read_to_string(&custom).unwrap_or_else(|_| TEMPLATE.to_string());
+    let mut template = std::fs::read_to_string(&custom).unwrap_or_else(|_| TEMPLATE.to_string());
+    if !template.contains("{{registries}}") {
+        template.push_str("{{registries}}");
+    }
     template
         .replace("{{root}}", &paths.root.display().to_string())
         .replace("{{state}}", &paths.state.display().to_string())
@@ -88,6 +99,8 @@ pub fn render_config(paths: &Paths, sandbox_image: &str) -> String {
         .replace("{{restrict_oom_score_adj}}", if can_lower_oom_score() { "false" } else { "true" })
         .replace("{{cni_bin_dir}}", &paths.cni_bin_dir.display().to_string())
         .replace("{{cni_conf_dir}}", &paths.cni_conf_dir.display().to_string())
+        // Last, so that no value from the user's file is taken for a placeholder.
+        .replace("{{registries}}", &registries.to_containerd_toml())
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
@@ -105,7 +118,11 @@ pub async fn start(cfg: &AgentConfig, paths: Paths, shutdown: CancellationToken)
     ] {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     }
-    std::fs::write(&paths.config, render_config(&paths, &cfg.pause_image)).map_err(|e| io(&paths.config, e))?;
+    let registries = match &cfg.private_registry {
+        Some(path) => Registries::load(path).map_err(|e| Error::Config(e.to_string()))?,
+        None => Registries::default(),
+    };
+    std::fs::write(&paths.config, render_config_with_registries(&paths, &cfg.pause_image, &registries)).map_err(|e| io(&paths.config, e))?;
     let binary = which("containerd").ok_or(Error::MissingBinary("containerd"))?;
     stop_stale(&paths).await;
     let mut child = spawn(&binary, &paths)?;
@@ -225,5 +242,14 @@ mod tests {
         assert!(text.contains("sandbox_image = \"kaji.local/pause:3.10\""));
         assert!(text.contains("address = \"/run/kaji/containerd/containerd.sock\""));
         assert!(text.contains("conf_dir = \"/var/lib/kaji/agent/etc/cni/net.d\""));
+    }
+
+    #[test]
+    fn appends_private_registries() {
+        let paths = Paths::new(Path::new("/var/lib/kaji"), Path::new("/run/kaji"));
+        let regs = Registries::parse("mirrors: {\"127.0.0.1:5000\": {endpoint: [\"http://127.0.0.1:5000\"]}}").unwrap();
+        let text = render_config_with_registries(&paths, "kaji.local/pause:3.10", &regs);
+        assert!(!text.contains("{{"), "{text}");
+        assert!(text.contains("[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"127.0.0.1:5000\"]\n  endpoint = [\"http://127.0.0.1:5000\"]"), "{text}");
     }
 }

@@ -17,6 +17,7 @@ pub mod network;
 pub mod node;
 pub mod pod_workers;
 pub mod probes;
+pub mod registries;
 pub mod resources;
 pub mod server;
 pub mod volumes;
@@ -87,6 +88,8 @@ pub struct AgentConfig {
     pub kubelet_port: u16,
     /// The cluster CA (PEM) that signs the API server's kubelet client certificate.
     pub ca_pem: String,
+    /// The private registry file (registries.yaml) rendered into containerd's config.
+    pub private_registry: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -115,6 +118,10 @@ impl AgentConfig {
             }
         }
         let run_dir = default_run_dir(&data_dir);
+        let private_registry = registries::resolve_path(args.private_registry.as_deref());
+        if let Some(path) = &private_registry {
+            registries::Registries::load(path).map_err(|e| Error::Config(e.to_string()))?;
+        }
         Ok(AgentConfig {
             node_name: node_name.to_lowercase(),
             node_ip,
@@ -131,6 +138,7 @@ impl AgentConfig {
             runtime_version: String::new(),
             kubelet_port: args.kubelet_port,
             ca_pem: String::new(),
+            private_registry,
         })
     }
 }

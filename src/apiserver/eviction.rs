@@ -37,8 +37,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Upstream refuses evictions while this many approved evictions are unconfirmed.
 const MAX_DISRUPTED_POD_SIZE: usize = 2000;
 
-const TOO_MANY_PDBS: &str =
-    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.";
+const TOO_MANY_PDBS: &str = "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.";
 const VIOLATES_BUDGET: &str = "Cannot evict pod as it would violate the pod's disruption budget.";
 
 /// `POST .../pods/{name}/eviction`.
@@ -301,7 +300,11 @@ fn set_disruption_allowed_false(pdb: &mut Value, now: &str) {
 }
 
 /// The budgets in the pod's namespace whose selector matches the pod's labels.
-async fn matching_budgets(reg: &Registry, namespace: &str, pod: &Value) -> Result<Vec<Value>, Status> {
+async fn matching_budgets(
+    reg: &Registry,
+    namespace: &str,
+    pod: &Value,
+) -> Result<Vec<Value>, Status> {
     let pdbs = resource("policy", "v1", "poddisruptionbudgets")?;
     let page = reg
         .list(pdbs, Some(namespace), &ListOptions::default())
@@ -478,8 +481,14 @@ mod tests {
                         next["status"]["disruptedPods"]["p1"],
                         "2024-01-01T00:00:00Z"
                     );
-                    assert_eq!(next["status"]["conditions"][0]["reason"], "InsufficientPods");
-                    assert_eq!(next["metadata"]["resourceVersion"], "7", "CAS on the budget");
+                    assert_eq!(
+                        next["status"]["conditions"][0]["reason"],
+                        "InsufficientPods"
+                    );
+                    assert_eq!(
+                        next["metadata"]["resourceVersion"], "7",
+                        "CAS on the budget"
+                    );
                 }
             }
         }
@@ -533,11 +542,19 @@ mod tests {
         assert_eq!(opts.uid.as_deref(), Some("u1"));
         let s = parse_eviction("q", &ok, None).unwrap_err();
         assert_eq!(s.code, 400);
-        assert_eq!(s.message, "name in URL does not match name in Eviction object");
+        assert_eq!(
+            s.message,
+            "name in URL does not match name in Eviction object"
+        );
         // kube-rs's body shape: no kind, snake_case options (ignored, as upstream does).
-        let kube_rs = json!({"metadata": {"name": "p"}, "delete_options": {"gracePeriodSeconds": 5}});
-        assert_eq!(parse_eviction("p", &kube_rs, None).unwrap().grace_period, None);
-        let bad = json!({"metadata": {"name": "p"}, "deleteOptions": {"propagationPolicy": "Sideways"}});
+        let kube_rs =
+            json!({"metadata": {"name": "p"}, "delete_options": {"gracePeriodSeconds": 5}});
+        assert_eq!(
+            parse_eviction("p", &kube_rs, None).unwrap().grace_period,
+            None
+        );
+        let bad =
+            json!({"metadata": {"name": "p"}, "deleteOptions": {"propagationPolicy": "Sideways"}});
         assert_eq!(parse_eviction("p", &bad, None).unwrap_err().code, 400);
     }
 

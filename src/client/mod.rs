@@ -48,6 +48,16 @@ impl ClientConfig {
         config.auth_info.client_certificate_data = Some(b64.encode(cert));
         config.auth_info.client_key_data = Some(b64.encode(key).into());
         config.default_namespace = "default".into();
+        // The API server names a write's field manager after the client (User-Agent), so
+        // components show up in managedFields as upstream's do (`kube-controller-manager`).
+        let agent = match user.strip_prefix("system:") {
+            Some(n) if n.starts_with("node:") => "kubelet".to_string(),
+            Some(n) => n.to_string(),
+            None => user.to_string(),
+        };
+        if let Ok(v) = http::HeaderValue::from_str(&format!("{agent}/{} (linux) kaji", crate::config::KUBELET_VERSION)) {
+            config.headers.push((http::header::USER_AGENT, v));
+        }
         config.connect_timeout = Some(std::time::Duration::from_secs(10));
         Ok(kube::Client::try_from(config)?)
     }

@@ -120,6 +120,9 @@ pub struct AgentArgs {
     /// HTTPS port of the node's kubelet API (logs, exec, attach, port-forward); 0 picks a free one.
     #[arg(long, env = "KAJI_KUBELET_PORT", default_value_t = 10250)]
     pub kubelet_port: u16,
+    /// Private registry configuration, k3s format (default: /etc/kaji/registries.yaml if it exists).
+    #[arg(long, env = "KAJI_PRIVATE_REGISTRY", value_name = "FILE")]
+    pub private_registry: Option<PathBuf>,
 }
 
 /// Flags of `kaji server`.

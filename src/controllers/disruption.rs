@@ -81,10 +81,13 @@ struct Ctx {
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let (pdb_store, pdb_writer) = reflector::store::<PodDisruptionBudget>();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let pdb_events = watcher(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pdb_writer)
-        .applied_objects();
+    let pdb_events = watcher(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(pdb_writer)
+    .applied_objects();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(pod_writer)
@@ -92,7 +95,9 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let budgets = pdb_store.clone();
     let queue = stream::select(
         trigger_self(pdb_events, ()),
-        trigger_with(pod_events, move |pod: Pod| budgets_selecting(&budgets, &pod)),
+        trigger_with(pod_events, move |pod: Pod| {
+            budgets_selecting(&budgets, &pod)
+        }),
     )
     .take_until(async move { shutdown.cancelled().await });
     let ctx = Arc::new(Ctx {
@@ -136,7 +141,10 @@ fn error_policy(_pdb: Arc<PodDisruptionBudget>, err: &Error, _ctx: Arc<Ctx>) -> 
 }
 
 async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.pods.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheGone)?;
     match try_sync(&pdb, &ctx).await {
         Ok(action) => Ok(action),
         // A conflicting write is retried without touching the status.
@@ -459,7 +467,11 @@ fn next_status(
         conditions: Some(conditions),
         current_healthy,
         desired_healthy,
-        disrupted_pods: if disrupted.is_empty() { None } else { Some(disrupted) },
+        disrupted_pods: if disrupted.is_empty() {
+            None
+        } else {
+            Some(disrupted)
+        },
         disruptions_allowed: allowed,
         expected_pods: expected,
         observed_generation: generation,
@@ -546,12 +558,49 @@ mod tests {
     #[test]
     fn expected_and_desired_like_upstream() {
         use IntOrString::{Int, String as Pct};
-        let cases: &[(&str, Option<IntOrString>, Option<IntOrString>, usize, Option<i32>, (i32, i32))] = &[
-            ("int minAvailable counts pods", Some(Int(2)), None, 3, None, (3, 2)),
-            ("percent minAvailable rounds up", Some(Pct("50%".into())), None, 3, Some(3), (3, 2)),
+        /// (name, minAvailable, maxUnavailable, selected pods, scale, (expected, desired))
+        type Case = (
+            &'static str,
+            Option<IntOrString>,
+            Option<IntOrString>,
+            usize,
+            Option<i32>,
+            (i32, i32),
+        );
+        let cases: &[Case] = &[
+            (
+                "int minAvailable counts pods",
+                Some(Int(2)),
+                None,
+                3,
+                None,
+                (3, 2),
+            ),
+            (
+                "percent minAvailable rounds up",
+                Some(Pct("50%".into())),
+                None,
+                3,
+                Some(3),
+                (3, 2),
+            ),
             ("maxUnavailable int", None, Some(Int(1)), 2, Some(4), (4, 3)),
-            ("maxUnavailable percent rounds up", None, Some(Pct("10%".into())), 5, Some(5), (5, 4)),
-            ("maxUnavailable beyond scale", None, Some(Int(9)), 2, Some(2), (2, 0)),
+            (
+                "maxUnavailable percent rounds up",
+                None,
+                Some(Pct("10%".into())),
+                5,
+                Some(5),
+                (5, 4),
+            ),
+            (
+                "maxUnavailable beyond scale",
+                None,
+                Some(Int(9)),
+                2,
+                Some(2),
+                (2, 0),
+            ),
             ("neither", None, None, 4, None, (0, 0)),
         ];
         for (name, min, max, pods, scale, want) in cases {
@@ -585,8 +634,15 @@ mod tests {
         ]
         .into();
         let (kept, recheck) = disrupted_pods(&pods, &previous, now);
-        assert_eq!(kept.keys().collect::<Vec<_>>(), vec!["b"], "only b is still being evicted");
-        assert_eq!(recheck, Some(recent.0 + jiff::SignedDuration::from_secs(120)));
+        assert_eq!(
+            kept.keys().collect::<Vec<_>>(),
+            vec!["b"],
+            "only b is still being evicted"
+        );
+        assert_eq!(
+            recheck,
+            Some(recent.0 + jiff::SignedDuration::from_secs(120))
+        );
         // a and e are healthy; b is being evicted, c unready, d deleting.
         assert_eq!(current_healthy(&pods, &kept), 2);
     }
@@ -606,13 +662,22 @@ mod tests {
         assert_eq!(s.disruptions_allowed, 1);
         assert_eq!(s.observed_generation, Some(3));
         let c = &s.conditions.as_ref().unwrap()[0];
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "SufficientPods"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "SufficientPods")
+        );
         pdb.status = Some(s);
-        assert!(next_status(&pdb, 2, 1, 2, BTreeMap::new(), now).is_none(), "stable");
+        assert!(
+            next_status(&pdb, 2, 1, 2, BTreeMap::new(), now).is_none(),
+            "stable"
+        );
         let s = next_status(&pdb, 1, 1, 2, BTreeMap::new(), now).expect("changed");
         assert_eq!(s.disruptions_allowed, 0);
         let c = &s.conditions.as_ref().unwrap()[0];
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InsufficientPods"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InsufficientPods")
+        );
         // No expected pods: nothing may be disrupted even with healthy pods.
         let s = next_status(&pdb, 3, 0, 0, BTreeMap::new(), now).expect("changed");
         assert_eq!(s.disruptions_allowed, 0);

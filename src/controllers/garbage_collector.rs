@@ -37,6 +37,7 @@ use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::stream::FuturesUnordered;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Client;
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
     PropagationPolicy,
@@ -45,7 +46,6 @@ use kube::core::{ApiResource, GroupVersionKind, PartialObjectMeta};
 use kube::runtime::scheduler::{ScheduleRequest, scheduler};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_kind};
-use kube::Client;
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,8 @@ enum Error {
 struct Owner {
     uid: String,
     block: bool,
+    /// Whether the owner's kind is served (and so can be checked at all).
+    served: bool,
 }
 
 /// One observed object.
@@ -113,6 +115,7 @@ impl Node {
                 .map(|r| Owner {
                     uid: r.uid.clone(),
                     block: r.block_owner_deletion == Some(true),
+                    served: resolve_kind(&r.api_version, &r.kind).is_some(),
                 })
                 .collect(),
             deleting: meta.deletion_timestamp.is_some(),
@@ -222,15 +225,16 @@ impl Graph {
         self.absent.insert(uid.to_string());
     }
 
-    /// Whether an object has work: a GC finalizer to honour, or an owner that is not
-    /// known to exist or is deleting its dependents.
+    /// Whether an object has work: a GC finalizer to honour, or an owner (of a served
+    /// kind) that is not known to exist or is deleting its dependents.
     fn needs_attention(&self, node: &Node) -> bool {
         if node.deleting {
             return node.foreground || node.orphan;
         }
         node.owners.iter().any(|o| {
-            self.absent.contains(&o.uid)
-                || self.nodes.get(&o.uid).is_none_or(Node::deleting_dependents)
+            o.served
+                && (self.absent.contains(&o.uid)
+                    || self.nodes.get(&o.uid).is_none_or(Node::deleting_dependents))
         })
     }
 
@@ -553,7 +557,7 @@ async fn process(ctx: &Ctx, uid: &str) -> Result<Option<Duration>, Error> {
                 waiting.insert(r.uid.clone());
             }
             OwnerState::Invalid => {
-                tracing::warn!(kind = ri.kind, name = %node.name, owner_kind = %r.kind, owner = %r.name,
+                tracing::debug!(kind = ri.kind, name = %node.name, owner_kind = %r.kind, owner = %r.name,
                     "cluster-scoped object refers to a namespaced owner, which is not valid; ignoring it");
                 return Ok(None);
             }
@@ -738,7 +742,10 @@ async fn live_dependents(
         } else {
             None
         };
-        let list = ctx.api(ri, ns).list_metadata(&ListParams::default()).await?;
+        let list = ctx
+            .api(ri, ns)
+            .list_metadata(&ListParams::default())
+            .await?;
         found.extend(
             list.items
                 .into_iter()
@@ -858,6 +865,7 @@ mod tests {
                 .map(|(uid, block)| Owner {
                     uid: uid.to_string(),
                     block: *block,
+                    served: *uid != "unserved",
                 })
                 .collect(),
             deleting: false,
@@ -899,6 +907,12 @@ mod tests {
                 before: vec![("o", deleting(node(&[]), true, false))],
                 observe: ("d", node(&[("o", true)])),
                 wake: vec!["d"],
+            },
+            Case {
+                name: "owner of a kind not served: nothing can be checked",
+                before: vec![],
+                observe: ("d", node(&[("unserved", false)])),
+                wake: vec![],
             },
             Case {
                 name: "orphan finalizer",
@@ -972,13 +986,33 @@ mod tests {
         let kinds = watched_kinds();
         assert!(kinds.iter().any(|r| r.kind == "Pod"));
         assert!(kinds.iter().any(|r| r.kind == "ReplicaSet"));
-        assert!(!kinds.iter().any(|r| r.plural == "events"), "events are ignored");
-        assert!(!kinds.iter().any(|r| r.plural == "tokenreviews"), "reviews are not stored");
-        let hpa_count = kinds.iter().filter(|r| r.kind == "HorizontalPodAutoscaler").count();
+        assert!(
+            !kinds.iter().any(|r| r.plural == "events"),
+            "events are ignored"
+        );
+        assert!(
+            !kinds.iter().any(|r| r.plural == "tokenreviews"),
+            "reviews are not stored"
+        );
+        let hpa_count = kinds
+            .iter()
+            .filter(|r| r.kind == "HorizontalPodAutoscaler")
+            .count();
         assert_eq!(hpa_count, 1, "one watch per storage location");
-        assert_eq!(resolve_kind("apps/v1", "ReplicaSet").unwrap().plural, "replicasets");
-        assert_eq!(resolve_kind("apps/v1beta2", "Deployment").unwrap().version, "v1");
-        assert_eq!(resolve_kind("autoscaling/v1", "HorizontalPodAutoscaler").unwrap().version, "v1");
+        assert_eq!(
+            resolve_kind("apps/v1", "ReplicaSet").unwrap().plural,
+            "replicasets"
+        );
+        assert_eq!(
+            resolve_kind("apps/v1beta2", "Deployment").unwrap().version,
+            "v1"
+        );
+        assert_eq!(
+            resolve_kind("autoscaling/v1", "HorizontalPodAutoscaler")
+                .unwrap()
+                .version,
+            "v1"
+        );
         assert!(resolve_kind("example.com/v1", "Widget").is_none());
         assert_eq!(backoff(1), Duration::from_millis(500));
         assert_eq!(backoff(3), Duration::from_secs(2));

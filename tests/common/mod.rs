@@ -195,7 +195,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         if self.agent && self.child.is_some() {
             // Containers outlive kaji by design (restart safety): remove the pods first.
-            let _ = self.kubectl(&["delete", "pods", "--all", "-A", "--grace-period=0", "--force", "--wait=false"]);
+            let _ = self.kubectl(&[
+                "delete",
+                "pods",
+                "--all",
+                "-A",
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ]);
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 let out = self.kubectl(&["get", "pods", "-A", "-o", "name"]);
@@ -224,10 +232,18 @@ impl Drop for Server {
         if self.agent {
             // Whatever this server's runtime left (shims of a failed test, a containerd
             // orphaned by kill9) is identified by the test's private data dir.
-            let _ = Command::new("pkill").arg("-KILL").arg("-f").arg(self.dir.path().display().to_string()).status();
+            let _ = Command::new("pkill")
+                .arg("-KILL")
+                .arg("-f")
+                .arg(self.dir.path().display().to_string())
+                .status();
             if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
                 let prefix = self.dir.path().display().to_string();
-                let mut points: Vec<&str> = mounts.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&prefix)).collect();
+                let mut points: Vec<&str> = mounts
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().nth(4))
+                    .filter(|m| m.starts_with(&prefix))
+                    .collect();
                 points.sort_by_key(|p| std::cmp::Reverse(p.len()));
                 for p in points {
                     let _ = Command::new("umount").arg("-l").arg(p).status();

@@ -47,12 +47,15 @@ struct Recorded {
     at: Instant,
 }
 
+/// Recorded events by (involved object uid, reason, message).
+type Seen = HashMap<(String, String, String), Recorded>;
+
 /// Records events as one controller component.
 #[derive(Clone)]
 pub(crate) struct Recorder {
     client: Client,
     component: &'static str,
-    seen: Arc<Mutex<HashMap<(String, String, String), Recorded>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl Recorder {
