@@ -47,7 +47,9 @@ use std::time::Duration;
 use futures::{StreamExt, future, stream};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as MetaSelector, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector as MetaSelector, ObjectMeta, Time,
+};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, trigger_self, trigger_with};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -60,7 +62,9 @@ use self::util::*;
 use super::replicaset::events::{EventType, Recorder};
 use super::replicaset::ownership::{Claim, adopt, controller_ref, decide, release};
 use super::replicaset::pods::controller_of;
-use super::replicaset::{error_message, is_not_found, labels_json, namespace_terminating, now_seconds};
+use super::replicaset::{
+    error_message, is_not_found, labels_json, namespace_terminating, now_seconds,
+};
 use crate::api::selector::LabelSelector;
 
 /// How often a Recreate rollout checks whether the old pods are gone.
@@ -96,18 +100,26 @@ struct Ctx {
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let (d_store, d_writer) = reflector::store::<Deployment>();
     let (rs_store, rs_writer) = reflector::store::<ReplicaSet>();
-    let d_events = watcher(Api::<Deployment>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(d_writer)
-        .applied_objects();
-    let rs_events = watcher(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(rs_writer)
-        .touched_objects();
+    let d_events = watcher(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(d_writer)
+    .applied_objects();
+    let rs_events = watcher(
+        Api::<ReplicaSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(rs_writer)
+    .touched_objects();
     let deployments = d_store.clone();
     let queue = stream::select(
         trigger_self(d_events, ()),
-        trigger_with(rs_events, move |rs: ReplicaSet| deployments_for(&deployments, &rs)),
+        trigger_with(rs_events, move |rs: ReplicaSet| {
+            deployments_for(&deployments, &rs)
+        }),
     )
     .take_until(async move { shutdown.cancelled().await });
     let ctx = Arc::new(Ctx {
@@ -177,16 +189,24 @@ fn error_policy(d: Arc<Deployment>, err: &Error, ctx: Arc<Ctx>) -> Action {
         tracing::debug!(%err, deployment = %key, "stale cache; retrying");
         return Action::requeue(Duration::from_millis(100));
     }
-    let delay = Duration::from_millis(250).saturating_mul(1u32 << n.min(8)).min(Duration::from_secs(60));
+    let delay = Duration::from_millis(250)
+        .saturating_mul(1u32 << n.min(8))
+        .min(Duration::from_secs(60));
     tracing::warn!(%err, deployment = %key, retry_in = ?delay, "deployment sync failed");
     Action::requeue(delay)
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.replicasets.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    ctx.replicasets
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheGone)?;
     let mut s = Sync::new(&ctx, (*d).clone());
     s.sync_deployment().await?;
-    ctx.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&key_of(&d));
+    ctx.failures
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&key_of(&d));
     Ok(s.requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
@@ -202,7 +222,9 @@ impl RsSet {
     }
 
     fn old_idx(&self) -> Vec<usize> {
-        (0..self.all.len()).filter(|i| Some(*i) != self.new).collect()
+        (0..self.all.len())
+            .filter(|i| Some(*i) != self.new)
+            .collect()
     }
 
     fn old(&self) -> Vec<&ReplicaSet> {
@@ -238,7 +260,13 @@ impl<'a> Sync<'a> {
     fn new(ctx: &'a Ctx, d: Deployment) -> Sync<'a> {
         let ns = d.namespace().unwrap_or_default();
         let name = d.name_any();
-        Sync { ctx, d, ns, name, requeue: None }
+        Sync {
+            ctx,
+            d,
+            ns,
+            name,
+            requeue: None,
+        }
     }
 
     fn deployments(&self) -> Api<Deployment> {
@@ -301,10 +329,17 @@ impl<'a> Sync<'a> {
             }
         };
         if sel.is_empty() {
-            self.event(EventType::Warning, "SelectingAll", "This deployment is selecting all pods. A non-empty selector is required.".into());
+            self.event(
+                EventType::Warning,
+                "SelectingAll",
+                "This deployment is selecting all pods. A non-empty selector is required.".into(),
+            );
             let observed = self.d.status.as_ref().and_then(|s| s.observed_generation);
             if observed < self.d.metadata.generation {
-                self.d.status.get_or_insert_with(Default::default).observed_generation = self.d.metadata.generation;
+                self.d
+                    .status
+                    .get_or_insert_with(Default::default)
+                    .observed_generation = self.d.metadata.generation;
                 self.update_status().await?;
             }
             return Ok(());
@@ -353,7 +388,9 @@ impl<'a> Sync<'a> {
                 Claim::Adopt => {
                     if can_adopt.is_none() {
                         let fresh = self.deployments().get_opt(&self.name).await?;
-                        can_adopt = Some(fresh.is_some_and(|f| f.uid() == self.d.uid() && f.metadata.deletion_timestamp.is_none()));
+                        can_adopt = Some(fresh.is_some_and(|f| {
+                            f.uid() == self.d.uid() && f.metadata.deletion_timestamp.is_none()
+                        }));
                     }
                     if can_adopt != Some(true) {
                         continue;
@@ -368,7 +405,9 @@ impl<'a> Sync<'a> {
                     }
                 }
                 Claim::Release => match release(&api, &rs.name_any(), &rs_uid, &uid).await {
-                    Ok(_) => tracing::info!(replicaset = %rs.name_any(), deployment = %self.name, "released replica set"),
+                    Ok(_) => {
+                        tracing::info!(replicaset = %rs.name_any(), deployment = %self.name, "released replica set")
+                    }
                     Err(err) if is_not_found(&err) => {}
                     Err(err) => return Err(err.into()),
                 },
@@ -389,8 +428,20 @@ impl<'a> Sync<'a> {
         let paused_cond = reason.as_deref() == Some(PAUSED);
         let now = now_seconds(jiff::Timestamp::now());
         let cond = match (paused(&self.d), paused_cond) {
-            (true, false) => new_condition(PROGRESSING, "Unknown", PAUSED, "Deployment is paused".into(), &now),
-            (false, true) => new_condition(PROGRESSING, "Unknown", RESUMED, "Deployment is resumed".into(), &now),
+            (true, false) => new_condition(
+                PROGRESSING,
+                "Unknown",
+                PAUSED,
+                "Deployment is paused".into(),
+                &now,
+            ),
+            (false, true) => new_condition(
+                PROGRESSING,
+                "Unknown",
+                RESUMED,
+                "Deployment is resumed".into(),
+                &now,
+            ),
             _ => return Ok(()),
         };
         set_condition(self.d.status.get_or_insert_with(Default::default), cond);
@@ -400,10 +451,19 @@ impl<'a> Sync<'a> {
     /// Splits the ReplicaSets into the new one and the old ones, bringing the new one's
     /// revision and annotations (and the Deployment's revision) up to date, and creates
     /// the new one when `create` is set and there is none.
-    async fn all_replicasets(&mut self, mut all: Vec<ReplicaSet>, create: bool) -> Result<RsSet, Error> {
+    async fn all_replicasets(
+        &mut self,
+        mut all: Vec<ReplicaSet>,
+        create: bool,
+    ) -> Result<RsSet, Error> {
         let new = find_new(&self.d, &all);
         let max_old = {
-            let old: Vec<&ReplicaSet> = all.iter().enumerate().filter(|(i, _)| Some(*i) != new).map(|(_, rs)| rs).collect();
+            let old: Vec<&ReplicaSet> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != new)
+                .map(|(_, rs)| rs)
+                .collect();
             max_revision(&old)
         };
         let new_revision = max_old + 1;
@@ -411,7 +471,11 @@ impl<'a> Sync<'a> {
             let mut rs = all[i].clone();
             let annotations_changed = set_new_rs_annotations(&self.d, &mut rs, new_revision, true);
             let min_ready = min_ready_seconds(&self.d);
-            let rs_min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+            let rs_min_ready = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.min_ready_seconds)
+                .unwrap_or(0);
             if annotations_changed || rs_min_ready != min_ready {
                 if let Some(spec) = rs.spec.as_mut() {
                     spec.min_ready_seconds = Some(min_ready);
@@ -427,7 +491,10 @@ impl<'a> Sync<'a> {
             if deadline && condition(status, PROGRESSING).is_none() {
                 let now = now_seconds(jiff::Timestamp::now());
                 let msg = format!("Found new replica set {:?}", all[i].name_any());
-                set_condition(status, new_condition(PROGRESSING, "True", FOUND_NEW_RS, msg, &now));
+                set_condition(
+                    status,
+                    new_condition(PROGRESSING, "True", FOUND_NEW_RS, msg, &now),
+                );
                 status_changed = true;
             }
             if revision_changed {
@@ -447,7 +514,11 @@ impl<'a> Sync<'a> {
         Ok(RsSet { all, new })
     }
 
-    async fn create_new_replicaset(&mut self, old: &[ReplicaSet], new_revision: i64) -> Result<ReplicaSet, Error> {
+    async fn create_new_replicaset(
+        &mut self,
+        old: &[ReplicaSet],
+        new_revision: i64,
+    ) -> Result<ReplicaSet, Error> {
         let collision = self.d.status.as_ref().and_then(|s| s.collision_count);
         let mut tpl = template(&self.d);
         let hash = pod_template_hash(&tpl, collision);
@@ -456,8 +527,15 @@ impl<'a> Sync<'a> {
             .labels
             .get_or_insert_with(BTreeMap::new)
             .insert(POD_TEMPLATE_HASH.into(), hash.clone());
-        let mut sel: MetaSelector = self.d.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
-        sel.match_labels.get_or_insert_with(BTreeMap::new).insert(POD_TEMPLATE_HASH.into(), hash.clone());
+        let mut sel: MetaSelector = self
+            .d
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
+        sel.match_labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(POD_TEMPLATE_HASH.into(), hash.clone());
         let rs_name = format!("{}-{hash}", self.name);
         let mut rs = ReplicaSet {
             metadata: ObjectMeta {
@@ -481,21 +559,30 @@ impl<'a> Sync<'a> {
             spec.replicas = Some(new_replicas);
         }
         set_new_rs_annotations(&self.d, &mut rs, new_revision, false);
-        let (created, already_exists) = match self.replicasets().create(&PostParams::default(), &rs).await {
+        let (created, already_exists) = match self
+            .replicasets()
+            .create(&PostParams::default(), &rs)
+            .await
+        {
             Ok(created) => (created, false),
             Err(kube::Error::Api(s)) if s.is_already_exists() => {
                 // The cache may just lag behind our own creation; otherwise another
                 // template took the name: raise the collision count and try again.
                 let existing = self.replicasets().get_opt(&rs_name).await?;
                 let ours = existing.as_ref().is_some_and(|e| {
-                    controller_of(&e.metadata).is_some_and(|r| Some(&r.uid) == self.d.metadata.uid.as_ref())
-                        && e.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| equal_ignore_hash(t, &template(&self.d)))
+                    controller_of(&e.metadata)
+                        .is_some_and(|r| Some(&r.uid) == self.d.metadata.uid.as_ref())
+                        && e.spec
+                            .as_ref()
+                            .and_then(|s| s.template.as_ref())
+                            .is_some_and(|t| equal_ignore_hash(t, &template(&self.d)))
                 });
                 match existing {
                     Some(existing) if ours => (existing, true),
                     _ => {
                         let status = self.d.status.get_or_insert_with(Default::default);
-                        status.collision_count = Some(status.collision_count.unwrap_or(0).saturating_add(1));
+                        status.collision_count =
+                            Some(status.collision_count.unwrap_or(0).saturating_add(1));
                         self.update_status().await?;
                         return Err(Error::Collision(rs_name));
                     }
@@ -503,10 +590,16 @@ impl<'a> Sync<'a> {
             }
             Err(err) if namespace_terminating(&err) => return Err(err.into()),
             Err(err) => {
-                let msg = format!("Failed to create new replica set {rs_name:?}: {}", error_message(&err));
+                let msg = format!(
+                    "Failed to create new replica set {rs_name:?}: {}",
+                    error_message(&err)
+                );
                 if has_progress_deadline(&self.d) {
                     let now = now_seconds(jiff::Timestamp::now());
-                    set_condition(self.d.status.get_or_insert_with(Default::default), new_condition(PROGRESSING, "False", FAILED_RS_CREATE, msg.clone(), &now));
+                    set_condition(
+                        self.d.status.get_or_insert_with(Default::default),
+                        new_condition(PROGRESSING, "False", FAILED_RS_CREATE, msg.clone(), &now),
+                    );
                     if let Err(e) = self.update_status().await {
                         tracing::debug!(err = %e, "recording the failed replica set creation");
                     }
@@ -518,7 +611,11 @@ impl<'a> Sync<'a> {
         if !already_exists {
             tracing::info!(replicaset = %rs_name, deployment = %self.name, ns = %self.ns, replicas = new_replicas, "created new replica set");
             if new_replicas > 0 {
-                self.event(EventType::Normal, "ScalingReplicaSet", format!("Scaled up replica set {rs_name} from 0 to {new_replicas}"));
+                self.event(
+                    EventType::Normal,
+                    "ScalingReplicaSet",
+                    format!("Scaled up replica set {rs_name} from 0 to {new_replicas}"),
+                );
             }
         }
         let revision_changed = set_deployment_revision(&mut self.d, &new_revision.to_string());
@@ -528,7 +625,10 @@ impl<'a> Sync<'a> {
         if !already_exists && has_progress_deadline(&self.d) {
             let now = now_seconds(jiff::Timestamp::now());
             let msg = format!("Created new replica set {rs_name:?}");
-            set_condition(self.d.status.get_or_insert_with(Default::default), new_condition(PROGRESSING, "True", NEW_RS_CREATED, msg, &now));
+            set_condition(
+                self.d.status.get_or_insert_with(Default::default),
+                new_condition(PROGRESSING, "True", NEW_RS_CREATED, msg, &now),
+            );
             self.update_status().await?;
         }
         Ok(created)
@@ -570,7 +670,14 @@ impl<'a> Sync<'a> {
         if resize {
             let op = if old < n { "up" } else { "down" };
             tracing::info!(replicaset = %rs.name_any(), deployment = %self.name, ns = %self.ns, from = old, to = n, "scaled replica set");
-            self.event(EventType::Normal, "ScalingReplicaSet", format!("Scaled {op} replica set {} from {old} to {n}", rs.name_any()));
+            self.event(
+                EventType::Normal,
+                "ScalingReplicaSet",
+                format!(
+                    "Scaled {op} replica set {} from {old} to {n}",
+                    rs.name_any()
+                ),
+            );
         }
         Ok(resize)
     }
@@ -600,7 +707,9 @@ impl<'a> Sync<'a> {
         if is_recreate(&self.d) {
             return Ok(());
         }
-        let active: Vec<usize> = (0..set.all.len()).filter(|i| rs_replicas(&set.all[*i]) > 0).collect();
+        let active: Vec<usize> = (0..set.all.len())
+            .filter(|i| rs_replicas(&set.all[*i]) > 0)
+            .collect();
         for (i, size) in proportional_sizes(&self.d, &set.all, &active) {
             self.scale_replicaset(&mut set.all[i], size).await?;
         }
@@ -612,13 +721,20 @@ impl<'a> Sync<'a> {
         let Some(limit) = self.d.spec.as_ref().and_then(|s| s.revision_history_limit) else {
             return Ok(());
         };
-        let mut cleanable: Vec<&ReplicaSet> = set.old().into_iter().filter(|rs| rs.metadata.deletion_timestamp.is_none()).collect();
+        let mut cleanable: Vec<&ReplicaSet> = set
+            .old()
+            .into_iter()
+            .filter(|rs| rs.metadata.deletion_timestamp.is_none())
+            .collect();
         let excess = i64::try_from(cleanable.len()).unwrap_or(i64::MAX) - i64::from(limit);
         if excess <= 0 {
             return Ok(());
         }
         cleanable.sort_by(|a, b| by_revision(a, b));
-        for rs in cleanable.into_iter().take(usize::try_from(excess).unwrap_or(0)) {
+        for rs in cleanable
+            .into_iter()
+            .take(usize::try_from(excess).unwrap_or(0))
+        {
             let status = rs.status.clone().unwrap_or_default();
             if status.replicas != 0
                 || rs_replicas(rs) != 0
@@ -627,7 +743,11 @@ impl<'a> Sync<'a> {
                 continue;
             }
             tracing::info!(replicaset = %rs.name_any(), deployment = %self.name, ns = %self.ns, "deleting old replica set");
-            match self.replicasets().delete(&rs.name_any(), &DeleteParams::default()).await {
+            match self
+                .replicasets()
+                .delete(&rs.name_any(), &DeleteParams::default())
+                .await
+            {
                 Ok(_) => {}
                 Err(err) if is_not_found(&err) => {}
                 Err(err) => return Err(err.into()),
@@ -638,7 +758,9 @@ impl<'a> Sync<'a> {
 
     async fn rollout_rolling(&mut self, rss: Vec<ReplicaSet>) -> Result<(), Error> {
         let mut set = self.all_replicasets(rss, true).await?;
-        if self.reconcile_new_replicaset(&mut set).await? || self.reconcile_old_replicasets(&mut set).await? {
+        if self.reconcile_new_replicaset(&mut set).await?
+            || self.reconcile_old_replicasets(&mut set).await?
+        {
             return self.sync_rollout_status(&set).await;
         }
         let status = self.d.status.clone().unwrap_or_default();
@@ -669,19 +791,27 @@ impl<'a> Sync<'a> {
         }
         let all_pods = replica_count(&set.refs());
         let min_available = replicas(&self.d) - max_unavailable(&self.d);
-        let new_unavailable = set.new_rs().map_or(0, |rs| rs_replicas(rs) - rs_available(rs));
+        let new_unavailable = set
+            .new_rs()
+            .map_or(0, |rs| rs_replicas(rs) - rs_available(rs));
         let max_scaled_down = all_pods - min_available - new_unavailable;
         if max_scaled_down <= 0 {
             return Ok(false);
         }
         // First the old pods that are not available anyway, then available ones as far as
         // availability allows.
-        let cleaned = self.cleanup_unhealthy_replicas(set, max_scaled_down).await?;
+        let cleaned = self
+            .cleanup_unhealthy_replicas(set, max_scaled_down)
+            .await?;
         let scaled = self.scale_down_old_replicasets(set).await?;
         Ok(cleaned + scaled > 0)
     }
 
-    async fn cleanup_unhealthy_replicas(&self, set: &mut RsSet, max_cleanup: i32) -> Result<i32, Error> {
+    async fn cleanup_unhealthy_replicas(
+        &self,
+        set: &mut RsSet,
+        max_cleanup: i32,
+    ) -> Result<i32, Error> {
         let mut total = 0;
         for i in set.active_old_by_creation() {
             if total >= max_cleanup {
@@ -761,10 +891,18 @@ impl<'a> Sync<'a> {
         }
         let sel = selector(&self.d).map_err(Error::Invalid)?;
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let list = pods.list(&ListParams::default().labels(&sel.to_string())).await?;
+        let list = pods
+            .list(&ListParams::default().labels(&sel.to_string()))
+            .await?;
         Ok(list.items.iter().any(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-            controller_of(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid)) && phase != "Succeeded" && phase != "Failed"
+            let phase = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .unwrap_or("");
+            controller_of(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid))
+                && phase != "Succeeded"
+                && phase != "Failed"
         }))
     }
 
@@ -791,7 +929,9 @@ impl<'a> Sync<'a> {
         }
         let current = condition(&status, PROGRESSING).cloned();
         let complete = status.replicas == status.updated_replicas
-            && current.as_ref().is_some_and(|c| c.reason.as_deref() == Some(NEW_RS_AVAILABLE));
+            && current
+                .as_ref()
+                .is_some_and(|c| c.reason.as_deref() == Some(NEW_RS_AVAILABLE));
         if has_progress_deadline(&self.d) && !complete {
             let subject = match new_rs {
                 Some(rs) => format!("ReplicaSet {:?}", rs.name_any()),
@@ -799,7 +939,10 @@ impl<'a> Sync<'a> {
             };
             if deployment_complete(&self.d, &status) {
                 let msg = format!("{subject} has successfully progressed.");
-                set_condition(&mut status, new_condition(PROGRESSING, "True", NEW_RS_AVAILABLE, msg, &now));
+                set_condition(
+                    &mut status,
+                    new_condition(PROGRESSING, "True", NEW_RS_AVAILABLE, msg, &now),
+                );
             } else if deployment_progressing(&self.d, &status) {
                 let msg = format!("{subject} is progressing.");
                 let mut cond = new_condition(PROGRESSING, "True", RS_UPDATED, msg, &now);
@@ -813,7 +956,10 @@ impl<'a> Sync<'a> {
                 set_condition(&mut status, cond);
             } else if deployment_timed_out(&self.d, &status, now_ts) {
                 let msg = format!("{subject} has timed out progressing.");
-                set_condition(&mut status, new_condition(PROGRESSING, "False", TIMED_OUT, msg, &now));
+                set_condition(
+                    &mut status,
+                    new_condition(PROGRESSING, "False", TIMED_OUT, msg, &now),
+                );
             }
         }
         let old = set.old();
@@ -832,7 +978,11 @@ impl<'a> Sync<'a> {
     }
 
     /// When to look again at a rollout that is not progressing, to notice its deadline.
-    fn stuck_requeue(&self, status: &k8s_openapi::api::apps::v1::DeploymentStatus, now: jiff::Timestamp) -> Option<Duration> {
+    fn stuck_requeue(
+        &self,
+        status: &k8s_openapi::api::apps::v1::DeploymentStatus,
+        now: jiff::Timestamp,
+    ) -> Option<Duration> {
         let cond = condition(status, PROGRESSING)?;
         if !has_progress_deadline(&self.d)
             || deployment_complete(&self.d, status)
@@ -840,9 +990,17 @@ impl<'a> Sync<'a> {
         {
             return None;
         }
-        let deadline = self.d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).unwrap_or(0);
+        let deadline = self
+            .d
+            .spec
+            .as_ref()
+            .and_then(|s| s.progress_deadline_seconds)
+            .unwrap_or(0);
         let from: &Time = cond.last_update_time.as_ref()?;
-        let due = from.0.checked_add(jiff::SignedDuration::from_secs(i64::from(deadline))).ok()?;
+        let due = from
+            .0
+            .checked_add(jiff::SignedDuration::from_secs(i64::from(deadline)))
+            .ok()?;
         let after = due.duration_since(now);
         if after < jiff::SignedDuration::from_secs(1) {
             return Some(Duration::from_secs(1));
@@ -857,7 +1015,9 @@ fn find_active_or_latest(set: &RsSet) -> Option<usize> {
     if set.all.is_empty() {
         return None;
     }
-    let active: Vec<usize> = (0..set.all.len()).filter(|i| rs_replicas(&set.all[*i]) > 0).collect();
+    let active: Vec<usize> = (0..set.all.len())
+        .filter(|i| rs_replicas(&set.all[*i]) > 0)
+        .collect();
     match active.len() {
         0 => set.new.or_else(|| {
             let mut old = set.old_idx();
@@ -887,10 +1047,46 @@ mod tests {
         // (replica sets, new index) → chosen index
         let cases = [
             (set(vec![], None), None),
-            (set(vec![rs("a", 0, "2025-01-01T00:00:00Z"), rs("b", 0, "2025-01-02T00:00:00Z")], None), Some(1)),
-            (set(vec![rs("a", 0, "2025-01-01T00:00:00Z"), rs("b", 0, "2025-01-02T00:00:00Z")], Some(0)), Some(0)),
-            (set(vec![rs("a", 2, "2025-01-01T00:00:00Z"), rs("b", 0, "2025-01-02T00:00:00Z")], Some(1)), Some(0)),
-            (set(vec![rs("a", 2, "2025-01-01T00:00:00Z"), rs("b", 1, "2025-01-02T00:00:00Z")], Some(1)), None),
+            (
+                set(
+                    vec![
+                        rs("a", 0, "2025-01-01T00:00:00Z"),
+                        rs("b", 0, "2025-01-02T00:00:00Z"),
+                    ],
+                    None,
+                ),
+                Some(1),
+            ),
+            (
+                set(
+                    vec![
+                        rs("a", 0, "2025-01-01T00:00:00Z"),
+                        rs("b", 0, "2025-01-02T00:00:00Z"),
+                    ],
+                    Some(0),
+                ),
+                Some(0),
+            ),
+            (
+                set(
+                    vec![
+                        rs("a", 2, "2025-01-01T00:00:00Z"),
+                        rs("b", 0, "2025-01-02T00:00:00Z"),
+                    ],
+                    Some(1),
+                ),
+                Some(0),
+            ),
+            (
+                set(
+                    vec![
+                        rs("a", 2, "2025-01-01T00:00:00Z"),
+                        rs("b", 1, "2025-01-02T00:00:00Z"),
+                    ],
+                    Some(1),
+                ),
+                None,
+            ),
         ];
         for (i, (s, want)) in cases.into_iter().enumerate() {
             assert_eq!(find_active_or_latest(&s), want, "case {i}");

@@ -49,10 +49,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::{self, Action, ReconcileRequest, trigger_self};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::core::NamespaceResourceScope;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -113,7 +113,9 @@ pub(crate) fn namespace_terminating(err: &kube::Error) -> bool {
 }
 
 /// Labels as the selector matcher takes them.
-pub(crate) fn labels_json(labels: &BTreeMap<String, String>) -> serde_json::Map<String, serde_json::Value> {
+pub(crate) fn labels_json(
+    labels: &BTreeMap<String, String>,
+) -> serde_json::Map<String, serde_json::Value> {
     labels
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
@@ -147,7 +149,14 @@ fn nz(n: i32) -> Option<i32> {
 
 /// A kind that keeps a number of pod replicas: ReplicaSet or ReplicationController.
 trait Replicated:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
 {
     /// The event source (`replicaset-controller`, `replication-controller`).
     const COMPONENT: &'static str;
@@ -167,7 +176,10 @@ impl Replicated for ReplicaSet {
     }
 
     fn min_ready_seconds(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
     }
 
     fn label_selector(&self) -> Result<LabelSelector, String> {
@@ -240,7 +252,10 @@ impl Replicated for ReplicationController {
     }
 
     fn min_ready_seconds(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
     }
 
     fn label_selector(&self) -> Result<LabelSelector, String> {
@@ -455,7 +470,10 @@ impl OwnerKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Touch {
     Owner(OwnerKey),
-    Orphan { ns: String, labels: BTreeMap<String, String> },
+    Orphan {
+        ns: String,
+        labels: BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug)]
@@ -487,7 +505,9 @@ impl PodTracker {
                 self.applied(&pod, exp)
             }
             watcher::Event::Apply(pod) => self.applied(&pod, exp),
-            watcher::Event::Delete(pod) => self.deleted(&pod.uid().unwrap_or_default(), OwnerKey::of(&pod), exp),
+            watcher::Event::Delete(pod) => {
+                self.deleted(&pod.uid().unwrap_or_default(), OwnerKey::of(&pod), exp)
+            }
             watcher::Event::InitDone => {
                 // Pods that vanished while the watch was down were deleted.
                 let Some(listed) = self.relist.take() else {
@@ -499,7 +519,9 @@ impl PodTracker {
                     .filter(|uid| !listed.contains(*uid))
                     .cloned()
                     .collect();
-                gone.iter().flat_map(|uid| self.deleted(uid, None, exp)).collect()
+                gone.iter()
+                    .flat_map(|uid| self.deleted(uid, None, exp))
+                    .collect()
             }
         }
     }
@@ -605,27 +627,43 @@ fn selecting<K: Replicated>(
 }
 
 fn error_policy<K: Replicated>(obj: Arc<K>, err: &Error, ctx: Arc<Ctx<K>>) -> Action {
-    let key = expectations_key(&K::kind(&()), &obj.namespace().unwrap_or_default(), &obj.name_any());
+    let key = expectations_key(
+        &K::kind(&()),
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+    );
     let n = {
         let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let n = failures.entry(key.clone()).or_default();
         *n = n.saturating_add(1);
         *n
     };
-    if err.is_conflict() {
+    if err.is_conflict() && n < 10 {
         tracing::debug!(%err, object = %key, "conflict; retrying");
         return Action::requeue(Duration::from_millis(100));
     }
-    let delay = Duration::from_millis(250).saturating_mul(1u32 << n.min(8)).min(Duration::from_secs(60));
+    let delay = Duration::from_millis(250)
+        .saturating_mul(1u32 << n.min(8))
+        .min(Duration::from_secs(60));
     tracing::warn!(%err, object = %key, retry_in = ?delay, "sync failed");
     Action::requeue(delay)
 }
 
 async fn reconcile<K: Replicated>(obj: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, Error> {
-    ctx.pods.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheGone)?;
     let action = sync(obj.as_ref(), ctx.as_ref()).await?;
-    let key = expectations_key(&K::kind(&()), &obj.namespace().unwrap_or_default(), &obj.name_any());
-    ctx.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+    let key = expectations_key(
+        &K::kind(&()),
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+    );
+    ctx.failures
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&key);
     Ok(action)
 }
 
@@ -808,7 +846,9 @@ async fn manage_replicas<K: Replicated>(
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     if pods.len() < desired {
         let n = (desired - pods.len()).min(BURST_REPLICAS);
-        let template = obj.pod_template().ok_or_else(|| Error::NoTemplate(key.to_string()))?;
+        let template = obj
+            .pod_template()
+            .ok_or_else(|| Error::NoTemplate(key.to_string()))?;
         ctx.expectations.expect_creations(key, &uid, n);
         tracing::info!(object = %key, need = desired, have = pods.len(), creating = n, "too few replicas");
         let owner = controller_ref(obj);
@@ -819,13 +859,23 @@ async fn manage_replicas<K: Replicated>(
             async move {
                 match api.create(&PostParams::default(), &pod).await {
                     Ok(p) => {
-                        ctx.recorder.event(obj, EventType::Normal, "SuccessfulCreate", format!("Created pod: {}", p.name_any()));
+                        ctx.recorder.event(
+                            obj,
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", p.name_any()),
+                        );
                         Ok(())
                     }
                     Err(e) => {
                         let msg = error_message(&e);
                         if !namespace_terminating(&e) {
-                            ctx.recorder.event(obj, EventType::Warning, "FailedCreate", format!("Error creating: {msg}"));
+                            ctx.recorder.event(
+                                obj,
+                                EventType::Warning,
+                                "FailedCreate",
+                                format!("Error creating: {msg}"),
+                            );
                         }
                         Err(msg)
                     }
@@ -846,8 +896,11 @@ async fn manage_replicas<K: Replicated>(
         let n = (pods.len() - desired).min(BURST_REPLICAS);
         let related = related_pods(obj, pods, ctx);
         let victims = pods::pods_to_delete(pods, &related, n, jiff::Timestamp::now());
-        ctx.expectations
-            .expect_deletions(key, &uid, victims.iter().map(|p| p.uid().unwrap_or_default()));
+        ctx.expectations.expect_deletions(
+            key,
+            &uid,
+            victims.iter().map(|p| p.uid().unwrap_or_default()),
+        );
         tracing::info!(object = %key, need = desired, have = pods.len(), deleting = n, "too many replicas");
         let results = future::join_all(victims.iter().map(|p| {
             let api = api.clone();
@@ -857,13 +910,24 @@ async fn manage_replicas<K: Replicated>(
         let mut first_err = None;
         for (pod, res) in results {
             match res {
-                Ok(_) => ctx.recorder.event(obj, EventType::Normal, "SuccessfulDelete", format!("Deleted pod: {}", pod.name_any())),
+                Ok(_) => ctx.recorder.event(
+                    obj,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {}", pod.name_any()),
+                ),
                 Err(e) => {
                     // The cache will never show this deletion.
-                    ctx.expectations.deletion_observed(key, &uid, &pod.uid().unwrap_or_default());
+                    ctx.expectations
+                        .deletion_observed(key, &uid, &pod.uid().unwrap_or_default());
                     if !is_not_found(&e) {
                         let msg = error_message(&e);
-                        ctx.recorder.event(obj, EventType::Warning, "FailedDelete", format!("Error deleting: {msg}"));
+                        ctx.recorder.event(
+                            obj,
+                            EventType::Warning,
+                            "FailedDelete",
+                            format!("Error deleting: {msg}"),
+                        );
                         first_err.get_or_insert(msg);
                     }
                 }
@@ -911,10 +975,14 @@ fn calculate_status(
     failure: Option<(&str, String)>,
     now: jiff::Timestamp,
 ) -> ReplicaStatus {
-    let count = |f: &dyn Fn(&Pod) -> bool| i32::try_from(pods.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX);
+    let count = |f: &dyn Fn(&Pod) -> bool| {
+        i32::try_from(pods.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
+    };
     let fully_labeled = count(&|p: &Pod| {
         let labels = p.labels();
-        template_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        template_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
     });
     let mut conditions = current.conditions.clone();
     let has_failure = conditions.iter().any(|c| c.type_ == REPLICA_FAILURE);
@@ -945,7 +1013,11 @@ pub(crate) fn now_seconds(now: jiff::Timestamp) -> Time {
 }
 
 /// Writes the status if it changed (one retry on a conflict, with a fresh read).
-async fn update_status<K: Replicated>(obj: &K, status: &ReplicaStatus, ctx: &Ctx<K>) -> Result<(), Error> {
+async fn update_status<K: Replicated>(
+    obj: &K,
+    status: &ReplicaStatus,
+    ctx: &Ctx<K>,
+) -> Result<(), Error> {
     if obj.replica_status() == *status {
         return Ok(());
     }
@@ -955,7 +1027,10 @@ async fn update_status<K: Replicated>(obj: &K, status: &ReplicaStatus, ctx: &Ctx
     for attempt in 0..2 {
         updated.set_replica_status(status);
         updated.meta_mut().managed_fields = None;
-        match api.replace_status(&name, &PostParams::default(), &updated).await {
+        match api
+            .replace_status(&name, &PostParams::default(), &updated)
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(s)) if s.is_conflict() && attempt == 0 => {
                 match api.get_opt(&name).await? {
@@ -983,16 +1058,32 @@ mod tests {
     #[tokio::test]
     async fn slow_start_batches() {
         // (count, fail on call number, expected successes, expected calls)
-        let cases = [(0, None, 0, 0), (1, None, 1, 1), (7, None, 7, 7), (10, Some(2), 2, 3), (10, Some(4), 6, 7)];
+        let cases = [
+            (0, None, 0, 0),
+            (1, None, 1, 1),
+            (7, None, 7, 7),
+            (10, Some(2), 2, 3),
+            (10, Some(4), 6, 7),
+        ];
         for (count, fail_at, want_ok, want_calls) in cases {
             let calls = AtomicUsize::new(0);
             let (ok, err) = slow_start_batch(count, 1, || {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { if Some(n) == fail_at { Err(format!("boom {n}")) } else { Ok(()) } }
+                async move {
+                    if Some(n) == fail_at {
+                        Err(format!("boom {n}"))
+                    } else {
+                        Ok(())
+                    }
+                }
             })
             .await;
             assert_eq!(ok, want_ok, "successes for {count} / {fail_at:?}");
-            assert_eq!(calls.load(Ordering::SeqCst), want_calls, "calls for {count} / {fail_at:?}");
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                want_calls,
+                "calls for {count} / {fail_at:?}"
+            );
             assert_eq!(err.is_some(), fail_at.is_some());
         }
     }
@@ -1009,25 +1100,63 @@ mod tests {
                 "spec": {"containers": []}, "status": {"phase": "Running", "conditions": conditions}})))
         };
         let pods = vec![
-            mk("a", json!({"app": "web", "tier": "fe"}), Some("2025-01-01T11:00:00Z")),
+            mk(
+                "a",
+                json!({"app": "web", "tier": "fe"}),
+                Some("2025-01-01T11:00:00Z"),
+            ),
             mk("b", json!({"app": "web"}), Some("2025-01-01T11:59:55Z")),
             mk("c", json!({"app": "web", "tier": "fe"}), None),
         ];
-        let template: BTreeMap<String, String> = [("app".into(), "web".into()), ("tier".into(), "fe".into())].into();
-        let s = calculate_status(&ReplicaStatus::default(), 4, &template, 30, &pods, None, now);
+        let template: BTreeMap<String, String> =
+            [("app".into(), "web".into()), ("tier".into(), "fe".into())].into();
+        let s = calculate_status(
+            &ReplicaStatus::default(),
+            4,
+            &template,
+            30,
+            &pods,
+            None,
+            now,
+        );
         assert_eq!(
-            (s.replicas, s.fully_labeled_replicas, s.ready_replicas, s.available_replicas, s.observed_generation),
+            (
+                s.replicas,
+                s.fully_labeled_replicas,
+                s.ready_replicas,
+                s.available_replicas,
+                s.observed_generation
+            ),
             (3, 2, 2, 1, 4)
         );
         assert!(s.conditions.is_empty());
         // A create failure sets ReplicaFailure once; success clears it.
-        let failed = calculate_status(&s, 4, &template, 0, &pods, Some(("FailedCreate", "quota".into())), now);
+        let failed = calculate_status(
+            &s,
+            4,
+            &template,
+            0,
+            &pods,
+            Some(("FailedCreate", "quota".into())),
+            now,
+        );
         assert_eq!(failed.available_replicas, 2);
         assert_eq!(failed.conditions.len(), 1);
         assert_eq!(failed.conditions[0].reason.as_deref(), Some("FailedCreate"));
         assert_eq!(failed.conditions[0].message.as_deref(), Some("quota"));
-        let again = calculate_status(&failed, 4, &template, 0, &pods, Some(("FailedCreate", "other".into())), now);
-        assert_eq!(again.conditions, failed.conditions, "an existing failure condition is kept");
+        let again = calculate_status(
+            &failed,
+            4,
+            &template,
+            0,
+            &pods,
+            Some(("FailedCreate", "other".into())),
+            now,
+        );
+        assert_eq!(
+            again.conditions, failed.conditions,
+            "an existing failure condition is kept"
+        );
         let cleared = calculate_status(&failed, 4, &template, 0, &pods, None, now);
         assert!(cleared.conditions.is_empty());
     }
@@ -1051,7 +1180,11 @@ mod tests {
         let mut rs = ReplicaSet::default();
         rs.set_replica_status(&status);
         assert_eq!(rs.replica_status(), status);
-        assert_eq!(rs.status.as_ref().unwrap().ready_replicas, None, "zero counts are omitted");
+        assert_eq!(
+            rs.status.as_ref().unwrap().ready_replicas,
+            None,
+            "zero counts are omitted"
+        );
         let mut rc = ReplicationController::default();
         rc.set_replica_status(&status);
         assert_eq!(rc.replica_status(), status);
@@ -1062,9 +1195,11 @@ mod tests {
         let exp = Expectations::default();
         let mut t = PodTracker::default();
         let owned = |name: &str, uid: &str, deleting: bool| {
-            let mut p = pod(json!({"metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": {"app": "web"},
+            let mut p = pod(
+                json!({"metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": {"app": "web"},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-uid", "controller": true}]},
-                "spec": {"containers": []}}));
+                "spec": {"containers": []}}),
+            );
             if deleting {
                 p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
             }
@@ -1073,7 +1208,12 @@ mod tests {
         let key = "ReplicaSet/ns/web";
         exp.expect_creations(key, "rs-uid", 2);
         let touches = t.observe(watcher::Event::Apply(owned("p1", "u1", false)), &exp);
-        let owner = OwnerKey { kind: "ReplicaSet", ns: "ns".into(), name: "web".into(), uid: "rs-uid".into() };
+        let owner = OwnerKey {
+            kind: "ReplicaSet",
+            ns: "ns".into(),
+            name: "web".into(),
+            uid: "rs-uid".into(),
+        };
         assert_eq!(touches, vec![Touch::Owner(owner.clone())]);
         // A second event for the same pod is an update, not another creation.
         t.observe(watcher::Event::Apply(owned("p1", "u1", false)), &exp);
@@ -1092,9 +1232,14 @@ mod tests {
         assert!(exp.satisfied(key, "rs-uid"));
 
         // Orphans ask every matching controller; a label change asks again.
-        let orphan = pod(json!({"metadata": {"name": "o", "namespace": "ns", "uid": "uo", "labels": {"app": "web"}}, "spec": {"containers": []}}));
+        let orphan = pod(
+            json!({"metadata": {"name": "o", "namespace": "ns", "uid": "uo", "labels": {"app": "web"}}, "spec": {"containers": []}}),
+        );
         let touches = t.observe(watcher::Event::Apply(orphan.clone()), &exp);
         assert!(matches!(&touches[..], [Touch::Orphan { ns, .. }] if ns == "ns"));
-        assert!(t.observe(watcher::Event::Apply(orphan), &exp).is_empty(), "unchanged orphan");
+        assert!(
+            t.observe(watcher::Event::Apply(orphan), &exp).is_empty(),
+            "unchanged orphan"
+        );
     }
 }

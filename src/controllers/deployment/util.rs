@@ -6,9 +6,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -59,7 +57,10 @@ pub(crate) fn rs_replicas(rs: &ReplicaSet) -> i32 {
 }
 
 pub(crate) fn min_ready_seconds(d: &Deployment) -> i32 {
-    d.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
+    d.spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0)
 }
 
 pub(crate) fn paused(d: &Deployment) -> bool {
@@ -135,8 +136,10 @@ fn rolling_params(d: &Deployment) -> (IntOrString, IntOrString) {
         .and_then(|s| s.strategy.as_ref())
         .and_then(|s| s.rolling_update.as_ref());
     (
-        ru.and_then(|r| r.max_surge.clone()).unwrap_or(IntOrString::Int(0)),
-        ru.and_then(|r| r.max_unavailable.clone()).unwrap_or(IntOrString::Int(0)),
+        ru.and_then(|r| r.max_surge.clone())
+            .unwrap_or(IntOrString::Int(0)),
+        ru.and_then(|r| r.max_unavailable.clone())
+            .unwrap_or(IntOrString::Int(0)),
     )
 }
 
@@ -176,7 +179,11 @@ pub(crate) fn max_unavailable(d: &Deployment) -> i32 {
 
 /// The new ReplicaSet's next size: toward `spec.replicas` within the surge (rolling), or
 /// all at once (Recreate).
-pub(crate) fn new_rs_new_replicas(d: &Deployment, all: &[&ReplicaSet], new: &ReplicaSet) -> Result<i32, String> {
+pub(crate) fn new_rs_new_replicas(
+    d: &Deployment,
+    all: &[&ReplicaSet],
+    new: &ReplicaSet,
+) -> Result<i32, String> {
     if !is_rolling(d) {
         return Ok(replicas(d));
     }
@@ -245,10 +252,16 @@ fn canonical_json(v: &Value, out: &mut String) {
 const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// The `pod-template-hash` of a template (and the Deployment's collision count).
-pub(crate) fn pod_template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
+pub(crate) fn pod_template_hash(
+    template: &PodTemplateSpec,
+    collision_count: Option<i32>,
+) -> String {
     let mut h = Fnv32a::new();
     let mut text = String::new();
-    canonical_json(&serde_json::to_value(template).unwrap_or(Value::Null), &mut text);
+    canonical_json(
+        &serde_json::to_value(template).unwrap_or(Value::Null),
+        &mut text,
+    );
     h.write(text.as_bytes());
     if let Some(c) = collision_count {
         let mut bytes = [0u8; 8];
@@ -272,9 +285,13 @@ fn normalized(v: Value) -> Option<Value> {
                 .collect();
             (!m.is_empty()).then_some(Value::Object(m))
         }
-        Value::Array(a) => {
-            (!a.is_empty()).then(|| Value::Array(a.into_iter().map(|x| normalized(x).unwrap_or(Value::Null)).collect()))
-        }
+        Value::Array(a) => (!a.is_empty()).then(|| {
+            Value::Array(
+                a.into_iter()
+                    .map(|x| normalized(x).unwrap_or(Value::Null))
+                    .collect(),
+            )
+        }),
         other => Some(other),
     }
 }
@@ -294,7 +311,10 @@ pub(crate) fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> boo
 
 /// The template of the Deployment (an empty one if missing).
 pub(crate) fn template(d: &Deployment) -> PodTemplateSpec {
-    d.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default()
+    d.spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default()
 }
 
 /// The ReplicaSet a template matches: the oldest whose template equals the Deployment's.
@@ -316,11 +336,17 @@ pub(crate) fn find_new(d: &Deployment, rss: &[ReplicaSet]) -> Option<usize> {
 
 /// The revision annotation of an object (0 when absent or not a number).
 pub(crate) fn revision_of(annotations: &BTreeMap<String, String>) -> i64 {
-    annotations.get(REVISION).and_then(|r| r.parse().ok()).unwrap_or(0)
+    annotations
+        .get(REVISION)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
 }
 
 pub(crate) fn max_revision(rss: &[&ReplicaSet]) -> i64 {
-    rss.iter().map(|rs| revision_of(rs.annotations())).max().unwrap_or(0)
+    rss.iter()
+        .map(|rs| revision_of(rs.annotations()))
+        .max()
+        .unwrap_or(0)
 }
 
 fn skip_annotation(k: &str) -> bool {
@@ -360,7 +386,8 @@ pub(crate) fn set_replicas_annotations(rs: &mut ReplicaSet, desired: i32, max: i
 
 pub(crate) fn replicas_annotations_need_update(rs: &ReplicaSet, desired: i32, max: i32) -> bool {
     let a = rs.annotations();
-    a.get(DESIRED_REPLICAS) != Some(&desired.to_string()) || a.get(MAX_REPLICAS) != Some(&max.to_string())
+    a.get(DESIRED_REPLICAS) != Some(&desired.to_string())
+        || a.get(MAX_REPLICAS) != Some(&max.to_string())
 }
 
 fn int_annotation(rs: &ReplicaSet, key: &str) -> Option<i32> {
@@ -374,7 +401,12 @@ pub(crate) fn desired_replicas_annotation(rs: &ReplicaSet) -> Option<i32> {
 /// The new ReplicaSet's annotations: the Deployment's, the revision (raised to
 /// `new_revision`, remembering the old one in `revision-history` — a rollback), and for
 /// a ReplicaSet about to be created the replica annotations. True when any changed.
-pub(crate) fn set_new_rs_annotations(d: &Deployment, rs: &mut ReplicaSet, new_revision: i64, exists: bool) -> bool {
+pub(crate) fn set_new_rs_annotations(
+    d: &Deployment,
+    rs: &mut ReplicaSet,
+    new_revision: i64,
+    exists: bool,
+) -> bool {
     let mut changed = copy_annotations(d, rs);
     let a = rs.metadata.annotations.get_or_insert_with(BTreeMap::new);
     let old = a.get(REVISION).cloned();
@@ -448,12 +480,16 @@ pub(crate) fn by_revision(a: &ReplicaSet, b: &ReplicaSet) -> Ordering {
 
 /// Larger first; ties older first.
 pub(crate) fn by_size_older(a: &ReplicaSet, b: &ReplicaSet) -> Ordering {
-    rs_replicas(b).cmp(&rs_replicas(a)).then_with(|| by_creation(a, b))
+    rs_replicas(b)
+        .cmp(&rs_replicas(a))
+        .then_with(|| by_creation(a, b))
 }
 
 /// Larger first; ties newer first.
 pub(crate) fn by_size_newer(a: &ReplicaSet, b: &ReplicaSet) -> Ordering {
-    rs_replicas(b).cmp(&rs_replicas(a)).then_with(|| by_creation(b, a))
+    rs_replicas(b)
+        .cmp(&rs_replicas(a))
+        .then_with(|| by_creation(b, a))
 }
 
 /// Sum of `spec.replicas`.
@@ -510,16 +546,28 @@ fn proportion(rs: &ReplicaSet, d: &Deployment, to_add: i32, added: i32) -> i32 {
     }
     let f = fraction(rs, d);
     let allowed = to_add - added;
-    if to_add > 0 { f.min(allowed) } else { f.max(allowed) }
+    if to_add > 0 {
+        f.min(allowed)
+    } else {
+        f.max(allowed)
+    }
 }
 
 /// New sizes for the active ReplicaSets (given by index into `rss`) when a rolling
 /// Deployment is resized mid-rollout: the difference is spread in proportion to their
 /// sizes, the leftover going to the largest (newest when growing, oldest when shrinking).
-pub(crate) fn proportional_sizes(d: &Deployment, rss: &[ReplicaSet], active: &[usize]) -> Vec<(usize, i32)> {
+pub(crate) fn proportional_sizes(
+    d: &Deployment,
+    rss: &[ReplicaSet],
+    active: &[usize],
+) -> Vec<(usize, i32)> {
     let all: Vec<&ReplicaSet> = active.iter().map(|i| &rss[*i]).collect();
     let current = replica_count(&all);
-    let allowed = if replicas(d) > 0 { replicas(d) + max_surge(d) } else { 0 };
+    let allowed = if replicas(d) > 0 {
+        replicas(d) + max_surge(d)
+    } else {
+        0
+    };
     let to_add = allowed - current;
     let mut order = active.to_vec();
     match to_add.cmp(&0) {
@@ -551,11 +599,24 @@ pub(crate) fn proportional_sizes(d: &Deployment, rss: &[ReplicaSet], active: &[u
 // ---------------------------------------------------------------------------------------
 // Conditions and status.
 
-pub(crate) fn condition<'a>(status: &'a DeploymentStatus, type_: &str) -> Option<&'a DeploymentCondition> {
-    status.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+pub(crate) fn condition<'a>(
+    status: &'a DeploymentStatus,
+    type_: &str,
+) -> Option<&'a DeploymentCondition> {
+    status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
-pub(crate) fn new_condition(type_: &str, status: &str, reason: &str, message: String, now: &Time) -> DeploymentCondition {
+pub(crate) fn new_condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: &Time,
+) -> DeploymentCondition {
     DeploymentCondition {
         type_: type_.into(),
         status: status.into(),
@@ -596,7 +657,12 @@ fn nz(n: i32) -> Option<i32> {
 }
 
 /// The status `all` ReplicaSets (with `new` among them) imply for the Deployment.
-pub(crate) fn calculate_status(d: &Deployment, all: &[&ReplicaSet], new: Option<&ReplicaSet>, now: &Time) -> DeploymentStatus {
+pub(crate) fn calculate_status(
+    d: &Deployment,
+    all: &[&ReplicaSet],
+    new: Option<&ReplicaSet>,
+    now: &Time,
+) -> DeploymentStatus {
     let available = available_count(all);
     let total = replica_count(all);
     let old = d.status.clone().unwrap_or_default();
@@ -612,9 +678,27 @@ pub(crate) fn calculate_status(d: &Deployment, all: &[&ReplicaSet], new: Option<
         terminating_replicas: None,
     };
     if available >= replicas(d) - max_unavailable(d) {
-        set_condition(&mut status, new_condition(AVAILABLE, "True", MIN_AVAILABLE, "Deployment has minimum availability.".into(), now));
+        set_condition(
+            &mut status,
+            new_condition(
+                AVAILABLE,
+                "True",
+                MIN_AVAILABLE,
+                "Deployment has minimum availability.".into(),
+                now,
+            ),
+        );
     } else {
-        set_condition(&mut status, new_condition(AVAILABLE, "False", MIN_UNAVAILABLE, "Deployment does not have minimum availability.".into(), now));
+        set_condition(
+            &mut status,
+            new_condition(
+                AVAILABLE,
+                "False",
+                MIN_UNAVAILABLE,
+                "Deployment does not have minimum availability.".into(),
+                now,
+            ),
+        );
     }
     status
 }
@@ -650,7 +734,11 @@ pub(crate) fn deployment_progressing(d: &Deployment, new: &DeploymentStatus) -> 
 }
 
 /// The Progressing condition was last updated more than the deadline ago.
-pub(crate) fn deployment_timed_out(d: &Deployment, new: &DeploymentStatus, now: jiff::Timestamp) -> bool {
+pub(crate) fn deployment_timed_out(
+    d: &Deployment,
+    new: &DeploymentStatus,
+    now: jiff::Timestamp,
+) -> bool {
     if !has_progress_deadline(d) {
         return false;
     }
@@ -662,7 +750,11 @@ pub(crate) fn deployment_timed_out(d: &Deployment, new: &DeploymentStatus, now: 
         Some(TIMED_OUT) => return true,
         _ => {}
     }
-    let deadline = d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).unwrap_or(0);
+    let deadline = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.progress_deadline_seconds)
+        .unwrap_or(0);
     let Some(from) = cond.last_update_time.as_ref() else {
         return false;
     };
@@ -673,18 +765,28 @@ pub(crate) fn deployment_timed_out(d: &Deployment, new: &DeploymentStatus, now: 
 
 /// The ReplicaFailure condition of the new ReplicaSet (else of an old one), as a
 /// Deployment condition.
-pub(crate) fn replica_failure(new: Option<&ReplicaSet>, old: &[&ReplicaSet]) -> Option<DeploymentCondition> {
+pub(crate) fn replica_failure(
+    new: Option<&ReplicaSet>,
+    old: &[&ReplicaSet],
+) -> Option<DeploymentCondition> {
     let of = |rs: &ReplicaSet| {
-        rs.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == REPLICA_FAILURE).map(|c| DeploymentCondition {
-            type_: REPLICA_FAILURE.into(),
-            status: c.status.clone(),
-            reason: c.reason.clone(),
-            message: c.message.clone(),
-            last_update_time: c.last_transition_time.clone(),
-            last_transition_time: c.last_transition_time.clone(),
-        })
+        rs.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == REPLICA_FAILURE)
+            .map(|c| DeploymentCondition {
+                type_: REPLICA_FAILURE.into(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                last_update_time: c.last_transition_time.clone(),
+                last_transition_time: c.last_transition_time.clone(),
+            })
     };
-    new.and_then(of).or_else(|| old.iter().find_map(|rs| of(rs)))
+    new.and_then(of)
+        .or_else(|| old.iter().find_map(|rs| of(rs)))
 }
 
 /// Statuses compared as the API stores them (absent zero counts, empty lists).
@@ -725,7 +827,13 @@ mod tests {
         .unwrap()
     }
 
-    fn rs(name: &str, replicas: i32, available: i32, created: &str, annotations: Value) -> ReplicaSet {
+    fn rs(
+        name: &str,
+        replicas: i32,
+        available: i32,
+        created: &str,
+        annotations: Value,
+    ) -> ReplicaSet {
         serde_json::from_value(json!({
             "metadata": {"name": name, "creationTimestamp": created, "annotations": annotations},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}}},
@@ -750,11 +858,16 @@ mod tests {
         ];
         for (n, s, u, want) in cases {
             let d = deployment(n, s.clone(), u.clone());
-            assert_eq!((max_surge(&d), max_unavailable(&d)), want, "{n} replicas, surge {s}, unavailable {u}");
+            assert_eq!(
+                (max_surge(&d), max_unavailable(&d)),
+                want,
+                "{n} replicas, surge {s}, unavailable {u}"
+            );
         }
         assert!(scaled_value(&IntOrString::String("x%".into()), 10, true).is_err());
         let mut recreate = deployment(3, json!(1), json!(1));
-        recreate.spec.as_mut().unwrap().strategy = serde_json::from_value(json!({"type": "Recreate"})).unwrap();
+        recreate.spec.as_mut().unwrap().strategy =
+            serde_json::from_value(json!({"type": "Recreate"})).unwrap();
         assert_eq!((max_surge(&recreate), max_unavailable(&recreate)), (0, 0));
         assert_eq!(max_unavailable(&deployment(0, json!(1), json!(1))), 0);
     }
@@ -764,13 +877,25 @@ mod tests {
         let d = deployment(4, json!(1), json!(0));
         let old = rs("old", 4, 4, "2025-01-01T00:00:00Z", json!({}));
         let new = rs("new", 0, 0, "2025-01-02T00:00:00Z", json!({}));
-        assert_eq!(new_rs_new_replicas(&d, &[&old, &new], &new), Ok(1), "one surge pod");
+        assert_eq!(
+            new_rs_new_replicas(&d, &[&old, &new], &new),
+            Ok(1),
+            "one surge pod"
+        );
         let new1 = rs("new", 1, 0, "2025-01-02T00:00:00Z", json!({}));
-        assert_eq!(new_rs_new_replicas(&d, &[&old, &new1], &new1), Ok(1), "at the surge limit");
+        assert_eq!(
+            new_rs_new_replicas(&d, &[&old, &new1], &new1),
+            Ok(1),
+            "at the surge limit"
+        );
         let old3 = rs("old", 3, 3, "2025-01-01T00:00:00Z", json!({}));
         assert_eq!(new_rs_new_replicas(&d, &[&old3, &new1], &new1), Ok(2));
         let old0 = rs("old", 0, 0, "2025-01-01T00:00:00Z", json!({}));
-        assert_eq!(new_rs_new_replicas(&d, &[&old0, &new1], &new1), Ok(4), "never above spec.replicas");
+        assert_eq!(
+            new_rs_new_replicas(&d, &[&old0, &new1], &new1),
+            Ok(4),
+            "never above spec.replicas"
+        );
     }
 
     #[test]
@@ -779,15 +904,29 @@ mod tests {
         let t = template(&d);
         let h = pod_template_hash(&t, None);
         assert!(!h.is_empty() && h.len() <= 10, "{h}");
-        assert!(h.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)), "{h}");
+        assert!(
+            h.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)),
+            "{h}"
+        );
         assert_eq!(h, pod_template_hash(&t, None), "stable");
-        assert_ne!(h, pod_template_hash(&t, Some(1)), "a collision changes the hash");
+        assert_ne!(
+            h,
+            pod_template_hash(&t, Some(1)),
+            "a collision changes the hash"
+        );
         let mut other = t.clone();
         other.spec.as_mut().unwrap().containers[0].image = Some("j".into());
         assert_ne!(h, pod_template_hash(&other, None));
         // The hash label, and empty versus absent fields, do not make templates differ.
         let mut labelled = t.clone();
-        labelled.metadata.as_mut().unwrap().labels.as_mut().unwrap().insert(POD_TEMPLATE_HASH.into(), h.clone());
+        labelled
+            .metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(POD_TEMPLATE_HASH.into(), h.clone());
         labelled.metadata.as_mut().unwrap().annotations = Some(BTreeMap::new());
         assert!(equal_ignore_hash(&t, &labelled));
         assert!(!equal_ignore_hash(&t, &other));
@@ -796,25 +935,55 @@ mod tests {
     #[test]
     fn revisions_and_history() {
         let mut d = deployment(3, json!(1), json!(0));
-        d.metadata.annotations = Some([("kubernetes.io/change-cause".into(), "v2".into()), (REVISION.into(), "9".into())].into());
+        d.metadata.annotations = Some(
+            [
+                ("kubernetes.io/change-cause".into(), "v2".into()),
+                (REVISION.into(), "9".into()),
+            ]
+            .into(),
+        );
         let mut new = rs("a", 0, 0, "2025-01-01T00:00:00Z", json!({}));
         assert!(set_new_rs_annotations(&d, &mut new, 1, false));
         let a = new.annotations();
         assert_eq!(a.get(REVISION).map(String::as_str), Some("1"));
-        assert_eq!(a.get("kubernetes.io/change-cause").map(String::as_str), Some("v2"));
+        assert_eq!(
+            a.get("kubernetes.io/change-cause").map(String::as_str),
+            Some("v2")
+        );
         assert_eq!(a.get(DESIRED_REPLICAS).map(String::as_str), Some("3"));
         assert_eq!(a.get(MAX_REPLICAS).map(String::as_str), Some("4"));
-        assert!(!set_new_rs_annotations(&d, &mut new, 1, true), "nothing to change");
+        assert!(
+            !set_new_rs_annotations(&d, &mut new, 1, true),
+            "nothing to change"
+        );
         // Rolled back to: the revision rises, the old one is remembered.
         assert!(set_new_rs_annotations(&d, &mut new, 3, true));
-        assert_eq!(new.annotations().get(REVISION).map(String::as_str), Some("3"));
-        assert_eq!(new.annotations().get(REVISION_HISTORY).map(String::as_str), Some("1"));
+        assert_eq!(
+            new.annotations().get(REVISION).map(String::as_str),
+            Some("3")
+        );
+        assert_eq!(
+            new.annotations().get(REVISION_HISTORY).map(String::as_str),
+            Some("1")
+        );
         assert!(set_new_rs_annotations(&d, &mut new, 5, true));
-        assert_eq!(new.annotations().get(REVISION_HISTORY).map(String::as_str), Some("1,3"));
-        assert!(!set_new_rs_annotations(&d, &mut new, 4, true), "never lowered");
+        assert_eq!(
+            new.annotations().get(REVISION_HISTORY).map(String::as_str),
+            Some("1,3")
+        );
+        assert!(
+            !set_new_rs_annotations(&d, &mut new, 4, true),
+            "never lowered"
+        );
         assert!(set_deployment_revision(&mut d, "5"));
         assert!(!set_deployment_revision(&mut d, "5"));
-        assert_eq!(max_revision(&[&new, &rs("b", 0, 0, "2025-01-01T00:00:00Z", json!({REVISION: "2"}))]), 5);
+        assert_eq!(
+            max_revision(&[
+                &new,
+                &rs("b", 0, 0, "2025-01-01T00:00:00Z", json!({REVISION: "2"}))
+            ]),
+            5
+        );
     }
 
     #[test]
@@ -827,17 +996,20 @@ mod tests {
             rs("old", 8, 8, "2025-01-01T00:00:00Z", ann.clone()),
             rs("new", 5, 0, "2025-01-02T00:00:00Z", ann.clone()),
         ];
-        let sizes: BTreeMap<usize, i32> = proportional_sizes(&d, &rss, &[0, 1]).into_iter().collect();
+        let sizes: BTreeMap<usize, i32> =
+            proportional_sizes(&d, &rss, &[0, 1]).into_iter().collect();
         assert_eq!(sizes.values().sum::<i32>(), 19);
         assert_eq!((sizes[&0], sizes[&1]), (12, 7));
         // Shrinking to 5 (surge 2, 7 allowed) takes from both, rounding to the larger.
         let d = deployment(5, json!("25%"), json!("25%"));
-        let sizes: BTreeMap<usize, i32> = proportional_sizes(&d, &rss, &[0, 1]).into_iter().collect();
+        let sizes: BTreeMap<usize, i32> =
+            proportional_sizes(&d, &rss, &[0, 1]).into_iter().collect();
         assert_eq!(sizes.values().sum::<i32>(), 7);
         assert_eq!((sizes[&0], sizes[&1]), (4, 3));
         // Scaling to zero empties everything.
         let d = deployment(0, json!("25%"), json!("25%"));
-        let sizes: BTreeMap<usize, i32> = proportional_sizes(&d, &rss, &[0, 1]).into_iter().collect();
+        let sizes: BTreeMap<usize, i32> =
+            proportional_sizes(&d, &rss, &[0, 1]).into_iter().collect();
         assert_eq!((sizes[&0], sizes[&1]), (0, 0));
     }
 
@@ -846,14 +1018,40 @@ mod tests {
         let now = Time("2025-01-01T12:00:00Z".parse().unwrap());
         let later = Time("2025-01-01T12:05:00Z".parse().unwrap());
         let mut s = DeploymentStatus::default();
-        set_condition(&mut s, new_condition(PROGRESSING, "True", NEW_RS_CREATED, "a".into(), &now));
-        set_condition(&mut s, new_condition(PROGRESSING, "True", NEW_RS_CREATED, "b".into(), &later));
-        assert_eq!(condition(&s, PROGRESSING).unwrap().message.as_deref(), Some("a"), "same status and reason: kept");
-        set_condition(&mut s, new_condition(PROGRESSING, "True", RS_UPDATED, "c".into(), &later));
+        set_condition(
+            &mut s,
+            new_condition(PROGRESSING, "True", NEW_RS_CREATED, "a".into(), &now),
+        );
+        set_condition(
+            &mut s,
+            new_condition(PROGRESSING, "True", NEW_RS_CREATED, "b".into(), &later),
+        );
+        assert_eq!(
+            condition(&s, PROGRESSING).unwrap().message.as_deref(),
+            Some("a"),
+            "same status and reason: kept"
+        );
+        set_condition(
+            &mut s,
+            new_condition(PROGRESSING, "True", RS_UPDATED, "c".into(), &later),
+        );
         let c = condition(&s, PROGRESSING).unwrap();
-        assert_eq!((c.reason.as_deref(), c.last_transition_time.as_ref()), (Some(RS_UPDATED), Some(&now)), "same status keeps the transition time");
-        set_condition(&mut s, new_condition(PROGRESSING, "False", TIMED_OUT, "d".into(), &later));
-        assert_eq!(condition(&s, PROGRESSING).unwrap().last_transition_time.as_ref(), Some(&later));
+        assert_eq!(
+            (c.reason.as_deref(), c.last_transition_time.as_ref()),
+            (Some(RS_UPDATED), Some(&now)),
+            "same status keeps the transition time"
+        );
+        set_condition(
+            &mut s,
+            new_condition(PROGRESSING, "False", TIMED_OUT, "d".into(), &later),
+        );
+        assert_eq!(
+            condition(&s, PROGRESSING)
+                .unwrap()
+                .last_transition_time
+                .as_ref(),
+            Some(&later)
+        );
         remove_condition(&mut s, PROGRESSING);
         assert!(s.conditions.is_none());
 
@@ -862,10 +1060,21 @@ mod tests {
         let new = rs("new", 3, 1, "2025-01-02T00:00:00Z", json!({}));
         let st = calculate_status(&d, &[&old, &new], Some(&new), &now);
         assert_eq!(
-            (st.replicas, st.updated_replicas, st.ready_replicas, st.available_replicas, st.unavailable_replicas, st.observed_generation),
+            (
+                st.replicas,
+                st.updated_replicas,
+                st.ready_replicas,
+                st.available_replicas,
+                st.unavailable_replicas,
+                st.observed_generation
+            ),
             (Some(5), Some(3), Some(3), Some(3), Some(2), Some(1))
         );
-        assert_eq!(condition(&st, AVAILABLE).unwrap().status, "True", "3 available ≥ 4 - 1");
+        assert_eq!(
+            condition(&st, AVAILABLE).unwrap().status,
+            "True",
+            "3 available ≥ 4 - 1"
+        );
         assert!(!deployment_complete(&d, &st));
         let done = rs("new", 4, 4, "2025-01-02T00:00:00Z", json!({}));
         let st = calculate_status(&d, &[&done], Some(&done), &now);
@@ -874,7 +1083,10 @@ mod tests {
         let d0 = deployment(4, json!(0), json!(1));
         let none = rs("new", 4, 0, "2025-01-02T00:00:00Z", json!({}));
         let st = calculate_status(&d0, &[&none], Some(&none), &now);
-        assert_eq!(condition(&st, AVAILABLE).unwrap().reason.as_deref(), Some(MIN_UNAVAILABLE));
+        assert_eq!(
+            condition(&st, AVAILABLE).unwrap().reason.as_deref(),
+            Some(MIN_UNAVAILABLE)
+        );
     }
 
     #[test]
@@ -883,11 +1095,26 @@ mod tests {
         d.spec.as_mut().unwrap().progress_deadline_seconds = Some(60);
         let start = Time("2025-01-01T12:00:00Z".parse().unwrap());
         let mut s = DeploymentStatus::default();
-        set_condition(&mut s, new_condition(PROGRESSING, "True", RS_UPDATED, "x".into(), &start));
-        assert!(!deployment_timed_out(&d, &s, "2025-01-01T12:00:59Z".parse().unwrap()));
-        assert!(deployment_timed_out(&d, &s, "2025-01-01T12:01:01Z".parse().unwrap()));
+        set_condition(
+            &mut s,
+            new_condition(PROGRESSING, "True", RS_UPDATED, "x".into(), &start),
+        );
+        assert!(!deployment_timed_out(
+            &d,
+            &s,
+            "2025-01-01T12:00:59Z".parse().unwrap()
+        ));
+        assert!(deployment_timed_out(
+            &d,
+            &s,
+            "2025-01-01T12:01:01Z".parse().unwrap()
+        ));
         d.spec.as_mut().unwrap().progress_deadline_seconds = Some(i32::MAX);
-        assert!(!deployment_timed_out(&d, &s, "2030-01-01T00:00:00Z".parse().unwrap()));
+        assert!(!deployment_timed_out(
+            &d,
+            &s,
+            "2030-01-01T00:00:00Z".parse().unwrap()
+        ));
     }
 
     #[test]

@@ -73,7 +73,12 @@ impl Expectations {
     }
 
     /// Expects the deletion of the pods with these uids (replacing any earlier record).
-    pub(crate) fn expect_deletions(&self, key: &str, owner_uid: &str, pods: impl IntoIterator<Item = String>) {
+    pub(crate) fn expect_deletions(
+        &self,
+        key: &str,
+        owner_uid: &str,
+        pods: impl IntoIterator<Item = String>,
+    ) {
         self.lock().insert(
             key.to_string(),
             Record {
@@ -121,7 +126,10 @@ mod tests {
         assert!(!e.satisfied("rs/ns/a", "u1"));
         assert!(e.time_left("rs/ns/a", "u1").is_some_and(|d| d <= TTL));
         e.creation_observed("rs/ns/a", "other-uid");
-        assert!(!e.satisfied("rs/ns/a", "u1"), "another object's pods do not count");
+        assert!(
+            !e.satisfied("rs/ns/a", "u1"),
+            "another object's pods do not count"
+        );
         e.creation_observed("rs/ns/a", "u1");
         assert!(!e.satisfied("rs/ns/a", "u1"));
         e.creation_observed("rs/ns/a", "u1");
@@ -133,12 +141,18 @@ mod tests {
         e.deletion_observed("rs/ns/a", "u1", "p1");
         e.deletion_observed("rs/ns/a", "u1", "p1");
         e.deletion_observed("rs/ns/a", "u1", "unrelated");
-        assert!(!e.satisfied("rs/ns/a", "u1"), "one deletion seen twice counts once");
+        assert!(
+            !e.satisfied("rs/ns/a", "u1"),
+            "one deletion seen twice counts once"
+        );
         e.deletion_observed("rs/ns/a", "u1", "p2");
         assert!(e.satisfied("rs/ns/a", "u1"));
 
         e.expect_creations("rs/ns/a", "u1", 1);
-        assert!(e.satisfied("rs/ns/a", "u2"), "a recreated object starts afresh");
+        assert!(
+            e.satisfied("rs/ns/a", "u2"),
+            "a recreated object starts afresh"
+        );
         e.forget("rs/ns/a");
         assert!(e.satisfied("rs/ns/a", "u1"));
     }

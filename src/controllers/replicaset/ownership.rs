@@ -4,8 +4,8 @@
 //! another controller owns.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, Patch, PatchParams};
 use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -26,7 +26,12 @@ pub(crate) enum Claim {
 
 /// Decides about one object, given the controller's uid, whether the controller is being
 /// deleted, and whether its selector matches the object's labels.
-pub(crate) fn decide(owner_uid: &str, owner_deleting: bool, matches: bool, obj: &ObjectMeta) -> Claim {
+pub(crate) fn decide(
+    owner_uid: &str,
+    owner_deleting: bool,
+    matches: bool,
+    obj: &ObjectMeta,
+) -> Claim {
     match controller_of(obj) {
         Some(r) if r.uid != owner_uid => Claim::Ignore,
         Some(_) if matches => Claim::Owned,
@@ -52,21 +57,33 @@ pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerR
 
 /// Adds `owner` as the controller of `name` (a strategic merge on the owner references,
 /// naming the object's uid as upstream does).
-pub(crate) async fn adopt<T>(api: &Api<T>, name: &str, uid: &str, owner: &OwnerReference) -> Result<T, kube::Error>
+pub(crate) async fn adopt<T>(
+    api: &Api<T>,
+    name: &str,
+    uid: &str,
+    owner: &OwnerReference,
+) -> Result<T, kube::Error>
 where
     T: Clone + DeserializeOwned + std::fmt::Debug,
 {
     let patch = json!({"metadata": {"ownerReferences": [owner], "uid": uid}});
-    api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch)).await
+    api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
 }
 
 /// Removes the reference to `owner_uid` from `name`.
-pub(crate) async fn release<T>(api: &Api<T>, name: &str, uid: &str, owner_uid: &str) -> Result<T, kube::Error>
+pub(crate) async fn release<T>(
+    api: &Api<T>,
+    name: &str,
+    uid: &str,
+    owner_uid: &str,
+) -> Result<T, kube::Error>
 where
     T: Clone + DeserializeOwned + std::fmt::Debug,
 {
     let patch = json!({"metadata": {"ownerReferences": [{"$patch": "delete", "uid": owner_uid}], "uid": uid}});
-    api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch)).await
+    api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
 }
 
 #[cfg(test)]
@@ -86,7 +103,9 @@ mod tests {
             }]);
         }
         if deleting {
-            m.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+            m.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::now(),
+            ));
         }
         m
     }

@@ -52,7 +52,9 @@ pub(crate) fn available_at(pod: &Pod, min_ready_seconds: i32) -> Option<jiff::Ti
     }
     let since = since?;
     since
-        .checked_add(jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)))
+        .checked_add(jiff::SignedDuration::from_secs(i64::from(
+            min_ready_seconds,
+        )))
         .ok()
 }
 
@@ -92,7 +94,9 @@ fn max_restarts(pod: &Pod) -> i32 {
     pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
-        .map_or(0, |cs| cs.iter().map(|c| c.restart_count).max().unwrap_or(0))
+        .map_or(0, |cs| {
+            cs.iter().map(|c| c.restart_count).max().unwrap_or(0)
+        })
 }
 
 /// Floor of log2 of the time since `t` (in nanoseconds); -1 for `t` in the future.
@@ -129,11 +133,20 @@ fn newer_first(
 /// Compares two pods for deletion: `Less` means `a` should go first. `rank` is how many
 /// related active pods share the pod's node (pods on crowded nodes go first).
 fn cmp_for_deletion(a: &Pod, ra: usize, b: &Pod, rb: usize, now: jiff::Timestamp) -> Ordering {
-    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let node = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default()
+    };
     let (na, nb) = (node(a), node(b));
     // 1. Unassigned before assigned.
     if na != nb && (na.is_empty() || nb.is_empty()) {
-        return if na.is_empty() { Ordering::Less } else { Ordering::Greater };
+        return if na.is_empty() {
+            Ordering::Less
+        } else {
+            Ordering::Greater
+        };
     }
     // 2. Pending < Unknown < Running.
     let by_phase = phase_ordinal(a).cmp(&phase_ordinal(b));
@@ -143,7 +156,11 @@ fn cmp_for_deletion(a: &Pod, ra: usize, b: &Pod, rb: usize, now: jiff::Timestamp
     // 3. Not ready before ready.
     let (ready_a, ready_b) = (is_ready(a), is_ready(b));
     if ready_a != ready_b {
-        return if ready_a { Ordering::Greater } else { Ordering::Less };
+        return if ready_a {
+            Ordering::Greater
+        } else {
+            Ordering::Less
+        };
     }
     // 4. Lower deletion cost first.
     let by_cost = deletion_cost(a).cmp(&deletion_cost(b));
@@ -189,13 +206,21 @@ pub(crate) fn pods_to_delete(
     }
     let mut on_node: HashMap<String, usize> = HashMap::new();
     for p in related.iter().filter(|p| is_active(p)) {
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         *on_node.entry(node).or_default() += 1;
     }
     let mut ranked: Vec<(Arc<Pod>, usize)> = pods
         .iter()
         .map(|p| {
-            let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
             (p.clone(), on_node.get(&node).copied().unwrap_or(0))
         })
         .collect();
@@ -243,10 +268,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(name: &str, node: &str, phase: &str, ready: Option<&str>, restarts: i32, created: &str) -> Arc<Pod> {
+    fn pod(
+        name: &str,
+        node: &str,
+        phase: &str,
+        ready: Option<&str>,
+        restarts: i32,
+        created: &str,
+    ) -> Arc<Pod> {
         let mut conditions = vec![];
         if let Some(since) = ready {
-            conditions.push(json!({"type": "Ready", "status": "True", "lastTransitionTime": since}));
+            conditions
+                .push(json!({"type": "Ready", "status": "True", "lastTransitionTime": since}));
         }
         Arc::new(
             serde_json::from_value(json!({
@@ -269,17 +302,53 @@ mod tests {
         let t_new = "2025-01-01T11:59:00Z";
         // Each case: pods (a, b); `a` must be deleted before `b`.
         let cases = [
-            ("unassigned first", pod("a", "", "Pending", None, 0, t_old), pod("b", "n1", "Pending", None, 0, t_old)),
-            ("pending before running", pod("a", "n1", "Pending", None, 0, t_old), pod("b", "n1", "Running", None, 0, t_old)),
-            ("unknown before running", pod("a", "n1", "Unknown", None, 0, t_old), pod("b", "n1", "Running", None, 0, t_old)),
-            ("not ready before ready", pod("a", "n1", "Running", None, 0, t_old), pod("b", "n1", "Running", Some(t_old), 0, t_old)),
-            ("ready more recently first", pod("a", "n1", "Running", Some(t_new), 0, t_old), pod("b", "n1", "Running", Some(t_old), 0, t_old)),
-            ("more restarts first", pod("a", "n1", "Running", Some(t_old), 5, t_old), pod("b", "n1", "Running", Some(t_old), 1, t_old)),
-            ("newer first", pod("a", "n1", "Running", Some(t_old), 0, t_new), pod("b", "n1", "Running", Some(t_old), 0, t_old)),
+            (
+                "unassigned first",
+                pod("a", "", "Pending", None, 0, t_old),
+                pod("b", "n1", "Pending", None, 0, t_old),
+            ),
+            (
+                "pending before running",
+                pod("a", "n1", "Pending", None, 0, t_old),
+                pod("b", "n1", "Running", None, 0, t_old),
+            ),
+            (
+                "unknown before running",
+                pod("a", "n1", "Unknown", None, 0, t_old),
+                pod("b", "n1", "Running", None, 0, t_old),
+            ),
+            (
+                "not ready before ready",
+                pod("a", "n1", "Running", None, 0, t_old),
+                pod("b", "n1", "Running", Some(t_old), 0, t_old),
+            ),
+            (
+                "ready more recently first",
+                pod("a", "n1", "Running", Some(t_new), 0, t_old),
+                pod("b", "n1", "Running", Some(t_old), 0, t_old),
+            ),
+            (
+                "more restarts first",
+                pod("a", "n1", "Running", Some(t_old), 5, t_old),
+                pod("b", "n1", "Running", Some(t_old), 1, t_old),
+            ),
+            (
+                "newer first",
+                pod("a", "n1", "Running", Some(t_old), 0, t_new),
+                pod("b", "n1", "Running", Some(t_old), 0, t_old),
+            ),
         ];
         for (what, a, b) in cases {
-            assert_eq!(cmp_for_deletion(&a, 1, &b, 1, now()), Ordering::Less, "{what}");
-            assert_eq!(cmp_for_deletion(&b, 1, &a, 1, now()), Ordering::Greater, "{what} (reversed)");
+            assert_eq!(
+                cmp_for_deletion(&a, 1, &b, 1, now()),
+                Ordering::Less,
+                "{what}"
+            );
+            assert_eq!(
+                cmp_for_deletion(&b, 1, &a, 1, now()),
+                Ordering::Greater,
+                "{what} (reversed)"
+            );
             let picked = pods_to_delete(&[b.clone(), a.clone()], &[], 1, now());
             assert_eq!(picked[0].name_any(), "a", "{what}: pods_to_delete");
         }
@@ -287,7 +356,12 @@ mod tests {
         let a = pod("a", "n1", "Running", Some(t_old), 0, t_old);
         let b = pod("b", "n2", "Running", Some(t_old), 0, t_old);
         let c = pod("c", "n1", "Running", Some(t_old), 0, t_old);
-        let picked = pods_to_delete(&[b.clone(), a.clone()], &[a.clone(), b.clone(), c], 1, now());
+        let picked = pods_to_delete(
+            &[b.clone(), a.clone()],
+            &[a.clone(), b.clone(), c],
+            1,
+            now(),
+        );
         assert_eq!(picked[0].name_any(), "a");
         // Deletion cost.
         let mut cheap = (*pod("a", "n1", "Running", Some(t_old), 0, t_old)).clone();
@@ -295,19 +369,38 @@ mod tests {
         let dear = pod("b", "n1", "Running", Some(t_old), 9, t_new);
         assert_eq!(cmp_for_deletion(&cheap, 1, &dear, 1, now()), Ordering::Less);
         // All of them when n covers them.
-        assert_eq!(pods_to_delete(&[a.clone(), b.clone()], &[], 5, now()).len(), 2);
+        assert_eq!(
+            pods_to_delete(&[a.clone(), b.clone()], &[], 5, now()).len(),
+            2
+        );
     }
 
     #[test]
     fn readiness_and_availability() {
-        let ready = pod("a", "n1", "Running", Some("2025-01-01T11:59:50Z"), 0, "2025-01-01T11:00:00Z");
+        let ready = pod(
+            "a",
+            "n1",
+            "Running",
+            Some("2025-01-01T11:59:50Z"),
+            0,
+            "2025-01-01T11:00:00Z",
+        );
         let unready = pod("b", "n1", "Running", None, 0, "2025-01-01T11:00:00Z");
         assert!(is_ready(&ready) && !is_ready(&unready));
         assert!(is_available(&ready, 0, now()));
-        assert!(is_available(&ready, 5, now()), "ready 10s ago, minReadySeconds 5");
-        assert!(!is_available(&ready, 10, now()), "exactly 10s is not yet available");
+        assert!(
+            is_available(&ready, 5, now()),
+            "ready 10s ago, minReadySeconds 5"
+        );
+        assert!(
+            !is_available(&ready, 10, now()),
+            "exactly 10s is not yet available"
+        );
         assert!(!is_available(&ready, 30, now()));
-        assert_eq!(available_at(&ready, 30), Some("2025-01-01T12:00:20Z".parse().unwrap()));
+        assert_eq!(
+            available_at(&ready, 30),
+            Some("2025-01-01T12:00:20Z".parse().unwrap())
+        );
         assert!(!is_available(&unready, 0, now()));
         let mut done = (*unready).clone();
         done.status.as_mut().unwrap().phase = Some("Succeeded".into());
@@ -334,6 +427,9 @@ mod tests {
         assert_eq!(p.labels().get("app").map(String::as_str), Some("web"));
         assert_eq!(p.annotations().get("a").map(String::as_str), Some("b"));
         assert_eq!(controller_of(&p.metadata), Some(&owner));
-        assert_eq!(p.spec.unwrap().containers[0].image.as_deref(), Some("busybox"));
+        assert_eq!(
+            p.spec.unwrap().containers[0].image.as_deref(),
+            Some("busybox")
+        );
     }
 }
