@@ -405,9 +405,10 @@ async fn monitor(
                 }
             }
             Ok(Event::InitDone) => {
-                let listed = listing.take().unwrap_or_default();
-                let wake = ctx.graph().forget_missing(kind, &listed);
-                ctx.enqueue(wake);
+                if let Some(listed) = listing.take() {
+                    let wake = ctx.graph().forget_missing(kind, &listed);
+                    ctx.enqueue(wake);
+                }
                 if !listed_once {
                     listed_once = true;
                     synced.send_modify(|n| *n += 1);
