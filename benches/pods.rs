@@ -7,12 +7,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn pct(v: &mut [Duration], q: f64) -> Duration {
     v.sort();
-    v.get(((v.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default()
+    v.get(((v.len() as f64 - 1.0) * q) as usize)
+        .copied()
+        .unwrap_or_default()
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -28,8 +34,14 @@ fn rss_mib(pid: u32) -> f64 {
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn idle_cpu_percent(pid: u32) -> f64 {
@@ -68,11 +80,21 @@ impl Kaji {
 
 impl Drop for Kaji {
     fn drop(&mut self) {
-        let _ = self.kubectl(&["delete", "pods", "--all", "--grace-period=0", "--force"], None);
+        let _ = self.kubectl(
+            &["delete", "pods", "--all", "--grace-period=0", "--force"],
+            None,
+        );
         std::thread::sleep(Duration::from_secs(3));
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
-        let _ = Command::new("pkill").arg("-KILL").arg("-f").arg(self.data.display().to_string()).status();
+        let _ = Command::new("pkill")
+            .arg("-KILL")
+            .arg("-f")
+            .arg(self.data.display().to_string())
+            .status();
     }
 }
 
@@ -86,14 +108,28 @@ fn pod_yaml(name: &str) -> String {
 
 /// Creates pods `names` at once and returns per-pod (→Running, →Ready) latencies.
 fn start_pods(k: &Kaji, names: &[String]) -> (Vec<Duration>, Vec<Duration>) {
-    let list = format!("{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[{}]}}", names.iter().map(|n| pod_yaml(n)).collect::<Vec<_>>().join(","));
+    let list = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[{}]}}",
+        names
+            .iter()
+            .map(|n| pod_yaml(n))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     let t0 = Instant::now();
     let out = k.kubectl(&["create", "-f", "-"], Some(&list));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut running = std::collections::HashMap::new();
     let mut ready = std::collections::HashMap::new();
     while ready.len() < names.len() {
-        assert!(t0.elapsed() < Duration::from_secs(300), "pods did not start");
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "pods did not start"
+        );
         let pods = k.pods();
         for p in pods["items"].as_array().into_iter().flatten() {
             let n = p["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -109,7 +145,10 @@ fn start_pods(k: &Kaji, names: &[String]) -> (Vec<Duration>, Vec<Duration>) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    (running.into_values().collect(), ready.into_values().collect())
+    (
+        running.into_values().collect(),
+        ready.into_values().collect(),
+    )
 }
 
 fn main() {
@@ -128,14 +167,35 @@ fn main() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let k = Kaji { child, kubeconfig, data: data.clone() };
+    let k = Kaji {
+        child,
+        kubeconfig,
+        data: data.clone(),
+    };
     // Test image.
     let tar = dir.path().join("busybox.tar");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-image.sh");
-    assert!(Command::new("bash").arg(script).arg("docker.io/library/busybox:1.36").arg(&tar).args(["--busybox"]).status().unwrap().success());
+    assert!(
+        Command::new("bash")
+            .arg(script)
+            .arg("docker.io/library/busybox:1.36")
+            .arg(&tar)
+            .args(["--busybox"])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ok = Command::new(bin).args(["image", "import"]).arg(format!("--data-dir={}", data.display())).arg(&tar).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
+        let ok = Command::new(bin)
+            .args(["image", "import"])
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(&tar)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
         if ok {
             break;
         }
@@ -161,7 +221,21 @@ fn main() {
     let mut ctr = Vec::new();
     for i in 0..10 {
         let t = Instant::now();
-        let st = Command::new("ctr").arg("-a").arg(&socket).args(["-n", "k8s.io", "run", "--rm", "docker.io/library/busybox:1.36"]).arg(format!("bench-{i}")).arg("true").stdout(Stdio::null()).status().unwrap();
+        let st = Command::new("ctr")
+            .arg("-a")
+            .arg(&socket)
+            .args([
+                "-n",
+                "k8s.io",
+                "run",
+                "--rm",
+                "docker.io/library/busybox:1.36",
+            ])
+            .arg(format!("bench-{i}"))
+            .arg("true")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
         assert!(st.success());
         ctr.push(t.elapsed());
     }
@@ -173,7 +247,10 @@ fn main() {
         let (r, y) = start_pods(&k, std::slice::from_ref(&name));
         run1.extend(r);
         ready1.extend(y);
-        let _ = k.kubectl(&["delete", "pod", &name, "--grace-period=0", "--force"], None);
+        let _ = k.kubectl(
+            &["delete", "pod", &name, "--grace-period=0", "--force"],
+            None,
+        );
     }
     // 50 at once.
     let names: Vec<String> = (0..50).map(|i| format!("burst-{i}")).collect();
@@ -183,12 +260,28 @@ fn main() {
     let cpu50 = idle_cpu_percent(pid);
 
     let ctr_p50 = pct(&mut ctr, 0.5);
-    println!("pod start latency (busybox; kaji agent over CRI vs `ctr run --rm` on the same containerd)");
-    println!("  ctr run --rm (start+exit), 10 runs: p50 {:.0}ms p99 {:.0}ms", ctr_p50.as_secs_f64() * 1e3, pct(&mut ctr, 0.99).as_secs_f64() * 1e3);
-    for (label, v) in [("1 pod, create→Running", &mut run1), ("1 pod, create→Ready", &mut ready1), ("50 pods, create→Running", &mut run50), ("50 pods, create→Ready", &mut ready50)] {
+    println!(
+        "pod start latency (busybox; kaji agent over CRI vs `ctr run --rm` on the same containerd)"
+    );
+    println!(
+        "  ctr run --rm (start+exit), 10 runs: p50 {:.0}ms p99 {:.0}ms",
+        ctr_p50.as_secs_f64() * 1e3,
+        pct(&mut ctr, 0.99).as_secs_f64() * 1e3
+    );
+    for (label, v) in [
+        ("1 pod, create→Running", &mut run1),
+        ("1 pod, create→Ready", &mut ready1),
+        ("50 pods, create→Running", &mut run50),
+        ("50 pods, create→Ready", &mut ready50),
+    ] {
         let p50 = pct(v, 0.5);
         let p99 = pct(v, 0.99);
-        println!("  {label:<26} p50 {:>6.0}ms p99 {:>6.0}ms   ratio p50/ctr {:.1}x", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3, p50.as_secs_f64() / ctr_p50.as_secs_f64());
+        println!(
+            "  {label:<26} p50 {:>6.0}ms p99 {:>6.0}ms   ratio p50/ctr {:.1}x",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            p50.as_secs_f64() / ctr_p50.as_secs_f64()
+        );
     }
     println!("kaji server+agent RSS: {rss0:.1} MiB with 0 pods, {rss50:.1} MiB with 50 pods");
     println!("kaji server+agent idle CPU: {cpu0:.2}% with 0 pods, {cpu50:.2}% with 50 pods");

@@ -105,11 +105,19 @@ async fn crud_and_conflicts() {
             .await
             .unwrap();
     }
-    let page1 = api.list(&ListParams::default().labels("app=demo").limit(2)).await.unwrap();
+    let page1 = api
+        .list(&ListParams::default().labels("app=demo").limit(2))
+        .await
+        .unwrap();
     assert_eq!(page1.items.len(), 2);
     let token = page1.metadata.continue_.clone().expect("continue token");
     let page2 = api
-        .list(&ListParams::default().labels("app=demo").limit(10).continue_token(&token))
+        .list(
+            &ListParams::default()
+                .labels("app=demo")
+                .limit(10)
+                .continue_token(&token),
+        )
         .await
         .unwrap();
     assert_eq!(page2.items.len(), 4, "6 objects in total");
@@ -238,7 +246,10 @@ async fn watch_resumes_from_a_resource_version() {
     api.delete("w2", &DeleteParams::default()).await.unwrap();
 
     let mut stream = api
-        .watch(&WatchParams::default().labels("app=demo").timeout(10), &from)
+        .watch(
+            &WatchParams::default().labels("app=demo").timeout(10),
+            &from,
+        )
         .await
         .unwrap()
         .boxed();
@@ -391,7 +402,11 @@ async fn gone_after_compaction() {
         .unwrap_err();
     assert_eq!(api_code(&err), 410);
     assert_eq!(
-        api.list(&ListParams::default().labels("app=demo")).await.unwrap().items.len(),
+        api.list(&ListParams::default().labels("app=demo"))
+            .await
+            .unwrap()
+            .items
+            .len(),
         30
     );
     // kube-runtime's watcher recovers by re-listing.

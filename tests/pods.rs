@@ -24,7 +24,11 @@ fn import_images(server: &Server) {
         .args(["--busybox", "--cmd", "sh"])
         .output()
         .unwrap();
-    assert!(st.status.success(), "build-image.sh: {}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "build-image.sh: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let socket = server.data_dir().join("run/containerd/containerd.sock");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -38,12 +42,24 @@ fn import_images(server: &Server) {
             assert!(String::from_utf8_lossy(&out.stdout).contains("busybox:1.36"));
             break;
         }
-        assert!(Instant::now() < deadline, "kaji image import ({}): {}\n{}", socket.display(), String::from_utf8_lossy(&out.stderr), server.log());
+        assert!(
+            Instant::now() < deadline,
+            "kaji image import ({}): {}\n{}",
+            socket.display(),
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
 
-fn wait_pod(server: &Server, name: &str, secs: u64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+fn wait_pod(
+    server: &Server,
+    name: &str,
+    secs: u64,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let out = server.kubectl(&["get", "pod", name, "-o", "json"]);
@@ -53,10 +69,17 @@ fn wait_pod(server: &Server, name: &str, secs: u64, what: &str, check: impl Fn(&
                 return pod;
             }
             if Instant::now() > deadline {
-                panic!("pod {name}: {what} not reached in {secs}s: {}\n{}", serde_json::to_string_pretty(&pod["status"]).unwrap(), server.log());
+                panic!(
+                    "pod {name}: {what} not reached in {secs}s: {}\n{}",
+                    serde_json::to_string_pretty(&pod["status"]).unwrap(),
+                    server.log()
+                );
             }
         } else if Instant::now() > deadline {
-            panic!("pod {name} not found: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "pod {name} not found: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -67,7 +90,13 @@ fn apply(server: &Server, yaml: &str) {
 }
 
 fn delete_all_pods(server: &Server) {
-    let _ = server.kubectl(&["delete", "pods", "--all", "--grace-period=1", "--timeout=60s"]);
+    let _ = server.kubectl(&[
+        "delete",
+        "pods",
+        "--all",
+        "--grace-period=1",
+        "--timeout=60s",
+    ]);
 }
 
 #[test]
@@ -76,7 +105,9 @@ fn pods_run_for_real() {
     import_images(&server);
 
     // Two containers sharing an emptyDir and talking over localhost.
-    apply(&server, r#"
+    apply(
+        &server,
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: duo, labels: {app: duo}}
@@ -95,32 +126,55 @@ spec:
   volumes:
   - name: shared
     emptyDir: {}
-"#);
+"#,
+    );
     let pod = wait_pod(&server, "duo", 90, "Running and Ready", |p| {
-        p["status"]["phase"] == "Running" && p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        p["status"]["phase"] == "Running"
+            && p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
     });
-    assert!(!pod["spec"]["nodeName"].as_str().unwrap_or("").is_empty(), "scheduled");
+    assert!(
+        !pod["spec"]["nodeName"].as_str().unwrap_or("").is_empty(),
+        "scheduled"
+    );
     let ip = pod["status"]["podIP"].as_str().unwrap_or("");
-    assert!(ip.starts_with("10.42."), "pod IP from the node's podCIDR: {ip}");
+    assert!(
+        ip.starts_with("10.42."),
+        "pod IP from the node's podCIDR: {ip}"
+    );
     // The client container's log (CRI format on the node) shows the web container's page.
     let uid = pod["metadata"]["uid"].as_str().unwrap();
-    let log = server.data_dir().join(format!("agent/logs/default_duo_{uid}/client/0.log"));
+    let log = server
+        .data_dir()
+        .join(format!("agent/logs/default_duo_{uid}/client/0.log"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if text.contains("hello-from-web") {
             break;
         }
-        assert!(Instant::now() < deadline, "client never reached web over localhost: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "client never reached web over localhost: {text}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let events = ok(server.kubectl(&["get", "events", "--field-selector", "involvedObject.name=duo"]));
+    let events = ok(server.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=duo",
+    ]));
     for reason in ["Scheduled", "Created", "Started"] {
         assert!(events.contains(reason), "{reason} event: {events}");
     }
 
     // A crashing container: CrashLoopBackOff with a growing back-off and restart count.
-    apply(&server, r#"
+    apply(
+        &server,
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: crasher}
@@ -130,22 +184,35 @@ spec:
     image: docker.io/library/busybox:1.36
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "echo about to fail; exit 3"]
-"#);
-    let pod = wait_pod(&server, "crasher", 90, "CrashLoopBackOff after 2 restarts", |p| {
-        let cs = &p["status"]["containerStatuses"][0];
-        cs["restartCount"].as_i64().unwrap_or(0) >= 2 && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
-    });
+"#,
+    );
+    let pod = wait_pod(
+        &server,
+        "crasher",
+        90,
+        "CrashLoopBackOff after 2 restarts",
+        |p| {
+            let cs = &p["status"]["containerStatuses"][0];
+            cs["restartCount"].as_i64().unwrap_or(0) >= 2
+                && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        },
+    );
     let cs = &pod["status"]["containerStatuses"][0];
     assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3);
     assert_eq!(cs["lastState"]["terminated"]["reason"], "Error");
     let msg = cs["state"]["waiting"]["message"].as_str().unwrap();
-    assert!(msg.starts_with("back-off 20s") || msg.starts_with("back-off 40s"), "growing back-off: {msg}");
+    assert!(
+        msg.starts_with("back-off 20s") || msg.starts_with("back-off 40s"),
+        "growing back-off: {msg}"
+    );
     assert_eq!(pod["status"]["phase"], "Running");
     let table = ok(server.kubectl(&["get", "pod", "crasher"]));
     assert!(table.contains("CrashLoopBackOff"), "{table}");
 
     // A container that exceeds its memory limit is OOMKilled (restartPolicy Never: Failed).
-    apply(&server, r#"
+    apply(
+        &server,
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: hog}
@@ -157,14 +224,22 @@ spec:
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "tail /dev/zero"]
     resources: {limits: {memory: 32Mi}}
-"#);
-    let pod = wait_pod(&server, "hog", 90, "OOMKilled", |p| p["status"]["phase"] == "Failed");
-    assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "OOMKilled", "{}", pod["status"]);
+"#,
+    );
+    let pod = wait_pod(&server, "hog", 90, "OOMKilled", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "OOMKilled",
+        "{}",
+        pod["status"]
+    );
 
     // A pod that fits nowhere is refused with upstream's message, then placed when the
     // node frees up.
     let cpus = std::thread::available_parallelism().unwrap().get();
-    let big = format!(r#"
+    let big = format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: big}}
@@ -175,19 +250,48 @@ spec:
     imagePullPolicy: IfNotPresent
     command: ["sleep", "3600"]
     resources: {{requests: {{cpu: "{cpus}"}}}}
-"#);
+"#
+    );
     apply(&server, &big.replace("name: big", "name: hold"));
-    wait_pod(&server, "hold", 60, "Running", |p| p["status"]["phase"] == "Running");
+    wait_pod(&server, "hold", 60, "Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
     apply(&server, &big);
     let pod = wait_pod(&server, "big", 30, "Unschedulable", |p| {
-        p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable"))
+        p["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")
+        })
     });
-    let cond = pod["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled").unwrap().clone();
-    assert!(cond["message"].as_str().unwrap().starts_with("0/1 nodes are available: 1 Insufficient cpu."), "{cond}");
-    let events = ok(server.kubectl(&["get", "events", "--field-selector", "involvedObject.name=big"]));
+    let cond = pod["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PodScheduled")
+        .unwrap()
+        .clone();
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("0/1 nodes are available: 1 Insufficient cpu."),
+        "{cond}"
+    );
+    let events = ok(server.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=big",
+    ]));
     assert!(events.contains("FailedScheduling"), "{events}");
     ok(server.kubectl(&["delete", "pod", "hold", "--grace-period=1"]));
-    wait_pod(&server, "big", 90, "scheduled after the node freed up", |p| p["spec"]["nodeName"].is_string());
+    wait_pod(
+        &server,
+        "big",
+        90,
+        "scheduled after the node freed up",
+        |p| p["spec"]["nodeName"].is_string(),
+    );
 
     delete_all_pods(&server);
 }
@@ -196,7 +300,9 @@ spec:
 fn containers_survive_sigkill_of_kaji() {
     let mut server = Server::start_with_agent(&[]);
     import_images(&server);
-    apply(&server, r#"
+    apply(
+        &server,
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: steady}
@@ -206,26 +312,55 @@ spec:
     image: docker.io/library/busybox:1.36
     imagePullPolicy: IfNotPresent
     command: ["sleep", "3600"]
-"#);
-    let before = wait_pod(&server, "steady", 90, "Running", |p| p["status"]["containerStatuses"][0]["state"]["running"].is_object());
-    let id = before["status"]["containerStatuses"][0]["containerID"].as_str().unwrap().to_string();
+"#,
+    );
+    let before = wait_pod(&server, "steady", 90, "Running", |p| {
+        p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+    });
+    let id = before["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .to_string();
     server.kill9();
     server.spawn();
     // Give the agent time to re-adopt, then check nothing was restarted.
     std::thread::sleep(Duration::from_secs(8));
-    let after = wait_pod(&server, "steady", 60, "Running", |p| p["status"]["containerStatuses"][0]["state"]["running"].is_object());
-    assert_eq!(after["status"]["containerStatuses"][0]["containerID"].as_str().unwrap(), id, "same container after restart");
+    let after = wait_pod(&server, "steady", 60, "Running", |p| {
+        p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+    });
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .unwrap(),
+        id,
+        "same container after restart"
+    );
     assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
     // Deleting the pod leaves nothing behind in the runtime.
-    ok(server.kubectl(&["delete", "pod", "steady", "--grace-period=1", "--timeout=60s"]));
+    ok(server.kubectl(&[
+        "delete",
+        "pod",
+        "steady",
+        "--grace-period=1",
+        "--timeout=60s",
+    ]));
     let socket = server.data_dir().join("run/containerd/containerd.sock");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = Command::new("ctr").arg("-a").arg(&socket).args(["-n", "k8s.io", "containers", "ls", "-q"]).output().unwrap();
+        let out = Command::new("ctr")
+            .arg("-a")
+            .arg(&socket)
+            .args(["-n", "k8s.io", "containers", "ls", "-q"])
+            .output()
+            .unwrap();
         if String::from_utf8_lossy(&out.stdout).trim().is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "containers left behind: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            Instant::now() < deadline,
+            "containers left behind: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }

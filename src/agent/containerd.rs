@@ -84,7 +84,11 @@ pub fn render_config(paths: &Paths, sandbox_image: &str) -> String {
 /// Renders the containerd configuration (from `config.toml.tmpl` beside it if the user
 /// put one there, else the embedded template), with the private registry section at the
 /// `{{registries}}` placeholder or, without one, at the end.
-pub fn render_config_with_registries(paths: &Paths, sandbox_image: &str, registries: &Registries) -> String {
+pub fn render_config_with_registries(
+    paths: &Paths,
+    sandbox_image: &str,
+    registries: &Registries,
+) -> String {
     let custom = paths.config.with_extension("toml.tmpl");
     let mut template = std::fs::read_to_string(&custom).unwrap_or_else(|_| TEMPLATE.to_string());
     if !template.contains("{{registries}}") {
@@ -95,21 +99,41 @@ pub fn render_config_with_registries(paths: &Paths, sandbox_image: &str, registr
         .replace("{{state}}", &paths.state.display().to_string())
         .replace("{{address}}", &paths.socket.display().to_string())
         .replace("{{sandbox_image}}", sandbox_image)
-        .replace("{{systemd_cgroup}}", if systemd_cgroup() { "true" } else { "false" })
-        .replace("{{restrict_oom_score_adj}}", if can_lower_oom_score() { "false" } else { "true" })
+        .replace(
+            "{{systemd_cgroup}}",
+            if systemd_cgroup() { "true" } else { "false" },
+        )
+        .replace(
+            "{{restrict_oom_score_adj}}",
+            if can_lower_oom_score() {
+                "false"
+            } else {
+                "true"
+            },
+        )
         .replace("{{cni_bin_dir}}", &paths.cni_bin_dir.display().to_string())
-        .replace("{{cni_conf_dir}}", &paths.cni_conf_dir.display().to_string())
+        .replace(
+            "{{cni_conf_dir}}",
+            &paths.cni_conf_dir.display().to_string(),
+        )
         // Last, so that no value from the user's file is taken for a placeholder.
         .replace("{{registries}}", &registries.to_containerd_toml())
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source: e }
+    Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
 }
 
 /// Writes the configuration and starts containerd, restarting it whenever it exits,
 /// until `shutdown`; returns once the socket answers.
-pub async fn start(cfg: &AgentConfig, paths: Paths, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn start(
+    cfg: &AgentConfig,
+    paths: Paths,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     for dir in [
         paths.config.parent().unwrap_or(Path::new("/")),
         paths.root.as_path(),
@@ -122,7 +146,11 @@ pub async fn start(cfg: &AgentConfig, paths: Paths, shutdown: CancellationToken)
         Some(path) => Registries::load(path).map_err(|e| Error::Config(e.to_string()))?,
         None => Registries::default(),
     };
-    std::fs::write(&paths.config, render_config_with_registries(&paths, &cfg.pause_image, &registries)).map_err(|e| io(&paths.config, e))?;
+    std::fs::write(
+        &paths.config,
+        render_config_with_registries(&paths, &cfg.pause_image, &registries),
+    )
+    .map_err(|e| io(&paths.config, e))?;
     let binary = which("containerd").ok_or(Error::MissingBinary("containerd"))?;
     stop_stale(&paths).await;
     let mut child = spawn(&binary, &paths)?;
@@ -158,21 +186,33 @@ fn pid_file(paths: &Paths) -> PathBuf {
 /// child behind). Its containers keep running: they belong to their shims, and the new
 /// containerd re-attaches to them.
 async fn stop_stale(paths: &Paths) {
-    let Ok(text) = std::fs::read_to_string(pid_file(paths)) else { return };
-    let Ok(pid) = text.trim().parse::<u32>() else { return };
+    let Ok(text) = std::fs::read_to_string(pid_file(paths)) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return;
+    };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     if comm.trim() != "containerd" {
         return;
     }
     tracing::info!(pid, "stopping the containerd left by a previous run");
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await;
     for _ in 0..100 {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status().await;
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .await;
 }
 
 fn spawn(binary: &Path, paths: &Paths) -> Result<Child, Error> {
@@ -200,23 +240,35 @@ fn spawn(binary: &Path, paths: &Paths) -> Result<Child, Error> {
 async fn wait_for_socket(socket: &Path, child: &mut Child) -> Result<(), Error> {
     for _ in 0..300 {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(Error::Runtime(format!("containerd exited during start-up ({status})")));
+            return Err(Error::Runtime(format!(
+                "containerd exited during start-up ({status})"
+            )));
         }
         if tokio::net::UnixStream::connect(socket).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(Error::Runtime(format!("containerd socket {} did not appear", socket.display())))
+    Err(Error::Runtime(format!(
+        "containerd socket {} did not appear",
+        socket.display()
+    )))
 }
 
 /// Stops containerd with SIGTERM (running containers keep running: their shims are
 /// separate processes, so restarting kaji does not restart pods).
 async fn stop(child: &mut Child) {
     if let Some(pid) = child.id() {
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
@@ -225,7 +277,17 @@ async fn stop(child: &mut Child) {
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .chain(
+            [
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+            .map(PathBuf::from),
+        )
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
@@ -247,7 +309,10 @@ mod tests {
     #[test]
     fn appends_private_registries() {
         let paths = Paths::new(Path::new("/var/lib/kaji"), Path::new("/run/kaji"));
-        let regs = Registries::parse("mirrors: {\"127.0.0.1:5000\": {endpoint: [\"http://127.0.0.1:5000\"]}}").unwrap();
+        let regs = Registries::parse(
+            "mirrors: {\"127.0.0.1:5000\": {endpoint: [\"http://127.0.0.1:5000\"]}}",
+        )
+        .unwrap();
         let text = render_config_with_registries(&paths, "kaji.local/pause:3.10", &regs);
         assert!(!text.contains("{{"), "{text}");
         assert!(text.contains("[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"127.0.0.1:5000\"]\n  endpoint = [\"http://127.0.0.1:5000\"]"), "{text}");

@@ -56,7 +56,9 @@ impl Cri {
             .map_err(|e| Error::Runtime(e.to_string()))?
             .connect_with_connector(tower::service_fn(move |_: http::Uri| {
                 let p = p.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
             }))
             .await
             .map_err(|e| Error::Runtime(format!("connecting to {}: {e}", path.display())))?;
@@ -81,12 +83,22 @@ impl Cri {
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        Err(Error::Runtime(format!("CRI runtime at {} not ready: {last}", socket.display())))
+        Err(Error::Runtime(format!(
+            "CRI runtime at {} not ready: {last}",
+            socket.display()
+        )))
     }
 
     /// `runtimeName://runtimeVersion`, as nodeInfo.containerRuntimeVersion shows it.
     pub async fn version(&mut self) -> Result<String, Error> {
-        let v = self.runtime.version(cri::VersionRequest { version: "v1".into() }).await.map_err(|e| rpc("Version", e))?.into_inner();
+        let v = self
+            .runtime
+            .version(cri::VersionRequest {
+                version: "v1".into(),
+            })
+            .await
+            .map_err(|e| rpc("Version", e))?
+            .into_inner();
         Ok(format!("{}://{}", v.runtime_name, v.runtime_version))
     }
 
@@ -96,10 +108,15 @@ impl Cri {
         if let Some(u) = uid {
             selector.insert(LABEL_POD_UID.to_string(), u.to_string());
         }
-        let filter = cri::PodSandboxFilter { label_selector: selector, ..Default::default() };
+        let filter = cri::PodSandboxFilter {
+            label_selector: selector,
+            ..Default::default()
+        };
         let mut items = self
             .runtime
-            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(filter),
+            })
             .await
             .map_err(|e| rpc("ListPodSandbox", e))?
             .into_inner()
@@ -111,7 +128,10 @@ impl Cri {
     /// Status of a sandbox (with its IPs).
     pub async fn sandbox_status(&mut self, id: &str) -> Result<cri::PodSandboxStatus, Error> {
         self.runtime
-            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false })
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
             .await
             .map_err(|e| rpc("PodSandboxStatus", e))?
             .into_inner()
@@ -123,7 +143,10 @@ impl Cri {
     pub async fn run_sandbox(&mut self, config: cri::PodSandboxConfig) -> Result<String, Error> {
         Ok(self
             .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
             .await
             .map_err(|e| rpc("RunPodSandbox", e))?
             .into_inner()
@@ -133,7 +156,9 @@ impl Cri {
     /// Stops a sandbox (and its network).
     pub async fn stop_sandbox(&mut self, id: &str) -> Result<(), Error> {
         self.runtime
-            .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() })
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
             .await
             .map_err(|e| rpc("StopPodSandbox", e))?;
         Ok(())
@@ -142,7 +167,9 @@ impl Cri {
     /// Removes a stopped sandbox.
     pub async fn remove_sandbox(&mut self, id: &str) -> Result<(), Error> {
         self.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() })
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
             .await
             .map_err(|e| rpc("RemovePodSandbox", e))?;
         Ok(())
@@ -154,10 +181,15 @@ impl Cri {
         if let Some(u) = uid {
             selector.insert(LABEL_POD_UID.to_string(), u.to_string());
         }
-        let filter = cri::ContainerFilter { label_selector: selector, ..Default::default() };
+        let filter = cri::ContainerFilter {
+            label_selector: selector,
+            ..Default::default()
+        };
         Ok(self
             .runtime
-            .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(filter),
+            })
             .await
             .map_err(|e| rpc("ListContainers", e))?
             .into_inner()
@@ -167,7 +199,10 @@ impl Cri {
     /// Full status of a container.
     pub async fn container_status(&mut self, id: &str) -> Result<cri::ContainerStatus, Error> {
         self.runtime
-            .container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false })
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
             .await
             .map_err(|e| rpc("ContainerStatus", e))?
             .into_inner()
@@ -176,7 +211,12 @@ impl Cri {
     }
 
     /// Creates a container in a sandbox.
-    pub async fn create_container(&mut self, sandbox_id: &str, config: cri::ContainerConfig, sandbox: cri::PodSandboxConfig) -> Result<String, Error> {
+    pub async fn create_container(
+        &mut self,
+        sandbox_id: &str,
+        config: cri::ContainerConfig,
+        sandbox: cri::PodSandboxConfig,
+    ) -> Result<String, Error> {
         Ok(self
             .runtime
             .create_container(cri::CreateContainerRequest {
@@ -193,7 +233,9 @@ impl Cri {
     /// Starts a created container.
     pub async fn start_container(&mut self, id: &str) -> Result<(), Error> {
         self.runtime
-            .start_container(cri::StartContainerRequest { container_id: id.into() })
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
             .await
             .map_err(|e| rpc("StartContainer", e))?;
         Ok(())
@@ -202,7 +244,10 @@ impl Cri {
     /// Stops a container: its stop signal, then SIGKILL after `timeout` seconds.
     pub async fn stop_container(&mut self, id: &str, timeout: i64) -> Result<(), Error> {
         self.runtime
-            .stop_container(cri::StopContainerRequest { container_id: id.into(), timeout })
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
             .await
             .map_err(|e| rpc("StopContainer", e))?;
         Ok(())
@@ -211,17 +256,28 @@ impl Cri {
     /// Removes a container.
     pub async fn remove_container(&mut self, id: &str) -> Result<(), Error> {
         self.runtime
-            .remove_container(cri::RemoveContainerRequest { container_id: id.into() })
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.into(),
+            })
             .await
             .map_err(|e| rpc("RemoveContainer", e))?;
         Ok(())
     }
 
     /// Runs a command in a container and waits for it (probes, hooks).
-    pub async fn exec_sync(&mut self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<cri::ExecSyncResponse, Error> {
+    pub async fn exec_sync(
+        &mut self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, Error> {
         Ok(self
             .runtime
-            .exec_sync(cri::ExecSyncRequest { container_id: id.into(), cmd, timeout })
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd,
+                timeout,
+            })
             .await
             .map_err(|e| rpc("ExecSync", e))?
             .into_inner())
@@ -232,7 +288,10 @@ impl Cri {
         let resp = self
             .images
             .image_status(cri::ImageStatusRequest {
-                image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
                 verbose: false,
             })
             .await
@@ -242,11 +301,18 @@ impl Cri {
     }
 
     /// Pulls an image (with registry credentials if given); returns the image ref.
-    pub async fn pull_image(&mut self, image: &str, auth: Option<cri::AuthConfig>) -> Result<String, Error> {
+    pub async fn pull_image(
+        &mut self,
+        image: &str,
+        auth: Option<cri::AuthConfig>,
+    ) -> Result<String, Error> {
         Ok(self
             .images
             .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
                 auth,
                 sandbox_config: None,
             })

@@ -44,7 +44,12 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
 }
 
 /// The ordered environment of `container` in `pod`; `extra` (service links) come first.
-pub async fn resolve(client: &kube::Client, pod: &Value, container: &Value, extra: &[(String, String)]) -> Result<Vec<(String, String)>, Error> {
+pub async fn resolve(
+    client: &kube::Client,
+    pod: &Value,
+    container: &Value,
+    extra: &[(String, String)],
+) -> Result<Vec<(String, String)>, Error> {
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
@@ -78,7 +83,11 @@ pub async fn resolve(client: &kube::Client, pod: &Value, container: &Value, extr
             match secrets.get_opt(name).await? {
                 Some(s) => {
                     for (k, v) in s.data.unwrap_or_default() {
-                        set(format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned(), &mut vars);
+                        set(
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                            &mut vars,
+                        );
                     }
                 }
                 None if r["optional"] == true => {}
@@ -95,21 +104,45 @@ pub async fn resolve(client: &kube::Client, pod: &Value, container: &Value, extr
             if let Some(fp) = from["fieldRef"]["fieldPath"].as_str() {
                 field_path_value(pod, fp)
             } else if let Some(r) = from["resourceFieldRef"]["resource"].as_str() {
-                let c = from["resourceFieldRef"]["containerName"].as_str().filter(|s| !s.is_empty()).unwrap_or(cname);
+                let c = from["resourceFieldRef"]["containerName"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(cname);
                 resource_field_value(pod, c, r, from["resourceFieldRef"]["divisor"].as_str())
             } else if let Some(r) = from.get("configMapKeyRef").filter(|v| v.is_object()) {
-                let (n, k) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
-                match cms.get_opt(n).await?.and_then(|cm| cm.data.and_then(|d| d.get(k).cloned())) {
+                let (n, k) = (
+                    r["name"].as_str().unwrap_or_default(),
+                    r["key"].as_str().unwrap_or_default(),
+                );
+                match cms
+                    .get_opt(n)
+                    .await?
+                    .and_then(|cm| cm.data.and_then(|d| d.get(k).cloned()))
+                {
                     Some(v) => Some(v),
                     None if r["optional"] == true => None,
-                    None => return Err(Error::Config(format!("couldn't find key {k} in ConfigMap {ns}/{n}"))),
+                    None => {
+                        return Err(Error::Config(format!(
+                            "couldn't find key {k} in ConfigMap {ns}/{n}"
+                        )));
+                    }
                 }
             } else if let Some(r) = from.get("secretKeyRef").filter(|v| v.is_object()) {
-                let (n, k) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
-                match secrets.get_opt(n).await?.and_then(|s| s.data.and_then(|d| d.get(k).map(|b| String::from_utf8_lossy(&b.0).into_owned()))) {
+                let (n, k) = (
+                    r["name"].as_str().unwrap_or_default(),
+                    r["key"].as_str().unwrap_or_default(),
+                );
+                match secrets.get_opt(n).await?.and_then(|s| {
+                    s.data
+                        .and_then(|d| d.get(k).map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+                }) {
                     Some(v) => Some(v),
                     None if r["optional"] == true => None,
-                    None => return Err(Error::Config(format!("couldn't find key {k} in Secret {ns}/{n}"))),
+                    None => {
+                        return Err(Error::Config(format!(
+                            "couldn't find key {k} in Secret {ns}/{n}"
+                        )));
+                    }
                 }
             } else {
                 None
@@ -121,10 +154,13 @@ pub async fn resolve(client: &kube::Client, pod: &Value, container: &Value, extr
             set(name, v, &mut vars);
         }
     }
-    Ok(order.into_iter().map(|k| {
-        let v = vars.get(&k).cloned().unwrap_or_default();
-        (k, v)
-    }).collect())
+    Ok(order
+        .into_iter()
+        .map(|k| {
+            let v = vars.get(&k).cloned().unwrap_or_default();
+            (k, v)
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -133,7 +169,11 @@ mod tests {
 
     #[test]
     fn expansion() {
-        let vars: BTreeMap<String, String> = [("A".to_string(), "1".to_string()), ("B".to_string(), "two".to_string())].into();
+        let vars: BTreeMap<String, String> = [
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "two".to_string()),
+        ]
+        .into();
         assert_eq!(expand("x-$(A)-$(B)", &vars), "x-1-two");
         assert_eq!(expand("$(C) stays", &vars), "$(C) stays");
         assert_eq!(expand("$$(A) escaped", &vars), "$(A) escaped");

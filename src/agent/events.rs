@@ -16,10 +16,24 @@ pub enum Kind {
 }
 
 /// Records an event about `pod` (optionally about one container), without waiting.
-pub fn record(client: &kube::Client, node: &str, pod: &Value, kind: Kind, reason: &str, message: String, container: Option<&str>) {
+pub fn record(
+    client: &kube::Client,
+    node: &str,
+    pod: &Value,
+    kind: Kind,
+    reason: &str,
+    message: String,
+    container: Option<&str>,
+) {
     let client = client.clone();
-    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-    let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let ns = pod["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
+    let name = pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let now = jiff::Timestamp::now();
     let ts = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let mut involved = json!({
@@ -42,7 +56,9 @@ pub fn record(client: &kube::Client, node: &str, pod: &Value, kind: Kind, reason
         "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
     });
     tokio::spawn(async move {
-        let Ok(event) = serde_json::from_value::<Event>(event) else { return };
+        let Ok(event) = serde_json::from_value::<Event>(event) else {
+            return;
+        };
         let api: Api<Event> = Api::namespaced(client, &ns);
         if let Err(err) = api.create(&PostParams::default(), &event).await {
             tracing::debug!(%err, "recording event");

@@ -94,27 +94,51 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// Builds the agent configuration from flags.
-    pub fn from_args(args: &crate::config::AgentArgs, data_dir: PathBuf, server: bool, cluster_dns: IpAddr, cluster_domain: &str) -> Result<AgentConfig, Error> {
+    pub fn from_args(
+        args: &crate::config::AgentArgs,
+        data_dir: PathBuf,
+        server: bool,
+        cluster_dns: IpAddr,
+        cluster_domain: &str,
+    ) -> Result<AgentConfig, Error> {
         let node_name = args.node_name.clone().unwrap_or_else(node::hostname);
         let node_ip = match args.node_ip {
             Some(ip) => ip,
-            None => node::default_ip().ok_or_else(|| Error::Config("cannot determine the node IP; pass --node-ip".into()))?,
+            None => node::default_ip().ok_or_else(|| {
+                Error::Config("cannot determine the node IP; pass --node-ip".into())
+            })?,
         };
         let labels = args
             .node_label
             .iter()
-            .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| Error::Config(format!("--node-label {l:?}: expected key=value"))))
+            .map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| Error::Config(format!("--node-label {l:?}: expected key=value")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let taints = args
             .node_taint
             .iter()
-            .map(|t| parse_taint(t).ok_or_else(|| Error::Config(format!("--node-taint {t:?}: expected key[=value]:Effect"))))
+            .map(|t| {
+                parse_taint(t).ok_or_else(|| {
+                    Error::Config(format!("--node-taint {t:?}: expected key[=value]:Effect"))
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut max_pods = 110;
         for arg in &args.kubelet_arg {
             match arg.split_once('=') {
-                Some(("max-pods", v)) => max_pods = v.parse().map_err(|_| Error::Config(format!("--kubelet-arg {arg:?}")))?,
-                _ => return Err(Error::Config(format!("--kubelet-arg {arg:?}: unsupported (supported: max-pods)"))),
+                Some(("max-pods", v)) => {
+                    max_pods = v
+                        .parse()
+                        .map_err(|_| Error::Config(format!("--kubelet-arg {arg:?}")))?
+                }
+                _ => {
+                    return Err(Error::Config(format!(
+                        "--kubelet-arg {arg:?}: unsupported (supported: max-pods)"
+                    )));
+                }
             }
         }
         let run_dir = default_run_dir(&data_dir);
@@ -131,7 +155,10 @@ impl AgentConfig {
             run_dir,
             data_dir,
             runtime_endpoint: args.container_runtime_endpoint.clone(),
-            pause_image: args.pause_image.clone().unwrap_or_else(|| DEFAULT_PAUSE_IMAGE.to_string()),
+            pause_image: args
+                .pause_image
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PAUSE_IMAGE.to_string()),
             max_pods,
             cluster_dns,
             cluster_domain: cluster_domain.to_string(),
@@ -163,7 +190,11 @@ fn parse_taint(s: &str) -> Option<(String, String, String)> {
 }
 
 /// Runs the agent until `shutdown`: container runtime, node registration, heartbeats.
-pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>, Error> {
+pub async fn run(
+    client: kube::Client,
+    cfg: AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
     if cfg.runtime_endpoint.is_none() {
         let paths = containerd::Paths::new(&cfg.data_dir, &cfg.run_dir);
         containerd::start(&cfg, paths, shutdown.clone()).await?;
@@ -185,9 +216,16 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, shutdown: CancellationT
     cfg.kubelet_port = kubelet_port;
     node::register(&client, &cfg).await?;
     let pod_cidr = node::wait_pod_cidr(&client, &cfg, &shutdown).await?;
-    network::write_conflist(&containerd::Paths::new(&cfg.data_dir, &cfg.run_dir).cni_conf_dir, &pod_cidr)?;
+    network::write_conflist(
+        &containerd::Paths::new(&cfg.data_dir, &cfg.run_dir).cni_conf_dir,
+        &pod_cidr,
+    )?;
     let cfg = std::sync::Arc::new(cfg);
-    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), (*cfg).clone(), shutdown.clone()));
+    let heartbeat = tokio::spawn(node::heartbeat(
+        client.clone(),
+        (*cfg).clone(),
+        shutdown.clone(),
+    ));
     let workers = tokio::spawn(pod_workers::run(client, cfg, cri, shutdown));
     let handle = tokio::spawn(async move {
         let _ = workers.await;
@@ -203,8 +241,14 @@ mod tests {
 
     #[test]
     fn taints() {
-        assert_eq!(parse_taint("dedicated=gpu:NoSchedule"), Some(("dedicated".into(), "gpu".into(), "NoSchedule".into())));
-        assert_eq!(parse_taint("edge:NoExecute"), Some(("edge".into(), "".into(), "NoExecute".into())));
+        assert_eq!(
+            parse_taint("dedicated=gpu:NoSchedule"),
+            Some(("dedicated".into(), "gpu".into(), "NoSchedule".into()))
+        );
+        assert_eq!(
+            parse_taint("edge:NoExecute"),
+            Some(("edge".into(), "".into(), "NoExecute".into()))
+        );
         assert_eq!(parse_taint("x=y:Sometimes"), None);
     }
 }

@@ -41,15 +41,24 @@ pub fn conflist(pod_cidr: &str) -> serde_json::Value {
 
 /// Writes the conflist into `conf_dir` (atomically) if it changed.
 pub fn write_conflist(conf_dir: &Path, pod_cidr: &str) -> Result<(), Error> {
-    std::fs::create_dir_all(conf_dir).map_err(|e| Error::Io { path: conf_dir.display().to_string(), source: e })?;
+    std::fs::create_dir_all(conf_dir).map_err(|e| Error::Io {
+        path: conf_dir.display().to_string(),
+        source: e,
+    })?;
     let path = conf_dir.join(format!("10-{NETWORK}.conflist"));
     let text = serde_json::to_string_pretty(&conflist(pod_cidr)).unwrap_or_default();
     if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
         return Ok(());
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &text).map_err(|e| Error::Io { path: tmp.display().to_string(), source: e })?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+    std::fs::write(&tmp, &text).map_err(|e| Error::Io {
+        path: tmp.display().to_string(),
+        source: e,
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
     tracing::info!(path = %path.display(), %pod_cidr, "wrote CNI configuration");
     Ok(())
 }
@@ -62,7 +71,10 @@ mod tests {
     fn conflist_shape() {
         let c = conflist("10.42.0.0/24");
         assert_eq!(c["plugins"][0]["type"], "bridge");
-        assert_eq!(c["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.42.0.0/24");
+        assert_eq!(
+            c["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.42.0.0/24"
+        );
         assert_eq!(c["plugins"][1]["type"], "portmap");
         let dir = tempfile::tempdir().unwrap();
         write_conflist(dir.path(), "10.42.1.0/24").unwrap();

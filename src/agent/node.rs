@@ -43,11 +43,15 @@ pub fn default_ip() -> Option<IpAddr> {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn micro_now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string()
 }
 
 /// Memory in KiB from /proc/meminfo (`MemTotal` or `MemAvailable`).
@@ -71,7 +75,9 @@ fn os_image() -> String {
 }
 
 fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn go_arch() -> &'static str {
@@ -84,7 +90,11 @@ fn go_arch() -> &'static str {
 
 /// Filesystem capacity of `path` in bytes (for ephemeral-storage).
 fn fs_capacity(path: &std::path::Path) -> u64 {
-    let out = std::process::Command::new("df").arg("-B1").arg("--output=size").arg(path).output();
+    let out = std::process::Command::new("df")
+        .arg("-B1")
+        .arg("--output=size")
+        .arg(path)
+        .output();
     out.ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().nth(1).and_then(|l| l.trim().parse().ok()))
@@ -101,7 +111,10 @@ fn labels(cfg: &AgentConfig) -> serde_json::Map<String, Value> {
     l.insert("beta.kubernetes.io/arch".into(), json!(go_arch()));
     l.insert("node.kubernetes.io/instance-type".into(), json!("kaji"));
     if cfg.server {
-        l.insert("node-role.kubernetes.io/control-plane".into(), json!("true"));
+        l.insert(
+            "node-role.kubernetes.io/control-plane".into(),
+            json!("true"),
+        );
         l.insert("node-role.kubernetes.io/master".into(), json!("true"));
     }
     for (k, v) in &cfg.labels {
@@ -118,23 +131,58 @@ fn conditions(cfg: &AgentConfig) -> Vec<Value> {
     let disk_pressure = false;
     let pid_pressure = false;
     let _ = cfg;
-    let cond = |t: &str, status: bool, reason_true: &str, reason_false: &str, msg_true: &str, msg_false: &str| {
+    let cond = |t: &str,
+                status: bool,
+                reason_true: &str,
+                reason_false: &str,
+                msg_true: &str,
+                msg_false: &str| {
         json!({"type": t, "status": if status { "True" } else { "False" },
                "lastHeartbeatTime": ts, "lastTransitionTime": ts,
                "reason": if status { reason_true } else { reason_false },
                "message": if status { msg_true } else { msg_false }})
     };
     vec![
-        cond("MemoryPressure", memory_pressure, "KubeletHasInsufficientMemory", "KubeletHasSufficientMemory", "kubelet has insufficient memory available", "kubelet has sufficient memory available"),
-        cond("DiskPressure", disk_pressure, "KubeletHasDiskPressure", "KubeletHasNoDiskPressure", "kubelet has disk pressure", "kubelet has no disk pressure"),
-        cond("PIDPressure", pid_pressure, "KubeletHasInsufficientPID", "KubeletHasSufficientPID", "kubelet has insufficient PID available", "kubelet has sufficient PID available"),
-        cond("Ready", true, "KubeletReady", "KubeletNotReady", "kubelet is posting ready status", "container runtime is not ready"),
+        cond(
+            "MemoryPressure",
+            memory_pressure,
+            "KubeletHasInsufficientMemory",
+            "KubeletHasSufficientMemory",
+            "kubelet has insufficient memory available",
+            "kubelet has sufficient memory available",
+        ),
+        cond(
+            "DiskPressure",
+            disk_pressure,
+            "KubeletHasDiskPressure",
+            "KubeletHasNoDiskPressure",
+            "kubelet has disk pressure",
+            "kubelet has no disk pressure",
+        ),
+        cond(
+            "PIDPressure",
+            pid_pressure,
+            "KubeletHasInsufficientPID",
+            "KubeletHasSufficientPID",
+            "kubelet has insufficient PID available",
+            "kubelet has sufficient PID available",
+        ),
+        cond(
+            "Ready",
+            true,
+            "KubeletReady",
+            "KubeletNotReady",
+            "kubelet is posting ready status",
+            "container runtime is not ready",
+        ),
     ]
 }
 
 /// The node's status as the agent observes it.
 pub fn status(cfg: &AgentConfig) -> Value {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mem_kib = meminfo("MemTotal");
     let storage = fs_capacity(&cfg.data_dir);
     let capacity = json!({
@@ -181,11 +229,17 @@ pub fn status(cfg: &AgentConfig) -> Value {
 /// Creates the Node, or takes over an existing one (re-registration after a restart).
 pub async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let taints: Vec<Value> = cfg.taints.iter().map(|(k, v, e)| {
-        let mut t = json!({"key": k, "effect": e});
-        if !v.is_empty() { t["value"] = json!(v); }
-        t
-    }).collect();
+    let taints: Vec<Value> = cfg
+        .taints
+        .iter()
+        .map(|(k, v, e)| {
+            let mut t = json!({"key": k, "effect": e});
+            if !v.is_empty() {
+                t["value"] = json!(v);
+            }
+            t
+        })
+        .collect();
     let mut spec = json!({});
     if !taints.is_empty() {
         spec["taints"] = Value::Array(taints);
@@ -197,12 +251,19 @@ pub async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Er
         "spec": spec,
         "status": status(cfg),
     });
-    let obj: Node = serde_json::from_value(node.clone()).map_err(|e| Error::Config(e.to_string()))?;
+    let obj: Node =
+        serde_json::from_value(node.clone()).map_err(|e| Error::Config(e.to_string()))?;
     match nodes.create(&PostParams::default(), &obj).await {
         Ok(_) => tracing::info!(node = %cfg.node_name, "registered node"),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let patch = json!({"metadata": {"labels": labels(cfg)}});
-            nodes.patch(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            nodes
+                .patch(
+                    &cfg.node_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
             tracing::info!(node = %cfg.node_name, "node already registered; taking it over");
         }
         Err(e) => return Err(e.into()),
@@ -215,7 +276,13 @@ pub async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Er
 async fn post_status(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let patch = json!({"status": status(cfg)});
-    nodes.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    nodes
+        .patch_status(
+            &cfg.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
     Ok(())
 }
 
@@ -223,7 +290,14 @@ async fn post_status(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Err
 pub async fn renew_lease(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Error> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let spec = json!({"holderIdentity": cfg.node_name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": micro_now()});
-    match leases.patch(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&json!({"spec": spec}))).await {
+    match leases
+        .patch(
+            &cfg.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": spec})),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => {
             let nodes: Api<Node> = Api::all(client.clone());
@@ -235,7 +309,8 @@ pub async fn renew_lease(client: &kube::Client, cfg: &AgentConfig) -> Result<(),
                                                   "uid": node.metadata.uid.unwrap_or_default()}]},
                 "spec": spec,
             });
-            let lease: Lease = serde_json::from_value(lease).map_err(|e| Error::Config(e.to_string()))?;
+            let lease: Lease =
+                serde_json::from_value(lease).map_err(|e| Error::Config(e.to_string()))?;
             leases.create(&PostParams::default(), &lease).await?;
             Ok(())
         }
@@ -265,7 +340,11 @@ pub async fn heartbeat(client: kube::Client, cfg: AgentConfig, shutdown: Cancell
 }
 
 /// Waits until the node has a podCIDR (assigned by the node IPAM controller).
-pub async fn wait_pod_cidr(client: &kube::Client, cfg: &AgentConfig, shutdown: &CancellationToken) -> Result<String, Error> {
+pub async fn wait_pod_cidr(
+    client: &kube::Client,
+    cfg: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> Result<String, Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut warned = false;
     loop {

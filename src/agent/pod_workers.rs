@@ -62,8 +62,18 @@ struct PodState {
 }
 
 /// Runs the pod workers until `shutdown`.
-pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>, cri: Cri, shutdown: CancellationToken) {
-    let ctx = Arc::new(Ctx { client: client.clone(), cfg: cfg.clone(), cri, probes: Probes::new(client.clone(), &cfg.node_name, cfg.node_ip) });
+pub async fn run(
+    client: kube::Client,
+    cfg: Arc<AgentConfig>,
+    cri: Cri,
+    shutdown: CancellationToken,
+) {
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        cfg: cfg.clone(),
+        cri,
+        probes: Probes::new(client.clone(), &cfg.node_name, cfg.node_ip),
+    });
     let pods: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let mut stream = watcher(pods, wc).boxed();
@@ -71,7 +81,10 @@ pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>, cri: Cri, shutdown
     let mut listed: Vec<String> = Vec::new();
     // Orphans are only judged after the first full list of this node's pods.
     let mut synced = false;
-    let mut housekeeping = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(30), Duration::from_secs(30));
+    let mut housekeeping = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(30),
+        Duration::from_secs(30),
+    );
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -87,8 +100,13 @@ pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>, cri: Cri, shutdown
         match event {
             Ok(watcher::Event::Init) => listed.clear(),
             Ok(watcher::Event::InitApply(pod)) | Ok(watcher::Event::Apply(pod)) => {
-                let Ok(v) = serde_json::to_value(&pod) else { continue };
-                let uid = v["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+                let Ok(v) = serde_json::to_value(&pod) else {
+                    continue;
+                };
+                let uid = v["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 listed.push(uid.clone());
                 dispatch(&ctx, &workers, &uid, Some(v), &shutdown).await;
             }
@@ -98,7 +116,13 @@ pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>, cri: Cri, shutdown
             }
             Ok(watcher::Event::InitDone) => {
                 synced = true;
-                let gone: Vec<String> = workers.lock().await.keys().filter(|u| !listed.contains(u)).cloned().collect();
+                let gone: Vec<String> = workers
+                    .lock()
+                    .await
+                    .keys()
+                    .filter(|u| !listed.contains(u))
+                    .cloned()
+                    .collect();
                 for uid in gone {
                     dispatch(&ctx, &workers, &uid, None, &shutdown).await;
                 }
@@ -112,7 +136,13 @@ pub async fn run(client: kube::Client, cfg: Arc<AgentConfig>, cri: Cri, shutdown
 }
 
 /// Hands the newest pod (or its disappearance) to its worker, starting one if needed.
-async fn dispatch(ctx: &Arc<Ctx>, workers: &Workers, uid: &str, pod: Option<Value>, shutdown: &CancellationToken) {
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    workers: &Workers,
+    uid: &str,
+    pod: Option<Value>,
+    shutdown: &CancellationToken,
+) {
     let mut map = workers.lock().await;
     if let Some(tx) = map.get(uid) {
         let _ = tx.send(pod);
@@ -137,7 +167,12 @@ async fn dispatch(ctx: &Arc<Ctx>, workers: &Workers, uid: &str, pod: Option<Valu
     });
 }
 
-async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Value>>, shutdown: CancellationToken) {
+async fn worker(
+    ctx: Arc<Ctx>,
+    uid: String,
+    mut rx: watch::Receiver<Option<Value>>,
+    shutdown: CancellationToken,
+) {
     let mut state = PodState::default();
     let probed = ctx.probes.changes(&uid);
     loop {
@@ -170,18 +205,26 @@ async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Value
 }
 
 fn pod_name(pod: &Value) -> String {
-    format!("{}/{}", pod["metadata"]["namespace"].as_str().unwrap_or(""), pod["metadata"]["name"].as_str().unwrap_or(""))
+    format!(
+        "{}/{}",
+        pod["metadata"]["namespace"].as_str().unwrap_or(""),
+        pod["metadata"]["name"].as_str().unwrap_or("")
+    )
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn ns_to_rfc3339(ns: i64) -> Option<String> {
     if ns <= 0 {
         return None;
     }
-    jiff::Timestamp::from_nanosecond(ns as i128).ok().map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+    jiff::Timestamp::from_nanosecond(ns as i128)
+        .ok()
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 /// The latest runtime container per container name, plus the previous one.
@@ -200,7 +243,11 @@ async fn observe(ctx: &Ctx, uid: &str, sandbox_id: Option<&str>) -> Result<Obser
     let mut latest = HashMap::new();
     let mut previous = HashMap::new();
     for ctr in all {
-        let name = ctr.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let name = ctr
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let status = match c.container_status(&ctr.id).await {
             Ok(s) => s,
             Err(_) => continue,
@@ -219,18 +266,39 @@ fn state_of(s: &cri::ContainerStatus) -> cri::ContainerState {
 }
 
 fn restart_count(s: &cri::ContainerStatus) -> i64 {
-    s.annotations.get(crilib::ANNOTATION_RESTART_COUNT).and_then(|v| v.parse().ok()).unwrap_or(0)
+    s.annotations
+        .get(crilib::ANNOTATION_RESTART_COUNT)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// One level-triggered sync. Returns when to come back, or None when the pod is gone.
 async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Duration>, Error> {
-    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if !pod["metadata"]["deletionTimestamp"].is_null() {
-        let grace = pod["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(30);
+        let grace = pod["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30);
         teardown(ctx, &uid, Some(pod), grace).await;
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), pod["metadata"]["namespace"].as_str().unwrap_or("default"));
-        let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }), ..Default::default() };
-        match pods.delete(pod["metadata"]["name"].as_str().unwrap_or_default(), &dp).await {
+        let pods: Api<Pod> = Api::namespaced(
+            ctx.client.clone(),
+            pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+        );
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match pods
+            .delete(pod["metadata"]["name"].as_str().unwrap_or_default(), &dp)
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(e.into()),
@@ -248,12 +316,31 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
     // The sandbox.
     let mut c = ctx.cri.clone();
     let sandboxes = c.sandboxes(Some(&uid)).await?;
-    let ready = sandboxes.iter().find(|s| s.state == cri::PodSandboxState::SandboxReady as i32).cloned();
+    let ready = sandboxes
+        .iter()
+        .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+        .cloned();
     let vols = match volumes::prepare(&ctx.client, &ctx.cfg.data_dir, pod).await {
         Ok(v) => v,
         Err(err) => {
-            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Warning, "FailedMount", format!("MountVolume.SetUp failed: {err}"), None);
-            post_status(ctx, pod, st, None, None, Some(("ContainerCreating", &err.to_string()))).await?;
+            events::record(
+                &ctx.client,
+                &ctx.cfg.node_name,
+                pod,
+                Kind::Warning,
+                "FailedMount",
+                format!("MountVolume.SetUp failed: {err}"),
+                None,
+            );
+            post_status(
+                ctx,
+                pod,
+                st,
+                None,
+                None,
+                Some(("ContainerCreating", &err.to_string())),
+            )
+            .await?;
             return Ok(Some(Duration::from_secs(5)));
         }
     };
@@ -261,9 +348,20 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
     let sandbox_id = match ready {
         Some(s) => s.id,
         None => {
-            if !sandboxes.is_empty() && restart_policy == "Never" && !pod["status"]["containerStatuses"].is_null() {
+            if !sandboxes.is_empty()
+                && restart_policy == "Never"
+                && !pod["status"]["containerStatuses"].is_null()
+            {
                 // The sandbox died under containers that may not restart: the pod failed.
-                post_status(ctx, pod, st, None, None, Some(("Failed", "the pod sandbox was lost"))).await?;
+                post_status(
+                    ctx,
+                    pod,
+                    st,
+                    None,
+                    None,
+                    Some(("Failed", "the pod sandbox was lost")),
+                )
+                .await?;
             }
             for old in &sandboxes {
                 let _ = c.stop_sandbox(&old.id).await;
@@ -271,17 +369,42 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
             match c.run_sandbox(sandbox_config.clone()).await {
                 Ok(id) => id,
                 Err(err) => {
-                    events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Warning, "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {err}"), None);
-                    post_status(ctx, pod, st, None, None, Some(("ContainerCreating", &err.to_string()))).await?;
+                    events::record(
+                        &ctx.client,
+                        &ctx.cfg.node_name,
+                        pod,
+                        Kind::Warning,
+                        "FailedCreatePodSandBox",
+                        format!("Failed to create pod sandbox: {err}"),
+                        None,
+                    );
+                    post_status(
+                        ctx,
+                        pod,
+                        st,
+                        None,
+                        None,
+                        Some(("ContainerCreating", &err.to_string())),
+                    )
+                    .await?;
                     return Ok(Some(Duration::from_secs(5)));
                 }
             }
         }
     };
     let sandbox = c.sandbox_status(&sandbox_id).await?;
-    let pod_ip = sandbox.network.as_ref().map(|n| n.ip.clone()).filter(|ip| !ip.is_empty());
+    let pod_ip = sandbox
+        .network
+        .as_ref()
+        .map(|n| n.ip.clone())
+        .filter(|ip| !ip.is_empty());
     if st.start_time.is_none() {
-        st.start_time = Some(pod["status"]["startTime"].as_str().map(str::to_string).unwrap_or_else(now));
+        st.start_time = Some(
+            pod["status"]["startTime"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(now),
+        );
     }
 
     let mut observed = observe(ctx, &uid, Some(&sandbox_id)).await?;
@@ -290,16 +413,26 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
 
     // Init containers, in order; each must succeed before the next starts.
     let mut initialized = true;
-    for ic in pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default() {
+    for ic in pod["spec"]["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         let name = ic["name"].as_str().unwrap_or_default().to_string();
         let restartable = ic["restartPolicy"] == "Always";
-        match observed.latest.get(&name).map(|(_, s)| (state_of(s), s.exit_code, s.clone())) {
+        match observed
+            .latest
+            .get(&name)
+            .map(|(_, s)| (state_of(s), s.exit_code, s.clone()))
+        {
             Some((cri::ContainerState::ContainerExited, 0, _)) if !restartable => continue,
             Some((cri::ContainerState::ContainerRunning, _, s)) if restartable => {
-                ctx.probes.ensure(&ctx.cri, pod, &ic, &s.id, pod_ip.as_deref());
+                ctx.probes
+                    .ensure(&ctx.cri, pod, &ic, &s.id, pod_ip.as_deref());
                 continue;
             }
-            Some((cri::ContainerState::ContainerRunning, _, _)) | Some((cri::ContainerState::ContainerCreated, _, _)) => {
+            Some((cri::ContainerState::ContainerRunning, _, _))
+            | Some((cri::ContainerState::ContainerCreated, _, _)) => {
                 initialized = false;
                 next = Duration::from_millis(500);
                 break;
@@ -311,14 +444,37 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
                     break;
                 }
                 initialized = false;
-                if let Some(wait) = restart_after_backoff(ctx, pod, st, &sandbox_id, &sandbox_config, &ic, &vols, &s, pod_ip.as_deref()).await? {
+                if let Some(wait) = restart_after_backoff(
+                    ctx,
+                    pod,
+                    st,
+                    &sandbox_id,
+                    &sandbox_config,
+                    &ic,
+                    &vols,
+                    &s,
+                    pod_ip.as_deref(),
+                )
+                .await?
+                {
                     next = next.min(wait);
                 }
                 break;
             }
             _ => {
                 initialized = false;
-                start_container(ctx, pod, st, &sandbox_id, &sandbox_config, &ic, &vols, 0, pod_ip.as_deref()).await?;
+                start_container(
+                    ctx,
+                    pod,
+                    st,
+                    &sandbox_id,
+                    &sandbox_config,
+                    &ic,
+                    &vols,
+                    0,
+                    pod_ip.as_deref(),
+                )
+                .await?;
                 next = Duration::from_millis(500);
                 break;
             }
@@ -327,22 +483,56 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
 
     // App containers.
     if initialized && !pod_failed {
-        for ctr in pod["spec"]["containers"].as_array().cloned().unwrap_or_default() {
+        for ctr in pod["spec"]["containers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             let name = ctr["name"].as_str().unwrap_or_default().to_string();
             match observed.latest.get(&name).map(|(_, s)| s.clone()) {
                 None => {
-                    start_container(ctx, pod, st, &sandbox_id, &sandbox_config, &ctr, &vols, 0, pod_ip.as_deref()).await?;
+                    start_container(
+                        ctx,
+                        pod,
+                        st,
+                        &sandbox_id,
+                        &sandbox_config,
+                        &ctr,
+                        &vols,
+                        0,
+                        pod_ip.as_deref(),
+                    )
+                    .await?;
                     next = next.min(Duration::from_millis(500));
                 }
                 Some(s) => match state_of(&s) {
                     cri::ContainerState::ContainerRunning => {
-                        ctx.probes.ensure(&ctx.cri, pod, &ctr, &s.id, pod_ip.as_deref());
+                        ctx.probes
+                            .ensure(&ctx.cri, pod, &ctr, &s.id, pod_ip.as_deref());
                         if !st.post_started.contains(&s.id) {
                             st.post_started.insert(s.id.clone());
                         }
                         if let Some(failed) = ctx.probes.failed_probe(&s.id) {
-                            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Normal, "Killing", format!("Container {name} failed {} probe, will be restarted", failed.probe), Some(&name));
-                            kill_container(ctx, pod, &ctr, &s.id, failed.grace.unwrap_or_else(|| grace_of(pod))).await;
+                            events::record(
+                                &ctx.client,
+                                &ctx.cfg.node_name,
+                                pod,
+                                Kind::Normal,
+                                "Killing",
+                                format!(
+                                    "Container {name} failed {} probe, will be restarted",
+                                    failed.probe
+                                ),
+                                Some(&name),
+                            );
+                            kill_container(
+                                ctx,
+                                pod,
+                                &ctr,
+                                &s.id,
+                                failed.grace.unwrap_or_else(|| grace_of(pod)),
+                            )
+                            .await;
                             next = Duration::from_millis(200);
                         }
                     }
@@ -357,7 +547,19 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
                             _ => false,
                         };
                         if restart {
-                            if let Some(wait) = restart_after_backoff(ctx, pod, st, &sandbox_id, &sandbox_config, &ctr, &vols, &s, pod_ip.as_deref()).await? {
+                            if let Some(wait) = restart_after_backoff(
+                                ctx,
+                                pod,
+                                st,
+                                &sandbox_id,
+                                &sandbox_config,
+                                &ctr,
+                                &vols,
+                                &s,
+                                pod_ip.as_deref(),
+                            )
+                            .await?
+                            {
                                 next = next.min(wait);
                             }
                         }
@@ -367,24 +569,53 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
             }
         }
     }
-    observed = observe(ctx, &uid, Some(&sandbox_id)).await.unwrap_or(observed);
-    let failed = if pod_failed { Some(("Failed", "an init container failed")) } else { None };
-    post_status_observed(ctx, pod, st, &observed, pod_ip.as_deref(), initialized, failed).await?;
+    observed = observe(ctx, &uid, Some(&sandbox_id))
+        .await
+        .unwrap_or(observed);
+    let failed = if pod_failed {
+        Some(("Failed", "an init container failed"))
+    } else {
+        None
+    };
+    post_status_observed(
+        ctx,
+        pod,
+        st,
+        &observed,
+        pod_ip.as_deref(),
+        initialized,
+        failed,
+    )
+    .await?;
     Ok(Some(next))
 }
 
 fn grace_of(pod: &Value) -> i64 {
-    pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)
+    pod["spec"]["terminationGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(30)
 }
 
 /// Restarts an exited container unless it is still in back-off; returns the remaining
 /// back-off when it is.
 #[allow(clippy::too_many_arguments)]
-async fn restart_after_backoff(ctx: &Ctx, pod: &Value, st: &mut PodState, sandbox_id: &str, sandbox_config: &cri::PodSandboxConfig, ctr: &Value, vols: &BTreeMap<String, volumes::HostVolume>, last: &cri::ContainerStatus, pod_ip: Option<&str>) -> Result<Option<Duration>, Error> {
+async fn restart_after_backoff(
+    ctx: &Ctx,
+    pod: &Value,
+    st: &mut PodState,
+    sandbox_id: &str,
+    sandbox_config: &cri::PodSandboxConfig,
+    ctr: &Value,
+    vols: &BTreeMap<String, volumes::HostVolume>,
+    last: &cri::ContainerStatus,
+    pod_ip: Option<&str>,
+) -> Result<Option<Duration>, Error> {
     let name = ctr["name"].as_str().unwrap_or_default().to_string();
     let ran_for = Duration::from_nanos((last.finished_at - last.started_at).max(0) as u64);
     let finished = Instant::now()
-        .checked_sub(Duration::from_nanos((jiff::Timestamp::now().as_nanosecond() as i64 - last.finished_at).max(0) as u64))
+        .checked_sub(Duration::from_nanos(
+            (jiff::Timestamp::now().as_nanosecond() as i64 - last.finished_at).max(0) as u64,
+        ))
         .unwrap_or_else(Instant::now);
     let entry = st.backoff.get(&name).cloned();
     if ran_for > Duration::from_secs(600) {
@@ -394,13 +625,26 @@ async fn restart_after_backoff(ctx: &Ctx, pod: &Value, st: &mut PodState, sandbo
         if Instant::now() < ready_at {
             return Ok(Some(ready_at - Instant::now()));
         }
-        st.backoff.insert(name.clone(), ((delay * 2).min(BACKOFF_MAX), Instant::now()));
+        st.backoff
+            .insert(name.clone(), ((delay * 2).min(BACKOFF_MAX), Instant::now()));
     }
     if !st.backoff.contains_key(&name) {
-        st.backoff.insert(name.clone(), (BACKOFF_START, Instant::now()));
+        st.backoff
+            .insert(name.clone(), (BACKOFF_START, Instant::now()));
     }
     let attempt = restart_count(last) + 1;
-    start_container(ctx, pod, st, sandbox_id, sandbox_config, ctr, vols, attempt as u32, pod_ip).await?;
+    start_container(
+        ctx,
+        pod,
+        st,
+        sandbox_id,
+        sandbox_config,
+        ctr,
+        vols,
+        attempt as u32,
+        pod_ip,
+    )
+    .await?;
     Ok(None)
 }
 
@@ -441,8 +685,20 @@ fn dns_config(cfg: &AgentConfig, pod: &Value) -> cri::DnsConfig {
         _ => cluster(),
     };
     let extra = &pod["spec"]["dnsConfig"];
-    d.servers.extend(extra["nameservers"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)));
-    d.searches.extend(extra["searches"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)));
+    d.servers.extend(
+        extra["nameservers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string)),
+    );
+    d.searches.extend(
+        extra["searches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string)),
+    );
     for o in extra["options"].as_array().into_iter().flatten() {
         let name = o["name"].as_str().unwrap_or_default();
         d.options.retain(|x| x.split(':').next() != Some(name));
@@ -466,18 +722,40 @@ fn log_dir(cfg: &AgentConfig, pod: &Value) -> std::path::PathBuf {
 
 fn sandbox_config(ctx: &Ctx, pod: &Value, attempt: u32) -> cri::PodSandboxConfig {
     let m = &pod["metadata"];
-    let (name, ns, uid) = (m["name"].as_str().unwrap_or_default(), m["namespace"].as_str().unwrap_or("default"), m["uid"].as_str().unwrap_or_default());
-    let mut labels: HashMap<String, String> = m["labels"].as_object().map(|l| l.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect()).unwrap_or_default();
+    let (name, ns, uid) = (
+        m["name"].as_str().unwrap_or_default(),
+        m["namespace"].as_str().unwrap_or("default"),
+        m["uid"].as_str().unwrap_or_default(),
+    );
+    let mut labels: HashMap<String, String> = m["labels"]
+        .as_object()
+        .map(|l| {
+            l.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
     labels.insert(crilib::LABEL_POD_NAME.into(), name.into());
     labels.insert(crilib::LABEL_POD_NAMESPACE.into(), ns.into());
     labels.insert(crilib::LABEL_POD_UID.into(), uid.into());
-    let annotations: HashMap<String, String> = m["annotations"].as_object().map(|l| l.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect()).unwrap_or_default();
+    let annotations: HashMap<String, String> = m["annotations"]
+        .as_object()
+        .map(|l| {
+            l.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut port_mappings = Vec::new();
     for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
         for p in c["ports"].as_array().into_iter().flatten() {
             if let Some(hp) = p["hostPort"].as_i64().filter(|h| *h > 0) {
                 port_mappings.push(cri::PortMapping {
-                    protocol: match p["protocol"].as_str().unwrap_or("TCP") { "UDP" => cri::Protocol::Udp as i32, "SCTP" => cri::Protocol::Sctp as i32, _ => cri::Protocol::Tcp as i32 },
+                    protocol: match p["protocol"].as_str().unwrap_or("TCP") {
+                        "UDP" => cri::Protocol::Udp as i32,
+                        "SCTP" => cri::Protocol::Sctp as i32,
+                        _ => cri::Protocol::Tcp as i32,
+                    },
                     container_port: p["containerPort"].as_i64().unwrap_or(0) as i32,
                     host_port: hp as i32,
                     host_ip: p["hostIP"].as_str().unwrap_or("").to_string(),
@@ -487,9 +765,23 @@ fn sandbox_config(ctx: &Ctx, pod: &Value, attempt: u32) -> cri::PodSandboxConfig
     }
     let host_network = pod["spec"]["hostNetwork"] == true;
     let ns_opts = cri::NamespaceOption {
-        network: if host_network { cri::NamespaceMode::Node as i32 } else { cri::NamespaceMode::Pod as i32 },
-        pid: if pod["spec"]["hostPID"] == true { cri::NamespaceMode::Node as i32 } else if pod["spec"]["shareProcessNamespace"] == true { cri::NamespaceMode::Pod as i32 } else { cri::NamespaceMode::Container as i32 },
-        ipc: if pod["spec"]["hostIPC"] == true { cri::NamespaceMode::Node as i32 } else { cri::NamespaceMode::Pod as i32 },
+        network: if host_network {
+            cri::NamespaceMode::Node as i32
+        } else {
+            cri::NamespaceMode::Pod as i32
+        },
+        pid: if pod["spec"]["hostPID"] == true {
+            cri::NamespaceMode::Node as i32
+        } else if pod["spec"]["shareProcessNamespace"] == true {
+            cri::NamespaceMode::Pod as i32
+        } else {
+            cri::NamespaceMode::Container as i32
+        },
+        ipc: if pod["spec"]["hostIPC"] == true {
+            cri::NamespaceMode::Node as i32
+        } else {
+            cri::NamespaceMode::Pod as i32
+        },
         ..Default::default()
     };
     let mut hostname = pod["spec"]["hostname"].as_str().unwrap_or(name).to_string();
@@ -499,7 +791,12 @@ fn sandbox_config(ctx: &Ctx, pod: &Value, attempt: u32) -> cri::PodSandboxConfig
     }
     hostname.truncate(63);
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: name.into(), uid: uid.into(), namespace: ns.into(), attempt }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: uid.into(),
+            namespace: ns.into(),
+            attempt,
+        }),
         hostname,
         log_directory: log_dir(&ctx.cfg, pod).display().to_string(),
         dns_config: Some(dns_config(&ctx.cfg, pod)),
@@ -508,7 +805,10 @@ fn sandbox_config(ctx: &Ctx, pod: &Value, attempt: u32) -> cri::PodSandboxConfig
         annotations,
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: resources::cgroup_parent(pod, false),
-            security_context: Some(cri::LinuxSandboxSecurityContext { namespace_options: Some(ns_opts), ..Default::default() }),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(ns_opts),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -516,18 +816,36 @@ fn sandbox_config(ctx: &Ctx, pod: &Value, attempt: u32) -> cri::PodSandboxConfig
 }
 
 /// Image pull per `imagePullPolicy`; Err carries the waiting reason and message.
-async fn ensure_image(ctx: &Ctx, pod: &Value, st: &mut PodState, ctr: &Value) -> Result<(), (String, String)> {
+async fn ensure_image(
+    ctx: &Ctx,
+    pod: &Value,
+    st: &mut PodState,
+    ctr: &Value,
+) -> Result<(), (String, String)> {
     let image = ctr["image"].as_str().unwrap_or_default().to_string();
     let name = ctr["name"].as_str().unwrap_or_default();
     let policy = ctr["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
     let mut c = ctx.cri.clone();
-    let present = c.image_present(&image).await.map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?.is_some();
+    let present = c
+        .image_present(&image)
+        .await
+        .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?
+        .is_some();
     if policy == "Never" {
         return if present {
             Ok(())
         } else {
-            let msg = format!("Container image \"{image}\" is not present with pull policy of Never");
-            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Warning, "ErrImageNeverPull", msg.clone(), Some(name));
+            let msg =
+                format!("Container image \"{image}\" is not present with pull policy of Never");
+            events::record(
+                &ctx.client,
+                &ctx.cfg.node_name,
+                pod,
+                Kind::Warning,
+                "ErrImageNeverPull",
+                msg.clone(),
+                Some(name),
+            );
             Err(("ErrImageNeverPull".into(), msg))
         };
     }
@@ -536,24 +854,61 @@ async fn ensure_image(ctx: &Ctx, pod: &Value, st: &mut PodState, ctr: &Value) ->
     }
     if let Some((_, until, msg)) = st.pull_backoff.get(&image) {
         if Instant::now() < *until {
-            return Err(("ImagePullBackOff".into(), format!("Back-off pulling image \"{image}\": {msg}")));
+            return Err((
+                "ImagePullBackOff".into(),
+                format!("Back-off pulling image \"{image}\": {msg}"),
+            ));
         }
     }
-    events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Normal, "Pulling", format!("Pulling image \"{image}\""), Some(name));
+    events::record(
+        &ctx.client,
+        &ctx.cfg.node_name,
+        pod,
+        Kind::Normal,
+        "Pulling",
+        format!("Pulling image \"{image}\""),
+        Some(name),
+    );
     let started = Instant::now();
     match c.pull_image(&image, None).await {
         Ok(_) => {
             st.pull_backoff.remove(&image);
-            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Normal, "Pulled", format!("Successfully pulled image \"{image}\" in {:.3}s", started.elapsed().as_secs_f64()), Some(name));
+            events::record(
+                &ctx.client,
+                &ctx.cfg.node_name,
+                pod,
+                Kind::Normal,
+                "Pulled",
+                format!(
+                    "Successfully pulled image \"{image}\" in {:.3}s",
+                    started.elapsed().as_secs_f64()
+                ),
+                Some(name),
+            );
             Ok(())
         }
         Err(err) => {
-            let delay = st.pull_backoff.get(&image).map(|(d, _, _)| (*d * 2).min(BACKOFF_MAX)).unwrap_or(BACKOFF_START);
-            st.pull_backoff.insert(image.clone(), (delay, Instant::now() + delay, err.to_string()));
+            let delay = st
+                .pull_backoff
+                .get(&image)
+                .map(|(d, _, _)| (*d * 2).min(BACKOFF_MAX))
+                .unwrap_or(BACKOFF_START);
+            st.pull_backoff.insert(
+                image.clone(),
+                (delay, Instant::now() + delay, err.to_string()),
+            );
             if present {
                 return Ok(());
             }
-            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Warning, "Failed", format!("Failed to pull image \"{image}\": {err}"), Some(name));
+            events::record(
+                &ctx.client,
+                &ctx.cfg.node_name,
+                pod,
+                Kind::Warning,
+                "Failed",
+                format!("Failed to pull image \"{image}\": {err}"),
+                Some(name),
+            );
             Err(("ErrImagePull".into(), err.to_string()))
         }
     }
@@ -561,7 +916,17 @@ async fn ensure_image(ctx: &Ctx, pod: &Value, st: &mut PodState, ctr: &Value) ->
 
 /// Creates and starts one container (attempt = its restart count).
 #[allow(clippy::too_many_arguments)]
-async fn start_container(ctx: &Ctx, pod: &Value, st: &mut PodState, sandbox_id: &str, sandbox_config: &cri::PodSandboxConfig, ctr: &Value, vols: &BTreeMap<String, volumes::HostVolume>, attempt: u32, pod_ip: Option<&str>) -> Result<(), Error> {
+async fn start_container(
+    ctx: &Ctx,
+    pod: &Value,
+    st: &mut PodState,
+    sandbox_id: &str,
+    sandbox_config: &cri::PodSandboxConfig,
+    ctr: &Value,
+    vols: &BTreeMap<String, volumes::HostVolume>,
+    attempt: u32,
+    pod_ip: Option<&str>,
+) -> Result<(), Error> {
     let name = ctr["name"].as_str().unwrap_or_default().to_string();
     if let Err((reason, msg)) = ensure_image(ctx, pod, st, ctr).await {
         st.last_status = None;
@@ -578,13 +943,28 @@ async fn start_container(ctx: &Ctx, pod: &Value, st: &mut PodState, sandbox_id: 
         Ok(e) => e,
         Err(err) => {
             let msg = err.to_string();
-            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Warning, "Failed", format!("Error: {msg}"), Some(&name));
+            events::record(
+                &ctx.client,
+                &ctx.cfg.node_name,
+                pod,
+                Kind::Warning,
+                "Failed",
+                format!("Error: {msg}"),
+                Some(&name),
+            );
             waiting_override(st, &name, "CreateContainerConfigError", &msg);
             return Ok(());
         }
     };
     let vars: BTreeMap<String, String> = envs.iter().cloned().collect();
-    let strings = |v: &Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(|s| s.as_str()).map(|s| env::expand(s, &vars)).collect() };
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str())
+            .map(|s| env::expand(s, &vars))
+            .collect()
+    };
     let mut mounts = Vec::new();
     for vm in ctr["volumeMounts"].as_array().into_iter().flatten() {
         let vname = vm["name"].as_str().unwrap_or_default();
@@ -605,8 +985,12 @@ async fn start_container(ctx: &Ctx, pod: &Value, st: &mut PodState, sandbox_id: 
     }
     let sc = &ctr["securityContext"];
     let psc = &pod["spec"]["securityContext"];
-    let run_as_user = sc["runAsUser"].as_i64().or_else(|| psc["runAsUser"].as_i64());
-    let run_as_group = sc["runAsGroup"].as_i64().or_else(|| psc["runAsGroup"].as_i64());
+    let run_as_user = sc["runAsUser"]
+        .as_i64()
+        .or_else(|| psc["runAsUser"].as_i64());
+    let run_as_group = sc["runAsGroup"]
+        .as_i64()
+        .or_else(|| psc["runAsGroup"].as_i64());
     let caps = cri::Capability {
         add_capabilities: strings(&sc["capabilities"]["add"]),
         drop_capabilities: strings(&sc["capabilities"]["drop"]),
@@ -614,20 +998,53 @@ async fn start_container(ctx: &Ctx, pod: &Value, st: &mut PodState, sandbox_id: 
     };
     let qos = resources::qos_class(pod);
     let mut labels = HashMap::new();
-    labels.insert(crilib::LABEL_POD_NAME.to_string(), pod["metadata"]["name"].as_str().unwrap_or_default().to_string());
-    labels.insert(crilib::LABEL_POD_NAMESPACE.to_string(), pod["metadata"]["namespace"].as_str().unwrap_or_default().to_string());
-    labels.insert(crilib::LABEL_POD_UID.to_string(), pod["metadata"]["uid"].as_str().unwrap_or_default().to_string());
+    labels.insert(
+        crilib::LABEL_POD_NAME.to_string(),
+        pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    labels.insert(
+        crilib::LABEL_POD_NAMESPACE.to_string(),
+        pod["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    labels.insert(
+        crilib::LABEL_POD_UID.to_string(),
+        pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
     labels.insert(crilib::LABEL_CONTAINER_NAME.to_string(), name.clone());
     let mut annotations = HashMap::new();
-    annotations.insert(crilib::ANNOTATION_RESTART_COUNT.to_string(), attempt.to_string());
-    annotations.insert(crilib::ANNOTATION_GRACE.to_string(), grace_of(pod).to_string());
+    annotations.insert(
+        crilib::ANNOTATION_RESTART_COUNT.to_string(),
+        attempt.to_string(),
+    );
+    annotations.insert(
+        crilib::ANNOTATION_GRACE.to_string(),
+        grace_of(pod).to_string(),
+    );
     let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: name.clone(), attempt }),
-        image: Some(cri::ImageSpec { image: ctr["image"].as_str().unwrap_or_default().to_string(), ..Default::default() }),
+        metadata: Some(cri::ContainerMetadata {
+            name: name.clone(),
+            attempt,
+        }),
+        image: Some(cri::ImageSpec {
+            image: ctr["image"].as_str().unwrap_or_default().to_string(),
+            ..Default::default()
+        }),
         command: strings(&ctr["command"]),
         args: strings(&ctr["args"]),
         working_dir: ctr["workingDir"].as_str().unwrap_or_default().to_string(),
-        envs: envs.into_iter().map(|(key, value)| cri::KeyValue { key, value }).collect(),
+        envs: envs
+            .into_iter()
+            .map(|(key, value)| cri::KeyValue { key, value })
+            .collect(),
         mounts,
         labels,
         annotations,
@@ -640,12 +1057,21 @@ async fn start_container(ctx: &Ctx, pod: &Value, st: &mut PodState, sandbox_id: 
             security_context: Some(cri::LinuxContainerSecurityContext {
                 capabilities: Some(caps),
                 privileged: sc["privileged"] == true,
-                namespace_options: sandbox_config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.clone()),
+                namespace_options: sandbox_config
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.security_context.as_ref())
+                    .and_then(|s| s.namespace_options.clone()),
                 run_as_user: run_as_user.map(|value| cri::Int64Value { value }),
                 run_as_group: run_as_group.map(|value| cri::Int64Value { value }),
                 readonly_rootfs: sc["readOnlyRootFilesystem"] == true,
                 no_new_privs: sc["allowPrivilegeEscalation"] == false,
-                supplemental_groups: psc["supplementalGroups"].as_array().into_iter().flatten().filter_map(Value::as_i64).collect(),
+                supplemental_groups: psc["supplementalGroups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_i64)
+                    .collect(),
                 ..Default::default()
             }),
         }),
@@ -653,25 +1079,72 @@ async fn start_container(ctx: &Ctx, pod: &Value, st: &mut PodState, sandbox_id: 
     };
     let _ = std::fs::create_dir_all(log_dir(&ctx.cfg, pod).join(&name));
     let mut c = ctx.cri.clone();
-    let id = match c.create_container(sandbox_id, config, sandbox_config.clone()).await {
+    let id = match c
+        .create_container(sandbox_id, config, sandbox_config.clone())
+        .await
+    {
         Ok(id) => id,
         Err(err) => {
-            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Warning, "Failed", format!("Error: {err}"), Some(&name));
+            events::record(
+                &ctx.client,
+                &ctx.cfg.node_name,
+                pod,
+                Kind::Warning,
+                "Failed",
+                format!("Error: {err}"),
+                Some(&name),
+            );
             waiting_override(st, &name, "CreateContainerError", &err.to_string());
             return Ok(());
         }
     };
-    events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Normal, "Created", format!("Created container {name}"), Some(&name));
+    events::record(
+        &ctx.client,
+        &ctx.cfg.node_name,
+        pod,
+        Kind::Normal,
+        "Created",
+        format!("Created container {name}"),
+        Some(&name),
+    );
     if let Err(err) = c.start_container(&id).await {
-        events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Warning, "Failed", format!("Error: {err}"), Some(&name));
+        events::record(
+            &ctx.client,
+            &ctx.cfg.node_name,
+            pod,
+            Kind::Warning,
+            "Failed",
+            format!("Error: {err}"),
+            Some(&name),
+        );
         return Ok(());
     }
-    events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Normal, "Started", format!("Started container {name}"), Some(&name));
+    events::record(
+        &ctx.client,
+        &ctx.cfg.node_name,
+        pod,
+        Kind::Normal,
+        "Started",
+        format!("Started container {name}"),
+        Some(&name),
+    );
     st.overrides_remove(&name);
     if let Some(hook) = ctr["lifecycle"]["postStart"].as_object() {
         let hook = Value::Object(hook.clone());
-        if let Err(msg) = ctx.probes.run_hook(&ctx.cri, &hook, &id, pod_ip, Duration::from_secs(30)).await {
-            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Warning, "FailedPostStartHook", format!("PostStartHook failed: {msg}"), Some(&name));
+        if let Err(msg) = ctx
+            .probes
+            .run_hook(&ctx.cri, &hook, &id, pod_ip, Duration::from_secs(30))
+            .await
+        {
+            events::record(
+                &ctx.client,
+                &ctx.cfg.node_name,
+                pod,
+                Kind::Warning,
+                "FailedPostStartHook",
+                format!("PostStartHook failed: {msg}"),
+                Some(&name),
+            );
             kill_container(ctx, pod, ctr, &id, 0).await;
         }
     }
@@ -690,7 +1163,8 @@ impl PodState {
 /// Records a waiting reason that overrides what the runtime shows (image pull errors,
 /// configuration errors) until the container starts.
 fn waiting_override(st: &mut PodState, name: &str, reason: &str, message: &str) {
-    st.overrides.insert(name.to_string(), (reason.to_string(), message.to_string()));
+    st.overrides
+        .insert(name.to_string(), (reason.to_string(), message.to_string()));
 }
 
 /// Stops one container: preStop hook, then its stop signal, then SIGKILL after `grace`.
@@ -698,9 +1172,27 @@ async fn kill_container(ctx: &Ctx, pod: &Value, ctr: &Value, id: &str, grace: i6
     let started = Instant::now();
     if let Some(hook) = ctr["lifecycle"]["preStop"].as_object() {
         let hook = Value::Object(hook.clone());
-        if let Err(msg) = ctx.probes.run_hook(&ctx.cri, &hook, id, pod["status"]["podIP"].as_str(), Duration::from_secs(grace.max(1) as u64)).await {
+        if let Err(msg) = ctx
+            .probes
+            .run_hook(
+                &ctx.cri,
+                &hook,
+                id,
+                pod["status"]["podIP"].as_str(),
+                Duration::from_secs(grace.max(1) as u64),
+            )
+            .await
+        {
             let name = ctr["name"].as_str().unwrap_or_default();
-            events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Warning, "FailedPreStopHook", format!("PreStopHook failed: {msg}"), Some(name));
+            events::record(
+                &ctx.client,
+                &ctx.cfg.node_name,
+                pod,
+                Kind::Warning,
+                "FailedPreStopHook",
+                format!("PreStopHook failed: {msg}"),
+                Some(name),
+            );
         }
     }
     let left = (grace - started.elapsed().as_secs() as i64).max(if grace > 0 { 2 } else { 0 });
@@ -713,17 +1205,40 @@ async fn kill_container(ctx: &Ctx, pod: &Value, ctr: &Value, id: &str, grace: i6
 /// Kills every container of the pod (with hooks and grace) and stops the sandbox.
 async fn stop_everything(ctx: &Ctx, uid: &str, pod: Option<&Value>, grace: i64) {
     let mut c = ctx.cri.clone();
-    let Ok(containers) = c.containers(Some(uid)).await else { return };
-    let running: Vec<_> = containers.into_iter().filter(|x| x.state == cri::ContainerState::ContainerRunning as i32).collect();
+    let Ok(containers) = c.containers(Some(uid)).await else {
+        return;
+    };
+    let running: Vec<_> = containers
+        .into_iter()
+        .filter(|x| x.state == cri::ContainerState::ContainerRunning as i32)
+        .collect();
     let mut tasks = Vec::new();
     for ctr in running {
-        let name = ctr.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let name = ctr
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let spec = pod.and_then(|p| {
-            p["spec"]["containers"].as_array().into_iter().chain(p["spec"]["initContainers"].as_array()).flatten().find(|x| x["name"] == name.as_str()).cloned()
+            p["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .chain(p["spec"]["initContainers"].as_array())
+                .flatten()
+                .find(|x| x["name"] == name.as_str())
+                .cloned()
         });
         let pod_v = pod.cloned().unwrap_or(Value::Null);
         if let Some(p) = pod {
-            events::record(&ctx.client, &ctx.cfg.node_name, p, Kind::Normal, "Killing", format!("Stopping container {name}"), Some(&name));
+            events::record(
+                &ctx.client,
+                &ctx.cfg.node_name,
+                p,
+                Kind::Normal,
+                "Killing",
+                format!("Stopping container {name}"),
+                Some(&name),
+            );
         }
         let id = ctr.id.clone();
         tasks.push(async move {
@@ -773,10 +1288,14 @@ async fn teardown(ctx: &Ctx, uid: &str, pod: Option<&Value>, grace: i64) {
 /// Removes runtime sandboxes of pods that no longer exist here.
 async fn remove_orphans(ctx: &Arc<Ctx>, workers: &Workers) {
     let mut c = ctx.cri.clone();
-    let Ok(sandboxes) = c.sandboxes(None).await else { return };
+    let Ok(sandboxes) = c.sandboxes(None).await else {
+        return;
+    };
     let known: Vec<String> = workers.lock().await.keys().cloned().collect();
     for s in sandboxes {
-        let Some(uid) = s.labels.get(crilib::LABEL_POD_UID) else { continue };
+        let Some(uid) = s.labels.get(crilib::LABEL_POD_UID) else {
+            continue;
+        };
         if !known.contains(uid) {
             tracing::info!(pod_uid = %uid, "removing orphaned pod sandbox");
             teardown(ctx, uid, None, 0).await;
@@ -784,7 +1303,14 @@ async fn remove_orphans(ctx: &Arc<Ctx>, workers: &Workers) {
     }
 }
 
-async fn post_status(ctx: &Ctx, pod: &Value, st: &mut PodState, _obs: Option<&Observed>, _ip: Option<&str>, waiting: Option<(&str, &str)>) -> Result<(), Error> {
+async fn post_status(
+    ctx: &Ctx,
+    pod: &Value,
+    st: &mut PodState,
+    _obs: Option<&Observed>,
+    _ip: Option<&str>,
+    waiting: Option<(&str, &str)>,
+) -> Result<(), Error> {
     let mut status = json!({"phase": "Pending", "hostIP": ctx.cfg.node_ip.to_string(), "hostIPs": [{"ip": ctx.cfg.node_ip.to_string()}]});
     if let Some((reason, message)) = waiting {
         if reason == "Failed" {
@@ -801,14 +1327,33 @@ async fn post_status(ctx: &Ctx, pod: &Value, st: &mut PodState, _obs: Option<&Ob
     patch_status(ctx, pod, st, status).await
 }
 
-fn container_status(spec: &Value, latest: Option<&cri::ContainerStatus>, previous: Option<&cri::ContainerStatus>, st: &PodState, probes: &Probes, default_waiting: &str) -> Value {
+fn container_status(
+    spec: &Value,
+    latest: Option<&cri::ContainerStatus>,
+    previous: Option<&cri::ContainerStatus>,
+    st: &PodState,
+    probes: &Probes,
+    default_waiting: &str,
+) -> Value {
     let name = spec["name"].as_str().unwrap_or_default();
     let terminated = |s: &cri::ContainerStatus| {
-        let reason = if s.reason == "OOMKilled" { "OOMKilled".to_string() } else if s.exit_code == 0 { "Completed".into() } else { "Error".into() };
+        let reason = if s.reason == "OOMKilled" {
+            "OOMKilled".to_string()
+        } else if s.exit_code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        };
         let mut t = json!({"exitCode": s.exit_code, "reason": reason, "containerID": format!("containerd://{}", s.id)});
-        if let Some(x) = ns_to_rfc3339(s.started_at) { t["startedAt"] = json!(x); }
-        if let Some(x) = ns_to_rfc3339(s.finished_at) { t["finishedAt"] = json!(x); }
-        if !s.message.is_empty() { t["message"] = json!(s.message); }
+        if let Some(x) = ns_to_rfc3339(s.started_at) {
+            t["startedAt"] = json!(x);
+        }
+        if let Some(x) = ns_to_rfc3339(s.finished_at) {
+            t["finishedAt"] = json!(x);
+        }
+        if !s.message.is_empty() {
+            t["message"] = json!(s.message);
+        }
         t
     };
     let mut out = json!({"name": name, "image": spec["image"], "imageID": "", "ready": false, "started": false, "restartCount": 0});
@@ -839,7 +1384,9 @@ fn container_status(spec: &Value, latest: Option<&cri::ContainerStatus>, previou
     }
     if let Some(p) = previous {
         out["lastState"] = json!({"terminated": terminated(p)});
-    } else if latest.is_some_and(|s| restart_count(s) > 0 && state_of(s) != cri::ContainerState::ContainerExited) {
+    } else if latest.is_some_and(|s| {
+        restart_count(s) > 0 && state_of(s) != cri::ContainerState::ContainerExited
+    }) {
         out["lastState"] = json!({});
     }
     if let Some((reason, message)) = st.override_of(name) {
@@ -850,19 +1397,48 @@ fn container_status(spec: &Value, latest: Option<&cri::ContainerStatus>, previou
     out
 }
 
-async fn post_status_observed(ctx: &Ctx, pod: &Value, st: &mut PodState, obs: &Observed, pod_ip: Option<&str>, initialized: bool, failed: Option<(&str, &str)>) -> Result<(), Error> {
+async fn post_status_observed(
+    ctx: &Ctx,
+    pod: &Value,
+    st: &mut PodState,
+    obs: &Observed,
+    pod_ip: Option<&str>,
+    initialized: bool,
+    failed: Option<(&str, &str)>,
+) -> Result<(), Error> {
     let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
-    let specs: Vec<Value> = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
-    let init_specs: Vec<Value> = pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
-    let waiting_reason = if initialized { "ContainerCreating" } else { "PodInitializing" };
+    let specs: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let init_specs: Vec<Value> = pod["spec"]["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let waiting_reason = if initialized {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
     let mut statuses = Vec::new();
     for spec in &specs {
         let name = spec["name"].as_str().unwrap_or_default();
         let latest = obs.latest.get(name).map(|(_, s)| s);
-        let mut cs = container_status(spec, latest, obs.previous.get(name), st, &ctx.probes, waiting_reason);
+        let mut cs = container_status(
+            spec,
+            latest,
+            obs.previous.get(name),
+            st,
+            &ctx.probes,
+            waiting_reason,
+        );
         // An exited container that will be restarted but is backing off.
         if let Some(s) = latest {
-            let will_restart = match restart_policy { "Always" => true, "OnFailure" => s.exit_code != 0, _ => false };
+            let will_restart = match restart_policy {
+                "Always" => true,
+                "OnFailure" => s.exit_code != 0,
+                _ => false,
+            };
             if state_of(s) == cri::ContainerState::ContainerExited && will_restart {
                 if let Some(&(delay, _)) = st.backoff.get(name) {
                     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
@@ -871,28 +1447,68 @@ async fn post_status_observed(ctx: &Ctx, pod: &Value, st: &mut PodState, obs: &O
                     cs["lastState"] = cs["state"].clone();
                     cs["state"] = json!({"waiting": {"reason": "CrashLoopBackOff",
                         "message": format!("back-off {}s restarting failed container={name} pod={pname}_{ns}({uid})", delay.as_secs())}});
-                    events::record(&ctx.client, &ctx.cfg.node_name, pod, Kind::Warning, "BackOff", "Back-off restarting failed container".into(), Some(name));
+                    events::record(
+                        &ctx.client,
+                        &ctx.cfg.node_name,
+                        pod,
+                        Kind::Warning,
+                        "BackOff",
+                        "Back-off restarting failed container".into(),
+                        Some(name),
+                    );
                 }
             }
         }
         statuses.push(cs);
     }
-    let init_statuses: Vec<Value> = init_specs.iter().map(|spec| {
-        let name = spec["name"].as_str().unwrap_or_default();
-        container_status(spec, obs.latest.get(name).map(|(_, s)| s), obs.previous.get(name), st, &ctx.probes, "PodInitializing")
-    }).collect();
+    let init_statuses: Vec<Value> = init_specs
+        .iter()
+        .map(|spec| {
+            let name = spec["name"].as_str().unwrap_or_default();
+            container_status(
+                spec,
+                obs.latest.get(name).map(|(_, s)| s),
+                obs.previous.get(name),
+                st,
+                &ctx.probes,
+                "PodInitializing",
+            )
+        })
+        .collect();
 
-    let running = statuses.iter().filter(|c| c["state"]["running"].is_object()).count();
-    let terminated: Vec<&Value> = statuses.iter().filter(|c| c["state"]["terminated"].is_object()).collect();
+    let running = statuses
+        .iter()
+        .filter(|c| c["state"]["running"].is_object())
+        .count();
+    let terminated: Vec<&Value> = statuses
+        .iter()
+        .filter(|c| c["state"]["terminated"].is_object())
+        .collect();
     let all_ready = !statuses.is_empty() && statuses.iter().all(|c| c["ready"] == true);
     let phase = if let Some(("Failed", _)) = failed {
         "Failed"
     } else if !initialized {
         "Pending"
-    } else if terminated.len() == statuses.len() && !statuses.is_empty() && restart_policy != "Always" {
-        let failures = terminated.iter().filter(|c| c["state"]["terminated"]["exitCode"] != 0).count();
-        if failures == 0 { "Succeeded" } else if restart_policy == "Never" { "Failed" } else { "Running" }
-    } else if running > 0 || statuses.iter().any(|c| c["lastState"]["terminated"].is_object() || c["state"]["terminated"].is_object()) {
+    } else if terminated.len() == statuses.len()
+        && !statuses.is_empty()
+        && restart_policy != "Always"
+    {
+        let failures = terminated
+            .iter()
+            .filter(|c| c["state"]["terminated"]["exitCode"] != 0)
+            .count();
+        if failures == 0 {
+            "Succeeded"
+        } else if restart_policy == "Never" {
+            "Failed"
+        } else {
+            "Running"
+        }
+    } else if running > 0
+        || statuses.iter().any(|c| {
+            c["lastState"]["terminated"].is_object() || c["state"]["terminated"].is_object()
+        })
+    {
         "Running"
     } else {
         "Pending"
@@ -900,23 +1516,66 @@ async fn post_status_observed(ctx: &Ctx, pod: &Value, st: &mut PodState, obs: &O
     let ts = now();
     let cond = |t: &str, ok: bool, reason: Option<&str>| {
         let mut c = json!({"type": t, "status": if ok { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": ts});
-        if let Some(r) = reason { c["reason"] = json!(r); }
+        if let Some(r) = reason {
+            c["reason"] = json!(r);
+        }
         c
     };
-    let not_ready: Vec<&str> = statuses.iter().filter(|c| c["ready"] != true).filter_map(|c| c["name"].as_str()).collect();
+    let not_ready: Vec<&str> = statuses
+        .iter()
+        .filter(|c| c["ready"] != true)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
     let mut conditions = vec![
-        cond("PodReadyToStartContainers", pod_ip.is_some() || pod["spec"]["hostNetwork"] == true, None),
-        cond("Initialized", initialized, if initialized { None } else { Some("ContainersNotInitialized") }),
-        cond("Ready", all_ready && phase == "Running", if all_ready { None } else { Some("ContainersNotReady") }),
-        cond("ContainersReady", all_ready, if all_ready { None } else { Some("ContainersNotReady") }),
+        cond(
+            "PodReadyToStartContainers",
+            pod_ip.is_some() || pod["spec"]["hostNetwork"] == true,
+            None,
+        ),
+        cond(
+            "Initialized",
+            initialized,
+            if initialized {
+                None
+            } else {
+                Some("ContainersNotInitialized")
+            },
+        ),
+        cond(
+            "Ready",
+            all_ready && phase == "Running",
+            if all_ready {
+                None
+            } else {
+                Some("ContainersNotReady")
+            },
+        ),
+        cond(
+            "ContainersReady",
+            all_ready,
+            if all_ready {
+                None
+            } else {
+                Some("ContainersNotReady")
+            },
+        ),
     ];
     if !all_ready {
-        for c in conditions.iter_mut().filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady") {
-            c["message"] = json!(format!("containers with unready status: [{}]", not_ready.join(" ")));
+        for c in conditions
+            .iter_mut()
+            .filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady")
+        {
+            c["message"] = json!(format!(
+                "containers with unready status: [{}]",
+                not_ready.join(" ")
+            ));
         }
     }
     if phase == "Succeeded" || phase == "Failed" {
-        for c in conditions.iter_mut().filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady") {
+        for c in conditions
+            .iter_mut()
+            .filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady")
+        {
             c["status"] = json!("False");
             c["reason"] = json!("PodCompleted");
         }
@@ -946,7 +1605,9 @@ async fn post_status_observed(ctx: &Ctx, pod: &Value, st: &mut PodState, obs: &O
     if !init_statuses.is_empty() {
         status["initContainerStatuses"] = Value::Array(init_statuses);
     }
-    let ip = pod_ip.map(str::to_string).or_else(|| (pod["spec"]["hostNetwork"] == true).then(|| ctx.cfg.node_ip.to_string()));
+    let ip = pod_ip
+        .map(str::to_string)
+        .or_else(|| (pod["spec"]["hostNetwork"] == true).then(|| ctx.cfg.node_ip.to_string()));
     if let Some(ip) = ip {
         status["podIP"] = json!(ip);
         status["podIPs"] = json!([{"ip": ip}]);
@@ -957,7 +1618,12 @@ async fn post_status_observed(ctx: &Ctx, pod: &Value, st: &mut PodState, obs: &O
     patch_status(ctx, pod, st, status).await
 }
 
-async fn patch_status(ctx: &Ctx, pod: &Value, st: &mut PodState, status: Value) -> Result<(), Error> {
+async fn patch_status(
+    ctx: &Ctx,
+    pod: &Value,
+    st: &mut PodState,
+    status: Value,
+) -> Result<(), Error> {
     let mut cmp = status.clone();
     for c in cmp["conditions"].as_array_mut().into_iter().flatten() {
         c["lastTransitionTime"] = Value::Null;
@@ -968,7 +1634,14 @@ async fn patch_status(ctx: &Ctx, pod: &Value, st: &mut PodState, status: Value) 
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    match pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await {
+    match pods
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await
+    {
         Ok(_) => {
             st.last_status = Some(cmp);
             Ok(())

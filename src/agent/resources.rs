@@ -17,8 +17,16 @@ fn quantity(v: &Value) -> Option<f64> {
 
 /// The pod's QoS class (Guaranteed, Burstable, BestEffort), as upstream computes it.
 pub fn qos_class(pod: &Value) -> &'static str {
-    let mut containers: Vec<Value> = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
-    containers.extend(pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default());
+    let mut containers: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    containers.extend(
+        pod["spec"]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    );
     let mut any = false;
     let mut guaranteed = true;
     for c in &containers {

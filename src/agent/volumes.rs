@@ -21,7 +21,10 @@ pub fn pod_dir(data_dir: &Path, uid: &str) -> PathBuf {
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source: e }
+    Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
 }
 
 /// A prepared volume: where it is on the host and whether it is read-only.
@@ -37,12 +40,20 @@ pub struct HostVolume {
 type Files = BTreeMap<String, (Vec<u8>, u32)>;
 
 /// Prepares every volume of `pod`; returns them by name.
-pub async fn prepare(client: &kube::Client, data_dir: &Path, pod: &Value) -> Result<BTreeMap<String, HostVolume>, Error> {
+pub async fn prepare(
+    client: &kube::Client,
+    data_dir: &Path,
+    pod: &Value,
+) -> Result<BTreeMap<String, HostVolume>, Error> {
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let base = pod_dir(data_dir, uid).join("volumes");
     let mut out = BTreeMap::new();
-    for vol in pod["spec"]["volumes"].as_array().cloned().unwrap_or_default() {
+    for vol in pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         let name = vol["name"].as_str().unwrap_or_default().to_string();
         if let Some(host) = vol.get("hostPath").filter(|v| v.is_object()) {
             let path = PathBuf::from(host["path"].as_str().unwrap_or("/"));
@@ -54,11 +65,27 @@ pub async fn prepare(client: &kube::Client, data_dir: &Path, pod: &Value) -> Res
                     }
                     std::fs::write(&path, b"").map_err(|e| io(&path, e))?;
                 }
-                "Directory" if !path.is_dir() => return Err(Error::Config(format!("hostPath {} is not a directory", path.display()))),
-                "File" if !path.is_file() => return Err(Error::Config(format!("hostPath {} is not a file", path.display()))),
+                "Directory" if !path.is_dir() => {
+                    return Err(Error::Config(format!(
+                        "hostPath {} is not a directory",
+                        path.display()
+                    )));
+                }
+                "File" if !path.is_file() => {
+                    return Err(Error::Config(format!(
+                        "hostPath {} is not a file",
+                        path.display()
+                    )));
+                }
                 _ => {}
             }
-            out.insert(name, HostVolume { path, read_only: false });
+            out.insert(
+                name,
+                HostVolume {
+                    path,
+                    read_only: false,
+                },
+            );
             continue;
         }
         if vol.get("emptyDir").is_some_and(|v| v.is_object()) {
@@ -66,17 +93,37 @@ pub async fn prepare(client: &kube::Client, data_dir: &Path, pod: &Value) -> Res
             std::fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
             if vol["emptyDir"]["medium"] == "Memory" && !is_mountpoint(&path) {
-                let mut args = vec!["-t".to_string(), "tmpfs".into(), "tmpfs".into(), path.display().to_string()];
+                let mut args = vec![
+                    "-t".to_string(),
+                    "tmpfs".into(),
+                    "tmpfs".into(),
+                    path.display().to_string(),
+                ];
                 if let Some(limit) = vol["emptyDir"]["sizeLimit"].as_str() {
                     args.insert(2, "-o".into());
-                    args.insert(3, format!("size={}", limit.trim_end_matches('i').to_lowercase()));
+                    args.insert(
+                        3,
+                        format!("size={}", limit.trim_end_matches('i').to_lowercase()),
+                    );
                 }
-                let status = tokio::process::Command::new("mount").args(&args).status().await.map_err(|e| io(&path, e))?;
+                let status = tokio::process::Command::new("mount")
+                    .args(&args)
+                    .status()
+                    .await
+                    .map_err(|e| io(&path, e))?;
                 if !status.success() {
-                    return Err(Error::Runtime(format!("mounting tmpfs for emptyDir {name}")));
+                    return Err(Error::Runtime(format!(
+                        "mounting tmpfs for emptyDir {name}"
+                    )));
                 }
             }
-            out.insert(name, HostVolume { path, read_only: false });
+            out.insert(
+                name,
+                HostVolume {
+                    path,
+                    read_only: false,
+                },
+            );
             continue;
         }
         let files = if let Some(cm) = vol.get("configMap").filter(|v| v.is_object()) {
@@ -94,7 +141,13 @@ pub async fn prepare(client: &kube::Client, data_dir: &Path, pod: &Value) -> Res
             Some((files, kind)) => {
                 let path = base.join(format!("kubernetes.io~{kind}")).join(&name);
                 write_atomic_dir(&path, &files)?;
-                out.insert(name, HostVolume { path, read_only: true });
+                out.insert(
+                    name,
+                    HostVolume {
+                        path,
+                        read_only: true,
+                    },
+                );
             }
             None => tracing::warn!(volume = %name, "unsupported volume type; skipping"),
         }
@@ -134,7 +187,11 @@ fn mode_of(v: &Value, default: u32) -> u32 {
     v.as_u64().map(|m| m as u32).unwrap_or(default)
 }
 
-fn select_items(data: BTreeMap<String, Vec<u8>>, items: &Value, default_mode: u32) -> Result<Files, String> {
+fn select_items(
+    data: BTreeMap<String, Vec<u8>>,
+    items: &Value,
+    default_mode: u32,
+) -> Result<Files, String> {
     let mut files = Files::new();
     match items.as_array() {
         Some(items) if !items.is_empty() => {
@@ -165,15 +222,24 @@ async fn config_map_files(client: &kube::Client, ns: &str, src: &Value) -> Resul
         None if optional => return Ok(Files::new()),
         None => return Err(Error::Config(format!("configmap \"{name}\" not found"))),
     };
-    let mut data: BTreeMap<String, Vec<u8>> = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    let mut data: BTreeMap<String, Vec<u8>> = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
     for (k, v) in cm.binary_data.unwrap_or_default() {
         data.insert(k, v.0);
     }
-    select_items(data, &src["items"], mode_of(&src["defaultMode"], 0o644)).map_err(|e| Error::Config(format!("configmap {name}: {e}")))
+    select_items(data, &src["items"], mode_of(&src["defaultMode"], 0o644))
+        .map_err(|e| Error::Config(format!("configmap {name}: {e}")))
 }
 
 async fn secret_files(client: &kube::Client, ns: &str, src: &Value) -> Result<Files, Error> {
-    let name = src["secretName"].as_str().or_else(|| src["name"].as_str()).unwrap_or_default();
+    let name = src["secretName"]
+        .as_str()
+        .or_else(|| src["name"].as_str())
+        .unwrap_or_default();
     let optional = src["optional"].as_bool().unwrap_or(false);
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret = match api.get_opt(name).await? {
@@ -181,8 +247,14 @@ async fn secret_files(client: &kube::Client, ns: &str, src: &Value) -> Result<Fi
         None if optional => return Ok(Files::new()),
         None => return Err(Error::Config(format!("secret \"{name}\" not found"))),
     };
-    let data: BTreeMap<String, Vec<u8>> = secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-    select_items(data, &src["items"], mode_of(&src["defaultMode"], 0o644)).map_err(|e| Error::Config(format!("secret {name}: {e}")))
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    select_items(data, &src["items"], mode_of(&src["defaultMode"], 0o644))
+        .map_err(|e| Error::Config(format!("secret {name}: {e}")))
 }
 
 /// The value of a downward-API field path of a pod.
@@ -193,7 +265,15 @@ pub fn field_path_value(pod: &Value, path: &str) -> Option<String> {
         meta[field][key].as_str().map(str::to_string)
     };
     let map_all = |field: &str| -> String {
-        meta[field].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+        meta[field]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
     };
     match path {
         "metadata.name" => meta["name"].as_str().map(str::to_string),
@@ -202,11 +282,33 @@ pub fn field_path_value(pod: &Value, path: &str) -> Option<String> {
         "metadata.labels" => Some(map_all("labels")),
         "metadata.annotations" => Some(map_all("annotations")),
         "spec.nodeName" => pod["spec"]["nodeName"].as_str().map(str::to_string),
-        "spec.serviceAccountName" => pod["spec"]["serviceAccountName"].as_str().map(str::to_string),
+        "spec.serviceAccountName" => pod["spec"]["serviceAccountName"]
+            .as_str()
+            .map(str::to_string),
         "status.podIP" => Some(pod["status"]["podIP"].as_str().unwrap_or("").to_string()),
         "status.hostIP" => Some(pod["status"]["hostIP"].as_str().unwrap_or("").to_string()),
-        "status.podIPs" => Some(pod["status"]["podIPs"].as_array().map(|a| a.iter().filter_map(|i| i["ip"].as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()),
-        "status.hostIPs" => Some(pod["status"]["hostIPs"].as_array().map(|a| a.iter().filter_map(|i| i["ip"].as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()),
+        "status.podIPs" => Some(
+            pod["status"]["podIPs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i["ip"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
+        ),
+        "status.hostIPs" => Some(
+            pod["status"]["hostIPs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i["ip"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
+        ),
         p => {
             if let Some(rest) = p.strip_prefix("metadata.labels") {
                 map_entry("labels", rest)
@@ -220,23 +322,42 @@ pub fn field_path_value(pod: &Value, path: &str) -> Option<String> {
 }
 
 /// The value of a resourceFieldRef (`limits.cpu`, `requests.memory`, ...) of a container.
-pub fn resource_field_value(pod: &Value, container: &str, resource: &str, divisor: Option<&str>) -> Option<String> {
-    let c = pod["spec"]["containers"].as_array()?.iter().find(|c| c["name"] == container)?;
+pub fn resource_field_value(
+    pod: &Value,
+    container: &str,
+    resource: &str,
+    divisor: Option<&str>,
+) -> Option<String> {
+    let c = pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == container)?;
     let (kind, res) = resource.split_once('.')?;
-    let q = c["resources"][kind][res].as_str().map(str::to_string).or_else(|| {
-        if kind == "limits" {
-            // Without a limit, upstream reports the node's allocatable; approximate with the machine.
-            match res {
-                "cpu" => Some(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string()),
-                "memory" => Some(format!("{}", 1u64 << 40)),
-                _ => None,
+    let q = c["resources"][kind][res]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| {
+            if kind == "limits" {
+                // Without a limit, upstream reports the node's allocatable; approximate with the machine.
+                match res {
+                    "cpu" => Some(
+                        std::thread::available_parallelism()
+                            .map(|n| n.get())
+                            .unwrap_or(1)
+                            .to_string(),
+                    ),
+                    "memory" => Some(format!("{}", 1u64 << 40)),
+                    _ => None,
+                }
+            } else {
+                Some("0".into())
             }
-        } else {
-            Some("0".into())
-        }
-    })?;
+        })?;
     let value = super::resources::parse_quantity(&q)?;
-    let div = divisor.and_then(super::resources::parse_quantity).filter(|d| *d > 0.0).unwrap_or(1.0);
+    let div = divisor
+        .and_then(super::resources::parse_quantity)
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
     Some(format!("{}", (value / div).ceil() as i64))
 }
 
@@ -248,8 +369,11 @@ fn downward_files(pod: &Value, src: &Value) -> Files {
         let value = if let Some(fp) = item["fieldRef"]["fieldPath"].as_str() {
             field_path_value(pod, fp).unwrap_or_default()
         } else if let Some(r) = item["resourceFieldRef"]["resource"].as_str() {
-            let c = item["resourceFieldRef"]["containerName"].as_str().unwrap_or_default();
-            resource_field_value(pod, c, r, item["resourceFieldRef"]["divisor"].as_str()).unwrap_or_default()
+            let c = item["resourceFieldRef"]["containerName"]
+                .as_str()
+                .unwrap_or_default();
+            resource_field_value(pod, c, r, item["resourceFieldRef"]["divisor"].as_str())
+                .unwrap_or_default()
         } else {
             continue;
         };
@@ -258,7 +382,12 @@ fn downward_files(pod: &Value, src: &Value) -> Files {
     files
 }
 
-async fn projected_files(client: &kube::Client, ns: &str, pod: &Value, src: &Value) -> Result<Files, Error> {
+async fn projected_files(
+    client: &kube::Client,
+    ns: &str,
+    pod: &Value,
+    src: &Value,
+) -> Result<Files, Error> {
     let mode = mode_of(&src["defaultMode"], 0o644);
     let mut files = Files::new();
     for source in src["sources"].as_array().cloned().unwrap_or_default() {
@@ -277,7 +406,10 @@ async fn projected_files(client: &kube::Client, ns: &str, pod: &Value, src: &Val
         } else if let Some(t) = source.get("serviceAccountToken").filter(|v| v.is_object()) {
             let token = service_account_token(client, ns, pod, t).await?;
             let mut f = Files::new();
-            f.insert(t["path"].as_str().unwrap_or("token").to_string(), (token.into_bytes(), if mode == 0o644 { 0o600 } else { mode }));
+            f.insert(
+                t["path"].as_str().unwrap_or("token").to_string(),
+                (token.into_bytes(), if mode == 0o644 { 0o600 } else { mode }),
+            );
             f
         } else {
             Files::new()
@@ -288,8 +420,15 @@ async fn projected_files(client: &kube::Client, ns: &str, pod: &Value, src: &Val
 }
 
 /// Requests a token for the pod's service account, bound to the pod.
-async fn service_account_token(client: &kube::Client, ns: &str, pod: &Value, src: &Value) -> Result<String, Error> {
-    let sa = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+async fn service_account_token(
+    client: &kube::Client,
+    ns: &str,
+    pod: &Value,
+    src: &Value,
+) -> Result<String, Error> {
+    let sa = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default");
     let mut spec = json!({
         "expirationSeconds": src["expirationSeconds"].as_i64().unwrap_or(3607),
         "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
@@ -297,13 +436,19 @@ async fn service_account_token(client: &kube::Client, ns: &str, pod: &Value, src
     if let Some(aud) = src["audience"].as_str() {
         spec["audiences"] = json!([aud]);
     }
-    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
-    let req = http::Request::post(format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"))
-        .header("Content-Type", "application/json")
-        .body(serde_json::to_vec(&body).unwrap_or_default())
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+    let body =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    let req = http::Request::post(format!(
+        "/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"
+    ))
+    .header("Content-Type", "application/json")
+    .body(serde_json::to_vec(&body).unwrap_or_default())
+    .map_err(|e| Error::Runtime(e.to_string()))?;
     let resp: Value = client.request(req).await?;
-    resp["status"]["token"].as_str().map(str::to_string).ok_or_else(|| Error::Runtime("TokenRequest returned no token".into()))
+    resp["status"]["token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Runtime("TokenRequest returned no token".into()))
 }
 
 /// Writes a content volume the way the kubelet's atomic writer does: files go into a new
@@ -315,8 +460,9 @@ fn write_atomic_dir(dir: &Path, files: &Files) -> Result<(), Error> {
     // Unchanged content: nothing to do.
     if let Ok(current) = std::fs::read_link(&data_link) {
         let cur = dir.join(current);
-        let same = files.iter().all(|(p, (bytes, _))| std::fs::read(cur.join(p)).ok().as_deref() == Some(bytes.as_slice()))
-            && count_files(&cur) == files.len();
+        let same = files.iter().all(|(p, (bytes, _))| {
+            std::fs::read(cur.join(p)).ok().as_deref() == Some(bytes.as_slice())
+        }) && count_files(&cur) == files.len();
         if same {
             return Ok(());
         }
@@ -351,7 +497,10 @@ fn write_atomic_dir(dir: &Path, files: &Files) -> Result<(), Error> {
             if name.starts_with("..") {
                 continue;
             }
-            if !files.keys().any(|k| k.split('/').next() == Some(name.as_str())) {
+            if !files
+                .keys()
+                .any(|k| k.split('/').next() == Some(name.as_str()))
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -407,7 +556,11 @@ mod tests {
         write_atomic_dir(&vol, &files).unwrap();
         assert_eq!(std::fs::read_to_string(vol.join("a.txt")).unwrap(), "uno");
         assert!(!vol.join("b.txt").exists());
-        let gens = std::fs::read_dir(&vol).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("..1")).count();
+        let gens = std::fs::read_dir(&vol)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("..1"))
+            .count();
         assert_eq!(gens, 1, "old generations are removed");
     }
 
@@ -416,11 +569,29 @@ mod tests {
         let pod = json!({"metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web"}},
                          "spec": {"nodeName": "n1", "containers": [{"name": "c", "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}}}]},
                          "status": {"podIP": "10.42.0.9"}});
-        assert_eq!(field_path_value(&pod, "metadata.labels['app']").as_deref(), Some("web"));
-        assert_eq!(field_path_value(&pod, "metadata.labels").as_deref(), Some("app=\"web\""));
-        assert_eq!(field_path_value(&pod, "status.podIP").as_deref(), Some("10.42.0.9"));
-        assert_eq!(resource_field_value(&pod, "c", "limits.memory", Some("1Mi")).as_deref(), Some("64"));
-        assert_eq!(resource_field_value(&pod, "c", "limits.cpu", Some("1m")).as_deref(), Some("500"));
-        assert_eq!(resource_field_value(&pod, "c", "limits.cpu", None).as_deref(), Some("1"));
+        assert_eq!(
+            field_path_value(&pod, "metadata.labels['app']").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            field_path_value(&pod, "metadata.labels").as_deref(),
+            Some("app=\"web\"")
+        );
+        assert_eq!(
+            field_path_value(&pod, "status.podIP").as_deref(),
+            Some("10.42.0.9")
+        );
+        assert_eq!(
+            resource_field_value(&pod, "c", "limits.memory", Some("1Mi")).as_deref(),
+            Some("64")
+        );
+        assert_eq!(
+            resource_field_value(&pod, "c", "limits.cpu", Some("1m")).as_deref(),
+            Some("500")
+        );
+        assert_eq!(
+            resource_field_value(&pod, "c", "limits.cpu", None).as_deref(),
+            Some("1")
+        );
     }
 }

@@ -17,11 +17,11 @@ use super::State;
 use super::auth::{Decision, UserInfo, forbidden_message};
 use super::cache::{self, CacheEvent, Change, Subscription};
 use super::discovery;
-use super::{eviction, rbac, serviceaccount};
 use super::metrics::{LatencyLabels, RequestLabels};
 use super::registry::{self, DeleteOptions, FieldValidation, ListOptions, Update, WriteOptions};
 use super::request::{RequestInfo, resolve};
 use super::table;
+use super::{eviction, rbac, serviceaccount};
 use crate::api::ResourceInfo;
 use crate::api::resources::lookup;
 use crate::api::selector::{FieldSelector, LabelSelector};
@@ -375,7 +375,12 @@ async fn serve_inner(
         Ok(u) => u,
         Err(s) => return status_response(&s),
     };
-    if let Decision::Deny(_) = state.registry.rbac().authorize_fresh(&state.registry, &user, info).await {
+    if let Decision::Deny(_) = state
+        .registry
+        .rbac()
+        .authorize_fresh(&state.registry, &user, info)
+        .await
+    {
         return status_response(&Status::forbidden(forbidden_message(&user, info)));
     }
     if !info.is_resource {
@@ -575,7 +580,14 @@ async fn resource(
             let out = if sub == Some("eviction") {
                 eviction::evict(reg, ns.unwrap_or_default(), &name, obj, Some(user)).await?
             } else {
-                serviceaccount::token_request(reg, &state.issuer, ns.unwrap_or_default(), &name, obj).await?
+                serviceaccount::token_request(
+                    reg,
+                    &state.issuer,
+                    ns.unwrap_or_default(),
+                    &name,
+                    obj,
+                )
+                .await?
             };
             Ok(json_response(201, &out))
         }
@@ -629,7 +641,15 @@ async fn resource(
             let name = info.name.clone().unwrap_or_default();
             let (headers, body) = read_body(req).await?;
             let binding = parse_body(&content_type(&headers), &body)?;
-            bind_pod(state, ri, ns, &name, &binding, &write_options(q, &headers, user)?).await
+            bind_pod(
+                state,
+                ri,
+                ns,
+                &name,
+                &binding,
+                &write_options(q, &headers, user)?,
+            )
+            .await
         }
         ("update", None) | ("update", Some("status")) | ("update", Some("finalize")) => {
             let name = info.name.clone().unwrap_or_default();
@@ -694,7 +714,8 @@ async fn resource(
                 let applied = parse_body(&content_type(&headers), &body)?;
                 // Validated like any body, but applied as sent: the normalised form carries
                 // typed defaults (`selector: {}`, ...) the applier would come to own.
-                let (_, warnings) = reg.decode_object(ri, applied.clone(), opts.field_validation)?;
+                let (_, warnings) =
+                    reg.decode_object(ri, applied.clone(), opts.field_validation)?;
                 let written = reg
                     .apply(ri, ns, &name, sub, &applied, q.flag("force"), &opts)
                     .await?;

@@ -141,7 +141,10 @@ pub async fn start(
         &cfg.service_account_key_dir,
         &cfg.service_account_issuer,
     )
-    .map_err(|status| Error::Bootstrap { what: "service account signing key".into(), status })?;
+    .map_err(|status| Error::Bootstrap {
+        what: "service account signing key".into(),
+        status,
+    })?;
     let state = Arc::new(State {
         registry: registry::Registry::new(store.clone(), cache, rbac),
         tokens: cfg.tokens.clone(),
@@ -151,7 +154,12 @@ pub async fn start(
         ready: AtomicBool::new(false),
         shutdown: shutdown.clone(),
         server_address: cfg.advertise.clone(),
-        kubelet: cfg.kubelet_client.as_ref().map(proxy::KubeletClient::new).transpose().map_err(Error::Tls)?,
+        kubelet: cfg
+            .kubelet_client
+            .as_ref()
+            .map(proxy::KubeletClient::new)
+            .transpose()
+            .map_err(Error::Tls)?,
     });
     bootstrap(&state).await?;
     state.ready.store(true, Ordering::Release);
@@ -203,7 +211,10 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
     }
     rbac::bootstrap(&state.registry)
         .await
-        .map_err(|status| Error::Bootstrap { what: "RBAC bootstrap policy".into(), status })?;
+        .map_err(|status| Error::Bootstrap {
+            what: "RBAC bootstrap policy".into(),
+            status,
+        })?;
     Ok(())
 }
 

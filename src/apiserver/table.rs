@@ -409,9 +409,24 @@ fn columns(ri: &ResourceInfo) -> Vec<Column> {
             AGE,
         ],
         ("policy", "PodDisruptionBudget") => &[
-            ("Min Available", "string", 0, "The minimum number or percentage of available pods this budget requires."),
-            ("Max Unavailable", "string", 0, "The maximum number or percentage of unavailable pods this budget requires."),
-            ("Allowed Disruptions", "integer", 0, "Calculated number of pods that may be disrupted at this time."),
+            (
+                "Min Available",
+                "string",
+                0,
+                "The minimum number or percentage of available pods this budget requires.",
+            ),
+            (
+                "Max Unavailable",
+                "string",
+                0,
+                "The maximum number or percentage of unavailable pods this budget requires.",
+            ),
+            (
+                "Allowed Disruptions",
+                "integer",
+                0,
+                "Calculated number of pods that may be disrupted at this time.",
+            ),
             AGE,
         ],
         ("coordination.k8s.io", "Lease") => {
@@ -927,7 +942,11 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
         }
         ("Lease", "Holder") => json!(s(&spec["holderIdentity"])),
         ("PodDisruptionBudget", "Min Available" | "Max Unavailable") => {
-            let v = &spec[if column == "Min Available" { "minAvailable" } else { "maxUnavailable" }];
+            let v = &spec[if column == "Min Available" {
+                "minAvailable"
+            } else {
+                "maxUnavailable"
+            }];
             json!(match v {
                 Value::Number(n) => n.to_string(),
                 Value::String(p) => p.clone(),

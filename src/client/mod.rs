@@ -55,7 +55,10 @@ impl ClientConfig {
             Some(n) => n.to_string(),
             None => user.to_string(),
         };
-        if let Ok(v) = http::HeaderValue::from_str(&format!("{agent}/{} (linux) kaji", crate::config::KUBELET_VERSION)) {
+        if let Ok(v) = http::HeaderValue::from_str(&format!(
+            "{agent}/{} (linux) kaji",
+            crate::config::KUBELET_VERSION
+        )) {
             config.headers.push((http::header::USER_AGENT, v));
         }
         config.connect_timeout = Some(std::time::Duration::from_secs(10));

@@ -90,7 +90,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             compaction_interval: Duration::from_secs(args.store_compaction_interval.max(1)),
             compaction_retain: args.store_compaction_retain,
             service_account_key_dir: server_dir.join("tls"),
-            service_account_issuer: format!("https://kubernetes.default.svc.{}", args.cluster_domain),
+            service_account_issuer: format!(
+                "https://kubernetes.default.svc.{}",
+                args.cluster_domain
+            ),
             kubelet_client: Some(kubelet_client),
         },
         store.clone(),
@@ -160,7 +163,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let client = client_cfg
             .client_for(&format!("system:node:{}", cfg.node_name), &["system:nodes"])
             .context("agent client")?;
-        Some(crate::agent::run(client, cfg, shutdown.clone()).await.context("starting the node agent")?)
+        Some(
+            crate::agent::run(client, cfg, shutdown.clone())
+                .await
+                .context("starting the node agent")?,
+        )
     };
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, url = %local, "kaji server is ready");
 

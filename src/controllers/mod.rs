@@ -28,7 +28,10 @@ impl Controllers {
     pub async fn stop(self) {
         let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
         let all = futures::future::join_all(self.tasks);
-        if tokio::time::timeout(std::time::Duration::from_secs(5), all).await.is_err() {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
             tracing::warn!("controllers did not stop within 5s; aborting them");
             for a in aborts {
                 a.abort();
@@ -48,11 +51,22 @@ pub async fn start(
         tokio::spawn(garbage_collector::run(client.clone(), shutdown.clone())),
         tokio::spawn(replicaset::run(client.clone(), shutdown.clone())),
         tokio::spawn(deployment::run(client.clone(), shutdown.clone())),
-        tokio::spawn(clusterrole_aggregation::run(client.clone(), shutdown.clone())),
+        tokio::spawn(clusterrole_aggregation::run(
+            client.clone(),
+            shutdown.clone(),
+        )),
         tokio::spawn(disruption::run(client.clone(), shutdown.clone())),
         tokio::spawn(serviceaccount::run(client.clone(), shutdown.clone())),
-        tokio::spawn(root_ca_publisher::run(client.clone(), cfg.ca_pem.clone(), shutdown.clone())),
-        tokio::spawn(node_ipam::run(client.clone(), cluster_cidr.to_string(), shutdown.clone())),
+        tokio::spawn(root_ca_publisher::run(
+            client.clone(),
+            cfg.ca_pem.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(node_ipam::run(
+            client.clone(),
+            cluster_cidr.to_string(),
+            shutdown.clone(),
+        )),
         tokio::spawn(namespace::run(client, shutdown)),
     ];
     Ok(Controllers { tasks })

@@ -42,8 +42,16 @@ impl Allocator {
         if prefix > node_prefix || node_prefix > 30 {
             return None;
         }
-        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
-        Some(Allocator { base: u32::from(ip) & mask, prefix, node_prefix })
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        Some(Allocator {
+            base: u32::from(ip) & mask,
+            prefix,
+            node_prefix,
+        })
     }
 
     /// The `n`th node subnet, if it exists.
@@ -58,7 +66,9 @@ impl Allocator {
 
     /// The first subnet not in `used`.
     pub fn first_free(&self, used: &BTreeSet<String>) -> Option<String> {
-        (0..).map_while(|n| self.subnet(n)).find(|s| !used.contains(s))
+        (0..)
+            .map_while(|n| self.subnet(n))
+            .find(|s| !used.contains(s))
     }
 }
 
@@ -76,19 +86,33 @@ pub async fn run(client: Client, cluster_cidr: String, shutdown: CancellationTok
         return;
     };
     let api: Api<Node> = Api::all(client.clone());
-    let ctx = Arc::new(Ctx { client, alloc, cidr: cluster_cidr, lock: Mutex::new(()) });
+    let ctx = Arc::new(Ctx {
+        client,
+        alloc,
+        cidr: cluster_cidr,
+        lock: Mutex::new(()),
+    });
     Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, |_n, err, _c| {
-            tracing::warn!(%err, "node IPAM");
-            Action::requeue(Duration::from_secs(5))
-        }, ctx)
+        .run(
+            reconcile,
+            |_n, err, _c| {
+                tracing::warn!(%err, "node IPAM");
+                Action::requeue(Duration::from_secs(5))
+            },
+            ctx,
+        )
         .for_each(|_| async {})
         .await;
 }
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if node.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some_and(|c| !c.is_empty()) {
+    if node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_ref())
+        .is_some_and(|c| !c.is_empty())
+    {
         return Ok(Action::await_change());
     }
     // One allocation at a time, against a fresh list, so two nodes never share a range.
@@ -101,9 +125,17 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .into_iter()
         .filter_map(|n| n.spec.and_then(|s| s.pod_cidr))
         .collect();
-    let cidr = ctx.alloc.first_free(&used).ok_or_else(|| Error::Exhausted(ctx.cidr.clone()))?;
+    let cidr = ctx
+        .alloc
+        .first_free(&used)
+        .ok_or_else(|| Error::Exhausted(ctx.cidr.clone()))?;
     let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
-    api.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch(
+        &node.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     tracing::info!(node = %node.name_any(), %cidr, "assigned pod CIDR");
     Ok(Action::await_change())
 }
@@ -118,7 +150,8 @@ mod tests {
         assert_eq!(a.subnet(0).as_deref(), Some("10.42.0.0/24"));
         assert_eq!(a.subnet(255).as_deref(), Some("10.42.255.0/24"));
         assert_eq!(a.subnet(256), None);
-        let used: BTreeSet<String> = ["10.42.0.0/24".to_string(), "10.42.1.0/24".to_string()].into();
+        let used: BTreeSet<String> =
+            ["10.42.0.0/24".to_string(), "10.42.1.0/24".to_string()].into();
         assert_eq!(a.first_free(&used).as_deref(), Some("10.42.2.0/24"));
         let tiny = Allocator::new("10.0.0.0/24", 24).unwrap();
         assert_eq!(tiny.first_free(&["10.0.0.0/24".to_string()].into()), None);

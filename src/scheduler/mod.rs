@@ -82,7 +82,9 @@ pub async fn run(client: kube::Client, identity: String, shutdown: CancellationT
 }
 
 fn micro_now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string()
 }
 
 /// Acquires or renews the scheduler Lease; true when we hold it.
@@ -107,7 +109,9 @@ async fn try_acquire(client: &kube::Client, identity: &str) -> Result<bool, kube
             let holder = spec.holder_identity.clone().unwrap_or_default();
             let expired = spec.renew_time.as_ref().is_none_or(|t| {
                 let age = jiff::Timestamp::now().duration_since(t.0);
-                age > jiff::SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS) as i64)
+                age > jiff::SignedDuration::from_secs(
+                    spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS) as i64,
+                )
             });
             if holder != identity && !expired {
                 return Ok(false);
@@ -117,14 +121,22 @@ async fn try_acquire(client: &kube::Client, identity: &str) -> Result<bool, kube
             let mut next = lease.clone();
             let mut spec = spec.clone();
             if holder != identity {
-                spec.acquire_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()));
+                spec.acquire_time =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                        jiff::Timestamp::now(),
+                    ));
                 spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
             }
             spec.holder_identity = Some(identity.to_string());
-            spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()));
+            spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                jiff::Timestamp::now(),
+            ));
             spec.lease_duration_seconds = Some(LEASE_SECONDS);
             next.spec = Some(spec);
-            match leases.replace(LEASE_NAME, &PostParams::default(), &next).await {
+            match leases
+                .replace(LEASE_NAME, &PostParams::default(), &next)
+                .await
+            {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                 Err(e) => Err(e),
@@ -134,7 +146,10 @@ async fn try_acquire(client: &kube::Client, identity: &str) -> Result<bool, kube
 }
 
 fn is_terminated(p: &Pod) -> bool {
-    matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed"))
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
 }
 
 async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
@@ -142,7 +157,10 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
     let (pods, pods_writer) = reflector::store::<Pod>();
     let wake = Arc::new(Notify::new());
     let w1 = wake.clone();
-    let node_stream = reflector(nodes_writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()));
+    let node_stream = reflector(
+        nodes_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    );
     let s1 = stop.clone();
     tokio::spawn(async move {
         let mut st = node_stream.boxed();
@@ -154,7 +172,10 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
         }
     });
     let w2 = wake.clone();
-    let pod_stream = reflector(pods_writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()));
+    let pod_stream = reflector(
+        pods_writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    );
     let s2 = stop.clone();
     tokio::spawn(async move {
         let mut st = pod_stream.boxed();
@@ -176,17 +197,29 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
         let all_pods = pods.state();
         // Forget assumptions the cache has caught up with.
         assumed.retain(|uid, (_, _, at)| {
-            let bound = all_pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid.as_str()) && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some());
+            let bound = all_pods.iter().any(|p| {
+                p.metadata.uid.as_deref() == Some(uid.as_str())
+                    && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+            });
             !bound && at.elapsed() < Duration::from_secs(30)
         });
         let mut infos: BTreeMap<String, NodeInfo> = nodes
             .state()
             .iter()
-            .filter_map(|n| Some((n.metadata.name.clone()?, NodeInfo { node: serde_json::to_value(n.as_ref()).ok()?, pods: vec![] })))
+            .filter_map(|n| {
+                Some((
+                    n.metadata.name.clone()?,
+                    NodeInfo {
+                        node: serde_json::to_value(n.as_ref()).ok()?,
+                        pods: vec![],
+                    },
+                ))
+            })
             .collect();
         for p in all_pods.iter().filter(|p| !is_terminated(p)) {
             if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
-                if let (Some(info), Ok(v)) = (infos.get_mut(node), serde_json::to_value(p.as_ref())) {
+                if let (Some(info), Ok(v)) = (infos.get_mut(node), serde_json::to_value(p.as_ref()))
+                {
                     info.pods.push(v);
                 }
             }
@@ -201,7 +234,10 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
             .filter(|p| {
                 let spec = p.spec.as_ref();
                 spec.is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty())
-                    && spec.and_then(|s| s.scheduler_name.as_deref()).unwrap_or(SCHEDULER_NAME) == SCHEDULER_NAME
+                    && spec
+                        .and_then(|s| s.scheduler_name.as_deref())
+                        .unwrap_or(SCHEDULER_NAME)
+                        == SCHEDULER_NAME
                     && p.metadata.deletion_timestamp.is_none()
                     && !is_terminated(p)
                     && !assumed.contains_key(p.metadata.uid.as_deref().unwrap_or(""))
@@ -209,7 +245,15 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
             .filter_map(|p| serde_json::to_value(p.as_ref()).ok())
             .collect();
         // Higher priority first, then oldest.
-        queue.sort_by_key(|p| (std::cmp::Reverse(p["spec"]["priority"].as_i64().unwrap_or(0)), p["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string()));
+        queue.sort_by_key(|p| {
+            (
+                std::cmp::Reverse(p["spec"]["priority"].as_i64().unwrap_or(0)),
+                p["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        });
         let node_list: Vec<NodeInfo> = infos.values().cloned().collect();
         for pod in queue {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
@@ -230,10 +274,16 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
                         }
                         assumed.insert(uid, (node, bound, Instant::now()));
                     }
-                    Err(err) => tracing::warn!(%err, pod = %pod["metadata"]["name"], "binding failed"),
+                    Err(err) => {
+                        tracing::warn!(%err, pod = %pod["metadata"]["name"], "binding failed")
+                    }
                 },
                 Err(message) => {
-                    let (delay, _, last) = backoff.get(&uid).cloned().unwrap_or((Duration::from_millis(500), Instant::now(), String::new()));
+                    let (delay, _, last) = backoff.get(&uid).cloned().unwrap_or((
+                        Duration::from_millis(500),
+                        Instant::now(),
+                        String::new(),
+                    ));
                     if message != last {
                         report_unschedulable(&client, &pod, &message).await;
                     }
@@ -243,7 +293,11 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
                 }
             }
         }
-        let live: std::collections::HashSet<String> = pods.state().iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        let live: std::collections::HashSet<String> = pods
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
         backoff.retain(|u, _| live.contains(u));
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -267,11 +321,17 @@ pub fn schedule_one(pod: &Value, nodes: &[NodeInfo]) -> Result<String, String> {
     let mut best: Option<(i64, String)> = None;
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for info in nodes {
-        let name = info.node["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let name = info.node["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         match plugins::filter(pod, info, nodes) {
             Ok(()) => {
                 let s = plugins::score(pod, info);
-                if best.as_ref().is_none_or(|(b, n)| s > *b || (s == *b && name < *n)) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, n)| s > *b || (s == *b && name < *n))
+                {
                     best = Some((s, name));
                 }
             }
@@ -286,7 +346,13 @@ pub fn schedule_one(pod: &Value, nodes: &[NodeInfo]) -> Result<String, String> {
         Some((_, n)) => Ok(n),
         None => {
             let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-            Err(format!("0/{} nodes are available: {}. preemption: 0/{} nodes are available: {} Preemption is not helpful for scheduling.", nodes.len(), parts.join(", "), nodes.len(), nodes.len()))
+            Err(format!(
+                "0/{} nodes are available: {}. preemption: 0/{} nodes are available: {} Preemption is not helpful for scheduling.",
+                nodes.len(),
+                parts.join(", "),
+                nodes.len(),
+                nodes.len()
+            ))
         }
     }
 }
@@ -302,22 +368,38 @@ async fn bind(client: &kube::Client, pod: &Value, node: &str) -> Result<(), kube
         .body(serde_json::to_vec(&binding).unwrap_or_default())
         .map_err(|e| kube::Error::Service(Box::new(e)))?;
     let _: Value = client.request(req).await?;
-    let when = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let when = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": when}]}});
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let _ = pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(&status)).await;
-    event(client, pod, "Normal", "Scheduled", &format!("Successfully assigned {ns}/{name} to {node}")).await;
+    let _ = pods
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
+        .await;
+    event(
+        client,
+        pod,
+        "Normal",
+        "Scheduled",
+        &format!("Successfully assigned {ns}/{name} to {node}"),
+    )
+    .await;
     Ok(())
 }
 
 async fn report_unschedulable(client: &kube::Client, pod: &Value, message: &str) {
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let name = pod["metadata"]["name"].as_str().unwrap_or("");
-    let when = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let when = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                                    "message": message, "lastProbeTime": null, "lastTransitionTime": when}]}});
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    if let Err(err) = pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(&status)).await {
+    if let Err(err) = pods
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
+        .await
+    {
         tracing::debug!(%err, "reporting unschedulable pod");
     }
     event(client, pod, "Warning", "FailedScheduling", message).await;
@@ -335,7 +417,9 @@ async fn event(client: &kube::Client, pod: &Value, kind: &str, reason: &str, mes
         "source": {"component": SCHEDULER_NAME}, "reportingComponent": SCHEDULER_NAME,
         "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
     });
-    let Ok(ev) = serde_json::from_value::<k8s_openapi::api::core::v1::Event>(ev) else { return };
+    let Ok(ev) = serde_json::from_value::<k8s_openapi::api::core::v1::Event>(ev) else {
+        return;
+    };
     let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
     if let Err(err) = api.create(&PostParams::default(), &ev).await {
         tracing::debug!(%err, "recording scheduler event");
@@ -355,7 +439,10 @@ mod tests {
         let pod = json!({"metadata": {"name": "p", "namespace": "default"},
                          "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}});
         let err = schedule_one(&pod, std::slice::from_ref(&node)).unwrap_err();
-        assert!(err.starts_with("0/1 nodes are available: 1 Insufficient cpu."), "{err}");
+        assert!(
+            err.starts_with("0/1 nodes are available: 1 Insufficient cpu."),
+            "{err}"
+        );
         let fits = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": [{"name": "c"}]}});
         assert_eq!(schedule_one(&fits, &[node]).unwrap(), "n1");
     }

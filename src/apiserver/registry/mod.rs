@@ -603,7 +603,15 @@ impl Registry {
         // Field ownership is recorded before admission, as upstream: what admission adds
         // belongs to nobody.
         if !opts.apply {
-            fieldmanager::update(ri.group, ri.version, ri.kind, None, &mut obj, &manager(opts), None);
+            fieldmanager::update(
+                ri.group,
+                ri.version,
+                ri.kind,
+                None,
+                &mut obj,
+                &manager(opts),
+                None,
+            );
         }
         admission::mutate(self, &attrs, &mut obj, None).await?;
         self.validate(sri, &obj, None)?;
@@ -721,10 +729,22 @@ impl Registry {
                 dry_run: opts.dry_run,
             };
             if !opts.apply {
-                fieldmanager::update(ri.group, ri.version, ri.kind, Some(&old), &mut obj, &manager(opts), subresource);
+                fieldmanager::update(
+                    ri.group,
+                    ri.version,
+                    ri.kind,
+                    Some(&old),
+                    &mut obj,
+                    &manager(opts),
+                    subresource,
+                );
             }
             admission::mutate(self, &attrs, &mut obj, Some(&old)).await?;
-            let old_for_validation = if subresource == Some("binding") { None } else { Some(&old) };
+            let old_for_validation = if subresource == Some("binding") {
+                None
+            } else {
+                Some(&old)
+            };
             self.validate(sri, &obj, old_for_validation)?;
             admission::validate(self, &attrs, &obj, Some(&old)).await?;
             // Identical objects are not rewritten (no new revision, no watch event).
@@ -958,7 +978,9 @@ impl Registry {
         for _attempt in 0..8 {
             match self.current(sri, ri, ns, name).await {
                 Err(s) if s.code == 404 && subresource.is_none() => {
-                    let obj = fieldmanager::apply(ri.group, ri.version, ri.kind, None, applied, &manager, force, None)?;
+                    let obj = fieldmanager::apply(
+                        ri.group, ri.version, ri.kind, None, applied, &manager, force, None,
+                    )?;
                     let (mut obj, _) = self.decode_object(ri, obj, FieldValidation::Ignore)?;
                     meta_mut(&mut obj).insert("name".into(), json!(name));
                     match self.create(ri, ns, obj, &opts).await {
@@ -976,8 +998,18 @@ impl Registry {
                             name,
                             subresource,
                             Update::Mutate(Box::new(move |cur: &Value| {
-                                let next = fieldmanager::apply(ri.group, ri.version, ri.kind, Some(cur), applied, &manager, force, subresource)?;
-                                let (mut next, _) = self.decode_object(ri, next, FieldValidation::Ignore)?;
+                                let next = fieldmanager::apply(
+                                    ri.group,
+                                    ri.version,
+                                    ri.kind,
+                                    Some(cur),
+                                    applied,
+                                    &manager,
+                                    force,
+                                    subresource,
+                                )?;
+                                let (mut next, _) =
+                                    self.decode_object(ri, next, FieldValidation::Ignore)?;
                                 if let Some(m) = next["metadata"].as_object_mut() {
                                     m.remove("resourceVersion");
                                 }
@@ -989,7 +1021,12 @@ impl Registry {
                 }
             }
         }
-        Err(Status::conflict(ri.group, ri.plural, name, "too many concurrent updates; please retry"))
+        Err(Status::conflict(
+            ri.group,
+            ri.plural,
+            name,
+            "too many concurrent updates; please retry",
+        ))
     }
 
     /// Deletes an object, honouring preconditions, graceful deletion (pods on a node) and
@@ -1178,7 +1215,9 @@ impl Registry {
 /// The field manager of a write: `fieldManager`, else the client's name (as upstream
 /// derives it from the User-Agent, done by the handler), else `unknown`.
 fn manager(opts: &WriteOptions) -> String {
-    opts.field_manager.clone().unwrap_or_else(|| "unknown".to_string())
+    opts.field_manager
+        .clone()
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// The new state for [`Registry::update`].
