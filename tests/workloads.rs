@@ -658,12 +658,18 @@ async fn deployment_rolls_out_and_back() {
             .map(String::as_str),
         Some("5")
     );
-    let d = deployments.get("web").await.unwrap();
+    let d = wait_for("the Deployment at revision 1", 30, || async {
+        let d = deployments.get("web").await.unwrap();
+        match d.annotations().get(REVISION).map(String::as_str) {
+            Some("1") => Ok(d),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     assert_eq!(
         owner_of_rs(&rs1),
         Some(("Deployment".to_string(), d.uid().unwrap()))
     );
-    assert_eq!(d.annotations().get(REVISION).map(String::as_str), Some("1"));
 
     drive_rollout(&client, "web", 4, 0).await;
     let status = ok(server.kubectl(&["rollout", "status", "deploy/web", "--timeout=30s"]));
@@ -932,11 +938,20 @@ spec:
     .await;
     // Once the old ReplicaSet's 12 pods are ready the Deployment is available again.
     let old_hash = rss.get(&stuck[0].0).await.unwrap().labels()["pod-template-hash"].clone();
-    for p in active_pods(&pods, &format!("app=big,pod-template-hash={old_hash}")).await {
-        if !is_ready(&p) {
+    let old_selector = format!("app=big,pod-template-hash={old_hash}");
+    wait_for("12 ready pods of the old ReplicaSet", 30, || async {
+        let list = active_pods(&pods, &old_selector).await;
+        let ready = list.iter().filter(|p| is_ready(p)).count();
+        for p in list.iter().filter(|p| !is_ready(p)) {
             mark_ready(&pods, &p.name_any()).await;
         }
-    }
+        if ready == 12 {
+            Ok(())
+        } else {
+            Err(format!("{} pods, {ready} ready", list.len()))
+        }
+    })
+    .await;
     wait_for("Available again", 30, || async {
         let d = deployments.get("big").await.unwrap();
         match condition(&d, "Available") {
@@ -1096,6 +1111,22 @@ fn import_images(server: &Server) {
     }
 }
 
+/// What the pods and the node say, and the end of the server log, for a failed test.
+fn diagnostics(server: &Server) -> String {
+    let pods = server.kubectl(&["get", "pods", "-o", "wide"]);
+    let events = server.kubectl(&["get", "events", "--sort-by=.lastTimestamp"]);
+    let nodes = server.kubectl(&["get", "nodes", "-o", "wide"]);
+    let log = server.log();
+    let tail: Vec<&str> = log.lines().rev().take(80).collect();
+    format!(
+        "pods:\n{}\nnodes:\n{}\nevents:\n{}\nserver log (last lines):\n{}",
+        stdout(&pods),
+        stdout(&nodes),
+        stdout(&events),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
 const REAL: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -1129,7 +1160,7 @@ async fn deployment_runs_real_pods() {
         "rollout status: {}{}\n{}",
         stdout(&out),
         stderr(&out),
-        server.log()
+        diagnostics(&server)
     );
     let running = active_pods(&pods, "app=real").await;
     assert_eq!(running.len(), 3);
@@ -1151,9 +1182,10 @@ async fn deployment_runs_real_pods() {
     let out = server.kubectl(&["rollout", "status", "deploy/real", "--timeout=120s"]);
     assert!(
         out.status.success(),
-        "rollout status after the update: {}{}",
+        "rollout status after the update: {}{}\n{}",
         stdout(&out),
-        stderr(&out)
+        stderr(&out),
+        diagnostics(&server)
     );
     let updated = wait_for("3 running pods with the new command", 60, || async {
         let list = active_pods(&pods, "app=real").await;
