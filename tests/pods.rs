@@ -6,88 +6,12 @@
 
 mod common;
 
+use common::{apply, import_busybox, wait_pod};
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Server, ok};
-use serde_json::Value;
-
-/// Builds a busybox test image and imports it with `kaji image import` (the agent
-/// provides the pause image itself).
-fn import_images(server: &Server) {
-    let busybox = server.dir.path().join("busybox.tar");
-    let script = common::testdata("../scripts/build-image.sh");
-    let st = Command::new("bash")
-        .arg(&script)
-        .args(["docker.io/library/busybox:1.36"])
-        .arg(&busybox)
-        .args(["--busybox", "--cmd", "sh"])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "build-image.sh: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let socket = server.data_dir().join("run/containerd/containerd.sock");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new(common::kaji_bin())
-            .args(["image", "import"])
-            .arg(format!("--data-dir={}", server.data_dir().display()))
-            .arg(&busybox)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            assert!(String::from_utf8_lossy(&out.stdout).contains("busybox:1.36"));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kaji image import ({}): {}\n{}",
-            socket.display(),
-            String::from_utf8_lossy(&out.stderr),
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn wait_pod(
-    server: &Server,
-    name: &str,
-    secs: u64,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let out = server.kubectl(&["get", "pod", name, "-o", "json"]);
-        if out.status.success() {
-            let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
-            if check(&pod) {
-                return pod;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "pod {name}: {what} not reached in {secs}s: {}\n{}",
-                    serde_json::to_string_pretty(&pod["status"]).unwrap(),
-                    server.log()
-                );
-            }
-        } else if Instant::now() > deadline {
-            panic!(
-                "pod {name} not found: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn apply(server: &Server, yaml: &str) {
-    ok(server.kubectl_version("kubectl", &["apply", "-f", "-"], Some(yaml)));
-}
 
 fn delete_all_pods(server: &Server) {
     let _ = server.kubectl(&[
@@ -102,7 +26,7 @@ fn delete_all_pods(server: &Server) {
 #[test]
 fn pods_run_for_real() {
     let server = Server::start_with_agent(&[]);
-    import_images(&server);
+    import_busybox(&server);
 
     // Two containers sharing an emptyDir and talking over localhost.
     apply(
@@ -299,7 +223,7 @@ spec:
 #[test]
 fn containers_survive_sigkill_of_kaji() {
     let mut server = Server::start_with_agent(&[]);
-    import_images(&server);
+    import_busybox(&server);
     apply(
         &server,
         r#"

@@ -10,7 +10,8 @@
 
 mod common;
 
-use std::path::Path;
+use common::{apply, import_busybox, wait_pod};
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,86 +20,11 @@ use serde_json::Value;
 
 const BUSYBOX: &str = "docker.io/library/busybox:1.36";
 
-/// Builds a busybox image and imports it with `kaji image import` (the agent provides
-/// the pause image itself).
-fn import_busybox(server: &Server) {
-    let tar = server.dir.path().join("busybox.tar");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-image.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(BUSYBOX)
-        .arg(&tar)
-        .args(["--busybox", "--cmd", "sh"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build-image.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let socket = server.data_dir().join("run/containerd/containerd.sock");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the agent's containerd socket never appeared:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = Command::new(common::kaji_bin())
-        .args(["image", "import", "--data-dir"])
-        .arg(server.data_dir())
-        .arg(&tar)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kaji image import: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
-}
-
-fn apply(server: &Server, yaml: &str) {
-    ok(server.kubectl_version("kubectl", &["apply", "-f", "-"], Some(yaml)));
-}
-
 fn get_pod(server: &Server, name: &str) -> Option<Value> {
     let out = server.kubectl(&["get", "pod", name, "-o", "json"]);
     out.status
         .success()
         .then(|| serde_json::from_slice(&out.stdout).unwrap())
-}
-
-/// Polls the pod until `check` holds (up to `secs`).
-fn wait_pod(
-    server: &Server,
-    name: &str,
-    secs: u64,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let pod = get_pod(server, name);
-        if let Some(p) = &pod
-            && check(p)
-        {
-            return p.clone();
-        }
-        if Instant::now() > deadline {
-            let status = pod
-                .map(|p| serde_json::to_string_pretty(&p["status"]).unwrap())
-                .unwrap_or_else(|| "not found".into());
-            panic!(
-                "pod {name}: {what} not reached in {secs}s: {status}\nevents:\n{}\n{}",
-                events_table(server, name),
-                server.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn condition(pod: &Value, kind: &str) -> Value {

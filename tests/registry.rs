@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{apply, wait_pod};
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -78,42 +80,6 @@ impl Drop for Registry {
         common::signal(self.child.id() as i32, "KILL");
         let _ = self.child.wait();
     }
-}
-
-fn wait_pod(
-    server: &Server,
-    name: &str,
-    secs: u64,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let out = server.kubectl(&["get", "pod", name, "-o", "json"]);
-        if out.status.success() {
-            let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
-            if check(&pod) {
-                return pod;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "pod {name}: {what} not reached in {secs}s: {}\n{}",
-                    serde_json::to_string_pretty(&pod["status"]).unwrap(),
-                    server.log()
-                );
-            }
-        } else if Instant::now() > deadline {
-            panic!(
-                "pod {name} not found: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn apply(server: &Server, yaml: &str) {
-    ok(server.kubectl_version("kubectl", &["apply", "-f", "-"], Some(yaml)));
 }
 
 fn one_shot(name: &str, image: &str, policy: &str, message: &str) -> String {

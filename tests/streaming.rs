@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{import_busybox, wait_pod};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -15,8 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::{Server, ok, stderr, stdout};
 use serde_json::Value;
-
-const BUSYBOX: &str = "docker.io/library/busybox:1.36";
 
 /// A child process killed (by PID) and reaped when dropped.
 struct Spawned(Child);
@@ -94,73 +94,6 @@ fn collect_lines(
         }
     }
     lines
-}
-
-fn import_busybox(server: &Server) {
-    let tar = server.dir.path().join("busybox.tar");
-    let script = common::testdata("../scripts/build-image.sh");
-    let o = Command::new("bash")
-        .arg(&script)
-        .arg(BUSYBOX)
-        .arg(&tar)
-        .arg("--busybox")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "build-image.sh: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let socket = server.data_dir().join("run/containerd/containerd.sock");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "containerd socket never appeared:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let o = Command::new(common::kaji_bin())
-        .args(["image", "import", "--data-dir"])
-        .arg(server.data_dir())
-        .arg(&tar)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "kaji image import: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Polls the pod until `check` holds (up to `secs`).
-fn wait_pod(
-    server: &Server,
-    name: &str,
-    secs: u64,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let out = server.kubectl(&["get", "pod", name, "-o", "json"]);
-        if out.status.success() {
-            let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
-            if check(&pod) {
-                return pod;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pod {name}: {what} not reached in {secs}s: {}\n{}",
-                pod["status"],
-                server.log()
-            );
-        } else {
-            assert!(Instant::now() < deadline, "pod {name}: {}", stderr(&out));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 fn ready(p: &Value) -> bool {

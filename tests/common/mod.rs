@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// A running server; killed (SIGTERM, then SIGKILL) on drop.
 pub struct Server {
     pub child: Option<Child>,
@@ -316,4 +318,83 @@ pub fn testdata(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata")
         .join(p)
+}
+
+// Helpers for tests that run real pods.
+
+/// Builds a busybox test image and imports it with `kaji image import` (the agent
+/// provides the pause image itself).
+pub fn import_busybox(server: &Server) {
+    let busybox = server.dir.path().join("busybox.tar");
+    let script = testdata("../scripts/build-image.sh");
+    let st = Command::new("bash")
+        .arg(&script)
+        .args(["docker.io/library/busybox:1.36"])
+        .arg(&busybox)
+        .args(["--busybox", "--cmd", "sh"])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "build-image.sh: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let socket = server.data_dir().join("run/containerd/containerd.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(kaji_bin())
+            .args(["image", "import"])
+            .arg(format!("--data-dir={}", server.data_dir().display()))
+            .arg(&busybox)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("busybox:1.36"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kaji image import ({}): {}\n{}",
+            socket.display(),
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+pub fn wait_pod(
+    server: &Server,
+    name: &str,
+    secs: u64,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = server.kubectl(&["get", "pod", name, "-o", "json"]);
+        if out.status.success() {
+            let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if check(&pod) {
+                return pod;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "pod {name}: {what} not reached in {secs}s: {}\n{}",
+                    serde_json::to_string_pretty(&pod["status"]).unwrap(),
+                    server.log()
+                );
+            }
+        } else if Instant::now() > deadline {
+            panic!(
+                "pod {name} not found: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+pub fn apply(server: &Server, yaml: &str) {
+    ok(server.kubectl_version("kubectl", &["apply", "-f", "-"], Some(yaml)));
 }
