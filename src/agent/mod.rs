@@ -17,6 +17,7 @@ pub mod network;
 pub mod node;
 pub mod pod_workers;
 pub mod probes;
+pub mod pull_secrets;
 pub mod registries;
 pub mod resources;
 pub mod server;

@@ -870,7 +870,8 @@ async fn ensure_image(
         Some(name),
     );
     let started = Instant::now();
-    match c.pull_image(&image, None).await {
+    let auth = super::pull_secrets::for_image(&ctx.client, pod, &image).await;
+    match c.pull_image(&image, auth).await {
         Ok(_) => {
             st.pull_backoff.remove(&image);
             events::record(
