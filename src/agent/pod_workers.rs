@@ -541,11 +541,7 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
                         let _ = c.start_container(&s.id).await;
                     }
                     cri::ContainerState::ContainerExited => {
-                        let restart = match restart_policy {
-                            "Always" => true,
-                            "OnFailure" => s.exit_code != 0,
-                            _ => false,
-                        };
+                        let restart = restarts_after_exit(restart_policy, s.exit_code);
                         if restart {
                             if let Some(wait) = restart_after_backoff(
                                 ctx,
@@ -588,6 +584,15 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
     )
     .await?;
     Ok(Some(next))
+}
+
+/// Whether a container that exited with `exit_code` is restarted under `policy`.
+fn restarts_after_exit(policy: &str, exit_code: i32) -> bool {
+    match policy {
+        "Always" => true,
+        "OnFailure" => exit_code != 0,
+        _ => false,
+    }
 }
 
 fn grace_of(pod: &Value) -> i64 {
@@ -1435,11 +1440,7 @@ async fn post_status_observed(
         );
         // An exited container that will be restarted but is backing off.
         if let Some(s) = latest {
-            let will_restart = match restart_policy {
-                "Always" => true,
-                "OnFailure" => s.exit_code != 0,
-                _ => false,
-            };
+            let will_restart = restarts_after_exit(restart_policy, s.exit_code);
             if state_of(s) == cri::ContainerState::ContainerExited && will_restart {
                 if let Some(&(delay, _)) = st.backoff.get(name) {
                     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");

@@ -80,12 +80,11 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Query {
-        let mut out = Vec::new();
-        for pair in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            out.push((percent_decode(k), percent_decode(v)));
-        }
-        Query(out)
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
     }
     fn get(&self, k: &str) -> Option<&str> {
         self.0
@@ -97,32 +96,6 @@ impl Query {
         matches!(self.get(k), Some("true") | Some("1") | Some(""))
             && self.0.iter().any(|(key, _)| key == k)
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What representation the client wants back.
@@ -1253,7 +1226,7 @@ mod tests {
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert!(q.flag("watch"));
         assert!(!q.flag("allowWatchBookmarks"));
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(Query::parse(Some("x=%zz%4")).get("x"), Some("%zz%4"));
     }
 
     #[test]

@@ -154,11 +154,8 @@ struct Query(Vec<(String, String)>);
 impl Query {
     fn parse(q: Option<&str>) -> Query {
         Query(
-            q.unwrap_or("")
-                .split('&')
-                .filter(|s| !s.is_empty())
-                .map(|p| p.split_once('=').unwrap_or((p, "")))
-                .map(|(k, v)| (decode(k), decode(v)))
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
         )
     }
@@ -196,30 +193,6 @@ impl Query {
             })
             .transpose()
     }
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(v) => {
-                    out.push(v);
-                    i += 2;
-                }
-                None => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Encodes a query value (RFC 3986 unreserved characters kept).

@@ -18,6 +18,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, ClientConfig};
 
+/// Whether a namespace is going away (no new content may be created in it).
+pub(crate) fn namespace_is_terminating(ns: &k8s_openapi::api::core::v1::Namespace) -> bool {
+    ns.metadata.deletion_timestamp.is_some()
+        || ns
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Terminating")
+}
+
 /// Running controllers.
 pub struct Controllers {
     tasks: Vec<JoinHandle<()>>,

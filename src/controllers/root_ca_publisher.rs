@@ -68,15 +68,6 @@ fn error_policy(_ns: Arc<Namespace>, err: &Error, _ctx: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
-fn terminating(ns: &Namespace) -> bool {
-    ns.metadata.deletion_timestamp.is_some()
-        || ns
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Terminating")
-}
-
 fn desired_data(ca_pem: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(CA_KEY.to_string(), ca_pem.to_string())])
 }
@@ -102,7 +93,7 @@ fn repaired(mut cm: ConfigMap, ca_pem: &str) -> Option<ConfigMap> {
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if terminating(&ns) {
+    if crate::controllers::namespace_is_terminating(&ns) {
         return Ok(Action::await_change());
     }
     let name = ns.name_any();

@@ -56,18 +56,8 @@ fn error_policy(_ns: Arc<Namespace>, err: &Error, _ctx: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Whether the namespace is going away (no new content may be created in it).
-fn terminating(ns: &Namespace) -> bool {
-    ns.metadata.deletion_timestamp.is_some()
-        || ns
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Terminating")
-}
-
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if terminating(&ns) {
+    if crate::controllers::namespace_is_terminating(&ns) {
         return Ok(Action::await_change());
     }
     let name = ns.name_any();
@@ -103,16 +93,16 @@ mod tests {
     #[test]
     fn terminating_namespaces_are_skipped() {
         let mut ns = Namespace::default();
-        assert!(!terminating(&ns));
+        assert!(!crate::controllers::namespace_is_terminating(&ns));
         ns.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
             phase: Some("Terminating".into()),
             ..Default::default()
         });
-        assert!(terminating(&ns));
+        assert!(crate::controllers::namespace_is_terminating(&ns));
         let mut ns = Namespace::default();
         ns.metadata.deletion_timestamp = Some(
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
         );
-        assert!(terminating(&ns));
+        assert!(crate::controllers::namespace_is_terminating(&ns));
     }
 }
