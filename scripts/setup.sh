@@ -6,7 +6,9 @@ packages=(curl ca-certificates protobuf-compiler)
 # busybox-static goes into the test images scripts/build-image.sh assembles.
 packages+=(gcc containerd runc containernetworking-plugins busybox-static)
 # The CNI bridge plugin masquerades with iptables; the service proxy uses nftables.
-packages+=(iptables nftables iproute2 kmod)
+packages+=(iptables nftables iproute2 kmod conntrack)
+# The DNS tests query the cluster DNS with a real client (dig).
+packages+=(bind9-dnsutils)
 # tests/registry.rs serves images from a local registry, pushed with skopeo.
 packages+=(docker-registry skopeo)
 missing=()

@@ -91,6 +91,23 @@ pub struct AgentConfig {
     pub ca_pem: String,
     /// The private registry file (registries.yaml) rendered into containerd's config.
     pub private_registry: Option<PathBuf>,
+    /// Built-in components switched off with `--disable` (canonical names).
+    pub disable: Vec<String>,
+    /// Whether the service proxy runs on this node (not `--disable-kube-proxy`).
+    pub kube_proxy: bool,
+    /// Whether NetworkPolicies are enforced on this node.
+    pub network_policy: bool,
+    /// The cluster's pod network (`--cluster-cidr`).
+    pub cluster_cidr: String,
+    /// The cluster's service network (`--service-cidr`).
+    pub service_cidr: String,
+}
+
+impl AgentConfig {
+    /// Whether a built-in component (`dns`, `servicelb`, `ingress`, ...) runs.
+    pub fn enabled(&self, component: &str) -> bool {
+        !self.disable.iter().any(|c| c == component)
+    }
 }
 
 impl AgentConfig {
@@ -167,6 +184,11 @@ impl AgentConfig {
             kubelet_port: args.kubelet_port,
             ca_pem: String::new(),
             private_registry,
+            disable: args.disable.clone(),
+            kube_proxy: !args.disable_kube_proxy,
+            network_policy: !args.disable_network_policy,
+            cluster_cidr: "10.42.0.0/16".to_string(),
+            service_cidr: "10.43.0.0/16".to_string(),
         })
     }
 }

@@ -155,6 +155,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
         .context("agent settings")?;
         cfg.ca_pem = material.ca_cert_pem.clone();
+        cfg.cluster_cidr = args.cluster_cidr.clone();
+        cfg.service_cidr = args.service_cidr.clone();
         let client_cfg = crate::client::ClientConfig {
             url: local.clone(),
             ca_pem: material.ca_cert_pem.clone(),

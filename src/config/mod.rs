@@ -123,6 +123,43 @@ pub struct AgentArgs {
     /// Private registry configuration, k3s format (default: /etc/kaji/registries.yaml if it exists).
     #[arg(long, env = "KAJI_PRIVATE_REGISTRY", value_name = "FILE")]
     pub private_registry: Option<PathBuf>,
+    /// Built-in components not to run (repeatable, comma-separated): dns (alias coredns),
+    /// servicelb, ingress (alias traefik), local-storage, metrics-server.
+    #[arg(long, env = "KAJI_DISABLE", value_delimiter = ',', value_parser = parse_component)]
+    pub disable: Vec<String>,
+    /// Do not run the service proxy (Service virtual IPs, NodePorts, load balancers).
+    #[arg(long, env = "KAJI_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
+    /// Do not enforce NetworkPolicies.
+    #[arg(long, env = "KAJI_DISABLE_NETWORK_POLICY")]
+    pub disable_network_policy: bool,
+}
+
+/// The built-in components `--disable` may name, with their k3s aliases.
+pub const COMPONENTS: &[(&str, &[&str])] = &[
+    ("dns", &["coredns"]),
+    ("servicelb", &[]),
+    ("ingress", &["traefik"]),
+    ("local-storage", &[]),
+    ("metrics-server", &[]),
+];
+
+fn parse_component(s: &str) -> Result<String, String> {
+    COMPONENTS
+        .iter()
+        .find(|(name, aliases)| *name == s || aliases.contains(&s))
+        .map(|(name, _)| name.to_string())
+        .ok_or_else(|| {
+            let names: Vec<&str> = COMPONENTS.iter().map(|(n, _)| *n).collect();
+            format!("unknown component {s:?} (known: {})", names.join(", "))
+        })
+}
+
+impl AgentArgs {
+    /// Whether `--disable` names this component (its canonical name, see [`COMPONENTS`]).
+    pub fn disabled(&self, component: &str) -> bool {
+        self.disable.iter().any(|c| c == component)
+    }
 }
 
 /// Flags of `kaji server`.
@@ -177,6 +214,9 @@ pub struct ServerArgs {
     /// IPv4 network CIDR for service IPs.
     #[arg(long, env = "KAJI_SERVICE_CIDR", default_value = "10.43.0.0/16")]
     pub service_cidr: String,
+    /// Port range reserved for NodePort Services.
+    #[arg(long, env = "KAJI_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub service_node_port_range: String,
     /// Cluster IP of the DNS service (must be within the service CIDR).
     #[arg(long, env = "KAJI_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: IpAddr,

@@ -19,6 +19,90 @@ pub struct Server {
     pub extra_args: Vec<String>,
     /// Whether `spawn` runs the node agent (only servers from `start_with_agent` do).
     pub agent: bool,
+    /// The network namespace the server runs in (`start_in_netns`), else `None`.
+    pub netns: Option<Netns>,
+    /// The address the API server is reached at (127.0.0.1, or the node's netns address).
+    pub host: String,
+}
+
+/// A network namespace made for one test node: a veth pair to the host (`<prefix>.1` on the
+/// host, `<prefix>.2` = the node IP inside), loopback up, and no route off the machine, so
+/// stray packets for service or pod addresses go nowhere. Removed on drop.
+pub struct Netns {
+    pub name: String,
+    pub host_if: String,
+    pub host_ip: String,
+    pub node_ip: String,
+}
+
+impl Netns {
+    pub fn create() -> Netns {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        // 10.254.0.0/16 holds 16384 /30 links; pick one from the pid and a counter.
+        let n = (std::process::id().wrapping_mul(31) + NEXT.fetch_add(1, Ordering::SeqCst)) % 16384;
+        let base = n * 4;
+        let name = format!("kaji-t{n}");
+        let host_if = format!("kt{n}");
+        let host_ip = format!("10.254.{}.{}", base / 256, base % 256 + 1);
+        let node_ip = format!("10.254.{}.{}", base / 256, base % 256 + 2);
+        // A namespace left by a killed earlier run of the same test is replaced.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["netns", "add", &name]);
+        run(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &name,
+        ]);
+        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        run(&["link", "set", &host_if, "up"]);
+        run(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{node_ip}/30"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["-n", &name, "link", "set", "eth0", "up"]);
+        run(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns {
+            name,
+            host_if,
+            host_ip,
+            node_ip,
+        }
+    }
+
+    /// A command that runs inside the namespace (network only; the mount namespace is the
+    /// host's, so data dirs and sockets are shared).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -46,6 +130,8 @@ impl Server {
             kubeconfig,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             agent: false,
+            netns: None,
+            host: "127.0.0.1".into(),
         };
         s.spawn();
         s
@@ -53,20 +139,67 @@ impl Server {
 
     /// Starts a server that also runs the node agent (embedded containerd); waits until
     /// the API server is ready (the agent may still be starting).
+    ///
+    /// The node shares the host's network namespace with other tests, so the components
+    /// that claim node-wide network state (service proxy rules, the DNS address, ports
+    /// 80/443) are off; networking tests use [`Server::start_in_netns`].
     pub fn start_with_agent(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let mut extra_args: Vec<String> = vec![
+            "--disable=dns,ingress".into(),
+            "--disable-kube-proxy".into(),
+            "--disable-network-policy".into(),
+        ];
+        extra_args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = Server {
             child: None,
             dir,
             port,
             kubeconfig,
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_args,
             agent: true,
+            netns: None,
+            host: "127.0.0.1".into(),
         };
         s.spawn();
         s
+    }
+
+    /// Starts a server with its node agent and every networking component inside a network
+    /// namespace of its own (see [`Netns`]); the API server listens on the node IP, which
+    /// the test reaches over the veth link.
+    pub fn start_in_netns(extra: &[&str]) -> Server {
+        let netns = Netns::create();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let mut extra_args: Vec<String> = vec![
+            format!("--bind-address={}", netns.node_ip),
+            format!("--node-ip={}", netns.node_ip),
+        ];
+        extra_args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Server {
+            child: None,
+            dir,
+            port,
+            kubeconfig,
+            extra_args,
+            agent: true,
+            host: netns.node_ip.clone(),
+            netns: Some(netns),
+        };
+        s.spawn();
+        s
+    }
+
+    /// A command run inside this server's network namespace (the host's if it has none).
+    pub fn netns_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -80,12 +213,13 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .unwrap();
-        let child = Command::new(kaji_bin())
+        let mut cmd = self.netns_command(kaji_bin());
+        let child = cmd
             .arg("server")
             .args((!self.agent).then_some("--disable-agent"))
             // Servers run side by side: each kubelet API takes a free port.
             .args(self.agent.then_some("--kubelet-port=0"))
-            .arg("--bind-address=127.0.0.1")
+            .args(self.netns.is_none().then_some("--bind-address=127.0.0.1"))
             .arg(format!("--https-listen-port={}", self.port))
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--write-kubeconfig={}", self.kubeconfig.display()))
@@ -109,7 +243,7 @@ impl Server {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("kaji server exited early ({status}):\n{}", self.log());
             }
-            if self.kubeconfig.exists() && readyz(self.port) {
+            if self.kubeconfig.exists() && readyz_at(&self.host, self.port) {
                 return;
             }
             if Instant::now() > deadline {
@@ -264,12 +398,17 @@ pub fn signal(pid: i32, sig: &str) {
 
 /// GET /readyz over TLS without verification (it is unauthenticated).
 pub fn readyz(port: u16) -> bool {
+    readyz_at("127.0.0.1", port)
+}
+
+/// GET /readyz on `host:port`.
+pub fn readyz_at(host: &str, port: u16) -> bool {
     let out = Command::new("curl")
         .args([
             "-sk",
             "--max-time",
             "2",
-            &format!("https://127.0.0.1:{port}/readyz"),
+            &format!("https://{host}:{port}/readyz"),
         ])
         .output();
     matches!(out, Ok(o) if o.status.success() && o.stdout == b"ok")
