@@ -215,7 +215,11 @@ pub struct ServerArgs {
     #[arg(long, env = "KAJI_SERVICE_CIDR", default_value = "10.43.0.0/16")]
     pub service_cidr: String,
     /// Port range reserved for NodePort Services.
-    #[arg(long, env = "KAJI_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+    #[arg(
+        long,
+        env = "KAJI_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
     pub service_node_port_range: String,
     /// Cluster IP of the DNS service (must be within the service CIDR).
     #[arg(long, env = "KAJI_CLUSTER_DNS", default_value = "10.43.0.10")]
