@@ -212,12 +212,49 @@ fn parse_taint(s: &str) -> Option<(String, String, String)> {
     Some((k.to_string(), v.to_string(), effect.to_string()))
 }
 
+/// The API clients of one node's components, each with its own identity (and RBAC role).
+#[derive(Clone)]
+pub struct AgentClients {
+    /// The kubelet: `system:node:<name>` in `system:nodes`.
+    pub node: kube::Client,
+    /// The service proxy: `system:kube-proxy` (role `system:node-proxier`).
+    pub proxy: kube::Client,
+    /// Cluster DNS: `system:kaji-dns`.
+    pub dns: kube::Client,
+    /// The ingress controller: `system:kaji-ingress`.
+    pub ingress: kube::Client,
+}
+
+/// The user names of the node components other than the kubelet.
+pub const PROXY_USER: &str = "system:kube-proxy";
+/// See [`AgentClients::dns`].
+pub const DNS_USER: &str = "system:kaji-dns";
+/// See [`AgentClients::ingress`].
+pub const INGRESS_USER: &str = "system:kaji-ingress";
+
+impl AgentClients {
+    /// Issues every identity from a client configuration that holds the cluster CA key
+    /// (the server's own node).
+    pub fn issue(
+        cfg: &crate::client::ClientConfig,
+        node_name: &str,
+    ) -> Result<AgentClients, crate::client::Error> {
+        Ok(AgentClients {
+            node: cfg.client_for(&format!("system:node:{node_name}"), &["system:nodes"])?,
+            proxy: cfg.client_for(PROXY_USER, &[])?,
+            dns: cfg.client_for(DNS_USER, &[])?,
+            ingress: cfg.client_for(INGRESS_USER, &[])?,
+        })
+    }
+}
+
 /// Runs the agent until `shutdown`: container runtime, node registration, heartbeats.
 pub async fn run(
-    client: kube::Client,
+    clients: AgentClients,
     cfg: AgentConfig,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let client = clients.node.clone();
     if cfg.runtime_endpoint.is_none() {
         let paths = containerd::Paths::new(&cfg.data_dir, &cfg.run_dir);
         containerd::start(&cfg, paths, shutdown.clone()).await?;

@@ -162,11 +162,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ca_pem: material.ca_cert_pem.clone(),
             ca_key_pem: material.ca_key_pem.clone(),
         };
-        let client = client_cfg
-            .client_for(&format!("system:node:{}", cfg.node_name), &["system:nodes"])
-            .context("agent client")?;
+        let clients = crate::agent::AgentClients::issue(&client_cfg, &cfg.node_name)
+            .context("agent clients")?;
         Some(
-            crate::agent::run(client, cfg, shutdown.clone())
+            crate::agent::run(clients, cfg, shutdown.clone())
                 .await
                 .context("starting the node agent")?,
         )

@@ -560,12 +560,54 @@ pub fn cluster_roles() -> Vec<RoleSpec> {
             vec![
                 r(&["list", "watch"], &[""], &["endpoints", "services"]),
                 r(READ, &[""], &["nodes"]),
-                events,
+                events.clone(),
                 r(
                     &["list", "watch"],
                     &["discovery.k8s.io"],
                     &["endpointslices"],
                 ),
+            ],
+        ),
+        // kaji's node-local components (not upstream roles).
+        role(
+            "system:kaji-dns",
+            vec![
+                r(
+                    &["list", "watch"],
+                    &[""],
+                    &["services", "namespaces", "pods"],
+                ),
+                r(
+                    &["list", "watch"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
+            ],
+        ),
+        role(
+            "system:kaji-ingress",
+            vec![
+                r(
+                    &["get", "list", "watch"],
+                    &[""],
+                    &["services", "secrets", "nodes"],
+                ),
+                r(
+                    &["list", "watch"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
+                r(
+                    &["get", "list", "watch"],
+                    &["networking.k8s.io"],
+                    &["ingresses", "ingressclasses"],
+                ),
+                r(
+                    &["update", "patch"],
+                    &["networking.k8s.io"],
+                    &["ingresses/status"],
+                ),
+                events,
             ],
         ),
     ]
@@ -654,6 +696,16 @@ pub fn cluster_role_bindings() -> Vec<BindingSpec> {
             "system:node-proxier",
             "system:node-proxier",
             vec![Subject::user("system:kube-proxy")],
+        ),
+        b(
+            "system:kaji-dns",
+            "system:kaji-dns",
+            vec![Subject::user("system:kaji-dns")],
+        ),
+        b(
+            "system:kaji-ingress",
+            "system:kaji-ingress",
+            vec![Subject::user("system:kaji-ingress")],
         ),
     ]
 }
