@@ -36,6 +36,8 @@ fmt:
 bench:
 	$(CARGO) bench --bench apiserver
 	$(CARGO) bench --bench pods
+	$(CARGO) bench --bench workloads
+	$(CARGO) bench --bench dns
 
 ## Install the system packages the build and tests need (Debian, as root).
 setup:

@@ -8,10 +8,18 @@
 //! restart writes the next attempt's file, so `previous` reads the file before the
 //! current one.
 //!
-//! Depends on: nothing else in the crate (the caller says whether the container still
-//! runs). Must not depend on: `apiserver`, `store`.
+//! Rotation is the kubelet's job, not the runtime's: [`run_rotation`] checks every running
+//! container's log about every 10 s and, once it exceeds `containerLogMaxSize`, renames it
+//! to `<file>.<YYYYMMDD-hhmmss>`, gzips the older rotated files, keeps at most
+//! `containerLogMaxFiles` files in all, and asks the runtime (CRI `ReopenContainerLog`)
+//! to start a new file. Readers see the new file; a follower notices the replaced file
+//! and continues with it.
+//!
+//! Depends on: `agent::cri` (for rotation only; for reading, the caller says whether the
+//! container still runs). Must not depend on: `apiserver`, `store`.
 
 use std::future::Future;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -245,6 +253,7 @@ where
         None => 0,
     };
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    let mut inode = file.metadata().await.ok().map(|m| m.ino());
     file.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(io)?;
@@ -284,10 +293,11 @@ where
                 continue;
             }
         }
-        // A truncated (or replaced) file starts over.
+        // A truncated or replaced (rotated) file starts over.
         if let Ok(meta) = tokio::fs::metadata(path).await
-            && meta.len() < position
+            && (meta.len() < position || Some(meta.ino()) != inode)
         {
+            inode = Some(meta.ino());
             let file = tokio::fs::File::open(path).await.map_err(io)?;
             reader = BufReader::new(file);
             position = 0;
@@ -324,6 +334,189 @@ pub fn previous_file(current: &Path) -> Option<PathBuf> {
         .filter_map(|p| attempt_of(&p).filter(|a| *a < n).map(|a| (a, p)))
         .max_by_key(|(a, _)| *a)
         .map(|(_, p)| p)
+}
+
+/// When container logs are rotated (`--kubelet-arg container-log-max-size=…` and
+/// `container-log-max-files=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationPolicy {
+    /// A log larger than this is rotated (default 10Mi).
+    pub max_size: u64,
+    /// The most files one container keeps, the current one included (default 5, at
+    /// least 2).
+    pub max_files: usize,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> RotationPolicy {
+        RotationPolicy {
+            max_size: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+/// How often running containers' logs are checked for rotation.
+pub const ROTATION_CHECK: Duration = Duration::from_secs(10);
+
+const GZ: &str = ".gz";
+const TMP: &str = ".tmp";
+
+/// The rotated files of `log` (`<log>.<timestamp>[.gz]`), oldest first; leftover
+/// temporary files are not included.
+pub fn rotated_files(log: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let prefix = format!("{name}.");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            (n.starts_with(&prefix) && !n.ends_with(TMP)).then(|| e.path())
+        })
+        .collect();
+    // The timestamp suffix (YYYYMMDD-hhmmss) sorts chronologically.
+    out.sort();
+    out
+}
+
+async fn gzip_file(path: &Path) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let gz = PathBuf::from(format!("{}{GZ}", path.display()));
+    let tmp = PathBuf::from(format!("{}{TMP}", gz.display()));
+    let mut input = tokio::fs::File::open(path).await?;
+    let out = tokio::fs::File::create(&tmp).await?;
+    let mut enc = async_compression::tokio::write::GzipEncoder::new(out);
+    tokio::io::copy(&mut input, &mut enc).await?;
+    enc.shutdown().await?;
+    tokio::fs::rename(&tmp, &gz).await?;
+    tokio::fs::remove_file(path).await
+}
+
+/// Rotates `log` if it exceeds the policy's size: drops the oldest rotated files so that
+/// at most `max_files` remain afterwards, gzips the rotated files not yet compressed,
+/// renames the log to `<log>.<YYYYMMDD-hhmmss>` and calls `reopen` (the runtime's
+/// `ReopenContainerLog`); if that fails the rename is undone. Returns whether it rotated.
+pub async fn rotate_if_needed<F, Fut>(
+    log: &Path,
+    policy: RotationPolicy,
+    now: jiff::Timestamp,
+    reopen: F,
+) -> Result<bool, Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    let size = match tokio::fs::metadata(log).await {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(log)(e)),
+    };
+    if size < policy.max_size {
+        return Ok(false);
+    }
+    // Leftovers of an interrupted compression.
+    if let (Some(dir), Some(name)) = (log.parent(), log.file_name().and_then(|n| n.to_str())) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&format!("{name}.")) && n.ends_with(TMP) {
+                let _ = tokio::fs::remove_file(e.path()).await;
+            }
+        }
+    }
+    let mut rotated = rotated_files(log);
+    let keep = policy.max_files.max(2) - 2;
+    while rotated.len() > keep {
+        let oldest = rotated.remove(0);
+        tokio::fs::remove_file(&oldest).await.map_err(io(&oldest))?;
+    }
+    for r in rotated
+        .iter()
+        .filter(|r| !r.to_string_lossy().ends_with(GZ))
+    {
+        gzip_file(r).await.map_err(io(r))?;
+    }
+    let stamp = now
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y%m%d-%H%M%S")
+        .to_string();
+    let mut target = PathBuf::from(format!("{}.{stamp}", log.display()));
+    let mut n = 1;
+    while target.exists() || PathBuf::from(format!("{}{GZ}", target.display())).exists() {
+        target = PathBuf::from(format!("{}.{stamp}-{n}", log.display()));
+        n += 1;
+    }
+    tokio::fs::rename(log, &target).await.map_err(io(log))?;
+    if let Err(message) = reopen().await {
+        // The runtime still writes into the renamed file: put it back.
+        let _ = tokio::fs::rename(&target, log).await;
+        return Err(Error::Io {
+            path: log.display().to_string(),
+            source: std::io::Error::other(format!("reopening the container log: {message}")),
+        });
+    }
+    Ok(true)
+}
+
+/// Checks every running container's log every [`ROTATION_CHECK`] and rotates it per
+/// `policy`, until `shutdown`.
+pub async fn run_rotation(
+    mut cri: super::cri::Cri,
+    policy: RotationPolicy,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use k8s_cri::v1 as cri_api;
+    let mut tick = tokio::time::interval(ROTATION_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let containers = match cri.containers(None).await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::debug!(%err, "listing containers for log rotation");
+                continue;
+            }
+        };
+        for c in containers
+            .iter()
+            .filter(|c| c.state == cri_api::ContainerState::ContainerRunning as i32)
+        {
+            let Ok(status) = cri.container_status(&c.id).await else {
+                continue;
+            };
+            if status.log_path.is_empty() {
+                continue;
+            }
+            let path = PathBuf::from(&status.log_path);
+            let mut reopen_cri = cri.clone();
+            let id = c.id.clone();
+            let reopen = || async move {
+                reopen_cri
+                    .runtime()
+                    .reopen_container_log(cri_api::ReopenContainerLogRequest { container_id: id })
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| s.message().to_string())
+            };
+            match rotate_if_needed(&path, policy, jiff::Timestamp::now(), reopen).await {
+                Ok(true) => {
+                    tracing::debug!(container = %c.id, path = %path.display(), "rotated container log")
+                }
+                Ok(false) => {}
+                Err(err) => tracing::warn!(container = %c.id, %err, "rotating container log"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -544,5 +737,41 @@ mod tests {
             Some(dir.path().join("0.log"))
         );
         assert_eq!(previous_file(&dir.path().join("0.log")), None);
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_max_files_and_compresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        let policy = RotationPolicy {
+            max_size: 100,
+            max_files: 3,
+        };
+        let t0: jiff::Timestamp = "2024-05-01T10:00:00Z".parse().unwrap();
+        let ok = || async { Ok::<(), String>(()) };
+        // Small: nothing happens.
+        std::fs::write(&log, "x".repeat(50)).unwrap();
+        assert!(!rotate_if_needed(&log, policy, t0, ok).await.unwrap());
+        for i in 0..4 {
+            std::fs::write(&log, format!("{i}").repeat(200)).unwrap();
+            let at = t0 + jiff::SignedDuration::from_secs(i);
+            assert!(rotate_if_needed(&log, policy, at, ok).await.unwrap());
+            assert!(!log.exists(), "the runtime writes the new file");
+        }
+        let names: Vec<String> = rotated_files(&log)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        // max_files 3 = the current file + two rotated ones; the older one is compressed.
+        assert_eq!(names, ["0.log.20240501-100002.gz", "0.log.20240501-100003"]);
+        let gz = std::fs::read(dir.path().join(&names[0])).unwrap();
+        assert_eq!(&gz[..2], &[0x1f, 0x8b]);
+        // A failed reopen puts the file back.
+        std::fs::write(&log, "y".repeat(200)).unwrap();
+        let fail = || async { Err::<(), String>("no".into()) };
+        assert!(rotate_if_needed(&log, policy, t0, fail).await.is_err());
+        assert_eq!(std::fs::read(&log).unwrap().len(), 200);
+        // Rotated files are never taken for a previous attempt.
+        assert_eq!(previous_file(&log), None);
     }
 }

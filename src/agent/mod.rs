@@ -21,6 +21,7 @@ pub mod pull_secrets;
 pub mod registries;
 pub mod resources;
 pub mod server;
+pub mod stats;
 pub mod volumes;
 
 use std::net::IpAddr;
@@ -101,6 +102,10 @@ pub struct AgentConfig {
     pub cluster_cidr: String,
     /// The cluster's service network (`--service-cidr`).
     pub service_cidr: String,
+    /// Container log rotation (`container-log-max-size`, `container-log-max-files`).
+    pub log_rotation: logs::RotationPolicy,
+    /// The node's resolv.conf (`--resolv-conf`, see [`crate::dns::node_resolv_conf`]).
+    pub resolv_conf: PathBuf,
 }
 
 impl AgentConfig {
@@ -145,6 +150,7 @@ impl AgentConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut max_pods = 110;
+        let mut log_rotation = logs::RotationPolicy::default();
         for arg in &args.kubelet_arg {
             match arg.split_once('=') {
                 Some(("max-pods", v)) => {
@@ -152,9 +158,21 @@ impl AgentConfig {
                         .parse()
                         .map_err(|_| Error::Config(format!("--kubelet-arg {arg:?}")))?
                 }
+                Some(("container-log-max-size", v)) => {
+                    log_rotation.max_size = crate::api::quantity::parse_quantity(v)
+                        .filter(|s| *s >= 1.0)
+                        .ok_or_else(|| Error::Config(format!("--kubelet-arg {arg:?}")))?
+                        as u64
+                }
+                Some(("container-log-max-files", v)) => {
+                    log_rotation.max_files =
+                        v.parse().ok().filter(|n| *n >= 2).ok_or_else(|| {
+                            Error::Config(format!("--kubelet-arg {arg:?}: must be at least 2"))
+                        })?
+                }
                 _ => {
                     return Err(Error::Config(format!(
-                        "--kubelet-arg {arg:?}: unsupported (supported: max-pods)"
+                        "--kubelet-arg {arg:?}: unsupported (supported: max-pods, container-log-max-size, container-log-max-files)"
                     )));
                 }
             }
@@ -189,6 +207,8 @@ impl AgentConfig {
             network_policy: !args.disable_network_policy,
             cluster_cidr: "10.42.0.0/16".to_string(),
             service_cidr: "10.43.0.0/16".to_string(),
+            log_rotation,
+            resolv_conf: crate::dns::node_resolv_conf(args.resolv_conf.as_deref()),
         })
     }
 }
@@ -246,6 +266,27 @@ impl AgentClients {
             ingress: cfg.client_for(INGRESS_USER, &[])?,
         })
     }
+
+    /// Builds every identity from the certificates a joining node received from the
+    /// server (`kaji agent`), for the API server at `url` verified with `ca_pem`.
+    pub fn from_credentials(
+        url: &str,
+        ca_pem: &str,
+        creds: &crate::pki::join::NodeCredentials,
+    ) -> Result<AgentClients, crate::client::Error> {
+        let client = |user: &str, pair: &crate::pki::join::CertPair| {
+            crate::client::client_with_cert(url, ca_pem, &pair.cert_pem, &pair.key_pem, user)
+        };
+        Ok(AgentClients {
+            node: client(
+                &crate::pki::join::node_user(&creds.node_name),
+                &creds.node,
+            )?,
+            proxy: client(PROXY_USER, &creds.proxy)?,
+            dns: client(DNS_USER, &creds.dns)?,
+            ingress: client(INGRESS_USER, &creds.ingress)?,
+        })
+    }
 }
 
 /// Runs the agent until `shutdown`: container runtime, node registration, heartbeats.
@@ -272,7 +313,9 @@ pub async fn run(
     }
     let mut cfg = cfg;
     cfg.runtime_version = version;
-    let (kubelet_port, kubelet_api) = server::start(&cfg, cri.clone(), shutdown.clone()).await?;
+    let node_stats = stats::Stats::default();
+    let (kubelet_port, kubelet_api) =
+        server::start(&cfg, cri.clone(), node_stats.clone(), shutdown.clone()).await?;
     cfg.kubelet_port = kubelet_port;
     node::register(&client, &cfg).await?;
     let pod_cidr = node::wait_pod_cidr(&client, &cfg, &shutdown).await?;
@@ -286,11 +329,58 @@ pub async fn run(
         (*cfg).clone(),
         shutdown.clone(),
     ));
+    // Node-level components beside the pod workers; each runs until `shutdown`.
+    let mut components: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    if cfg.enabled("ingress") {
+        components.push(tokio::spawn(crate::ingress::run(
+            clients.ingress.clone(),
+            crate::ingress::Listen::default(),
+            shutdown.clone(),
+        )));
+    }
+    if cfg.enabled("dns") {
+        let settings = crate::dns::Settings {
+            address: cfg.cluster_dns,
+            port: 53,
+            domain: cfg.cluster_domain.clone(),
+            resolv_conf: cfg.resolv_conf.clone(),
+            manage_interface: true,
+        };
+        // Pods keep running without it; the failure (e.g. port 53 taken) is logged.
+        match crate::dns::run(clients.dns.clone(), settings, shutdown.clone()).await {
+            Ok(dns) => components.push(dns),
+            Err(e) => tracing::error!(error = %e, "cluster DNS did not start"),
+        }
+    }
+    if cfg.kube_proxy {
+        let (_, proxy) = crate::proxy::start(
+            clients.proxy.clone(),
+            crate::proxy::Config::from_agent(&cfg),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| Error::Config(format!("service proxy: {e}")))?;
+        components.push(proxy);
+    }
+    components.push(tokio::spawn(stats::run_sampler(
+        stats::Sampler::new(&cfg.node_name, &cfg.data_dir, stats::Cgroups::host()),
+        cri.clone(),
+        node_stats,
+        shutdown.clone(),
+    )));
+    components.push(tokio::spawn(logs::run_rotation(
+        cri.clone(),
+        cfg.log_rotation,
+        shutdown.clone(),
+    )));
     let workers = tokio::spawn(pod_workers::run(client, cfg, cri, shutdown));
     let handle = tokio::spawn(async move {
         let _ = workers.await;
         let _ = heartbeat.await;
         let _ = kubelet_api.await;
+        for c in components {
+            let _ = c.await;
+        }
     });
     Ok(handle)
 }

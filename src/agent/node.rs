@@ -322,12 +322,25 @@ pub async fn renew_lease(client: &kube::Client, cfg: &AgentConfig) -> Result<(),
 pub async fn heartbeat(client: kube::Client, cfg: AgentConfig, shutdown: CancellationToken) {
     let mut lease_tick = tokio::time::interval(LEASE_RENEW);
     let mut status_tick = tokio::time::interval(STATUS_REPORT);
+    // After the control plane was unreachable the node may have been marked Unknown:
+    // report status at once when the lease goes through again.
+    let mut lease_failed = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = lease_tick.tick() => {
-                if let Err(err) = renew_lease(&client, &cfg).await {
-                    tracing::warn!(%err, node = %cfg.node_name, "renewing node lease");
+                match renew_lease(&client, &cfg).await {
+                    Ok(()) if lease_failed => {
+                        lease_failed = false;
+                        if let Err(err) = post_status(&client, &cfg).await {
+                            tracing::warn!(%err, node = %cfg.node_name, "posting node status");
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(err) => {
+                        lease_failed = true;
+                        tracing::warn!(%err, node = %cfg.node_name, "renewing node lease");
+                    }
                 }
             }
             _ = status_tick.tick() => {

@@ -659,7 +659,7 @@ fn dns_config(cfg: &AgentConfig, pod: &Value) -> cri::DnsConfig {
     let host_network = pod["spec"]["hostNetwork"] == true;
     let policy = pod["spec"]["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
     let host = || {
-        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let text = std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default();
         let mut d = cri::DnsConfig::default();
         for line in text.lines() {
             let mut parts = line.split_whitespace();
@@ -712,6 +712,11 @@ fn dns_config(cfg: &AgentConfig, pod: &Value) -> cri::DnsConfig {
             None => name.to_string(),
         });
     }
+    // Repeated servers and search domains are dropped, the first kept (as upstream).
+    let mut seen = std::collections::HashSet::new();
+    d.servers.retain(|x| seen.insert(x.clone()));
+    seen.clear();
+    d.searches.retain(|x| seen.insert(x.clone()));
     d
 }
 

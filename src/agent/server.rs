@@ -12,6 +12,9 @@
 //!   `101` is relayed and bytes are copied both ways, any other answer is relayed as is
 //!   (kubectl falls back from WebSocket to SPDY on its own).
 //!
+//! - `GET /stats/summary` and `GET /metrics/resource`: the latest resource usage sample
+//!   (see [`super::stats`]) as the summary API's JSON and as Prometheus text.
+//!
 //! The serving certificate is self-signed and kept in `<data-dir>/agent/`. Callers must
 //! present a client certificate signed by the cluster CA whose subject is the API
 //! server's kubelet client identity ([`APISERVER_CLIENT_CN`]); anyone else gets 401/403.
@@ -58,6 +61,7 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 struct Ctx {
     cri: Cri,
+    stats: super::stats::Stats,
     shutdown: CancellationToken,
 }
 
@@ -66,6 +70,7 @@ struct Ctx {
 pub async fn start(
     cfg: &AgentConfig,
     cri: Cri,
+    stats: super::stats::Stats,
     shutdown: CancellationToken,
 ) -> Result<(u16, tokio::task::JoinHandle<()>), Error> {
     let tls = tls_config(cfg)?;
@@ -86,6 +91,7 @@ pub async fn start(
     tracing::info!(port, "kubelet API listening");
     let ctx = Arc::new(Ctx {
         cri,
+        stats,
         shutdown: shutdown.clone(),
     });
     let acceptor = TlsAcceptor::from(tls);
@@ -323,6 +329,10 @@ enum Route {
         pod: String,
     },
     Healthz,
+    /// `/stats/summary`.
+    StatsSummary,
+    /// `/metrics/resource`.
+    MetricsResource,
 }
 
 /// Decodes a path segment the way query values are decoded (`+` is a space).
@@ -342,6 +352,8 @@ fn route(path: &str) -> Option<Route> {
     let s = |x: &str| x.to_string();
     Some(match p.as_slice() {
         ["healthz"] => Route::Healthz,
+        ["stats", "summary"] => Route::StatsSummary,
+        ["metrics", "resource"] => Route::MetricsResource,
         ["containerLogs", ns, pod, c] => Route::Logs {
             ns: s(ns),
             pod: s(pod),
@@ -386,12 +398,20 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<String>) -> 
             return text(
                 StatusCode::FORBIDDEN,
                 format!(
-                    "Forbidden (user={other}, verb={verb}, resource=nodes, subresource(s)=[proxy])"
+                    "Forbidden (user={other}, verb={verb}, resource=nodes, subresource(s)=[{}])",
+                    match route {
+                        Route::StatsSummary => "stats",
+                        Route::MetricsResource => "metrics",
+                        _ => "proxy",
+                    }
                 ),
             );
         }
     }
-    let streaming = !matches!(route, Route::Logs { .. });
+    let streaming = matches!(
+        route,
+        Route::Exec { .. } | Route::Attach { .. } | Route::PortForward { .. }
+    );
     if (streaming && !matches!(*req.method(), Method::GET | Method::POST))
         || (!streaming && *req.method() != Method::GET)
     {
@@ -420,6 +440,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<String>) -> 
             Err(e) => Err(e),
         },
         Route::Healthz => Ok(text(StatusCode::OK, "ok")),
+        Route::StatsSummary | Route::MetricsResource => Ok(stats_response(&ctx, &route)),
     };
     match result {
         Ok(r) => r,
@@ -428,6 +449,29 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, user: Option<String>) -> 
             text(code, message)
         }
     }
+}
+
+/// The latest usage sample as `/stats/summary` JSON or `/metrics/resource` text (503
+/// until the first sample is taken).
+fn stats_response(ctx: &Ctx, route: &Route) -> Response<Body> {
+    let Some(summary) = ctx.stats.latest() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no stats sample yet");
+    };
+    let (body, content_type) = if *route == Route::StatsSummary {
+        (
+            serde_json::to_vec(&*summary).unwrap_or_default(),
+            "application/json",
+        )
+    } else {
+        (
+            summary.prometheus().into_bytes(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut r = Response::new(full(body));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
 }
 
 /// The pod's containers of one name, newest first.
@@ -890,6 +934,8 @@ mod tests {
                 }),
             ),
             ("/healthz", Some(Route::Healthz)),
+            ("/stats/summary", Some(Route::StatsSummary)),
+            ("/metrics/resource", Some(Route::MetricsResource)),
             ("/containerLogs/default/web", None),
             ("/pods", None),
         ];

@@ -5,6 +5,7 @@
 //! or anything that performs IO.
 
 pub mod quantity;
+pub mod quota;
 pub mod resources;
 pub mod selector;
 pub mod status;

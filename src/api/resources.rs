@@ -312,6 +312,29 @@ pub static RESOURCES: &[ResourceInfo] = &[
         "selfsubjectreview",
         false,
     ),
+    // kubectl 1.27 `auth whoami` asks for v1beta1 (then v1alpha1).
+    ResourceInfo {
+        preferred: false,
+        ..virtual_resource(
+            "authentication.k8s.io",
+            "v1beta1",
+            "SelfSubjectReview",
+            "selfsubjectreviews",
+            "selfsubjectreview",
+            false,
+        )
+    },
+    ResourceInfo {
+        preferred: false,
+        ..virtual_resource(
+            "authentication.k8s.io",
+            "v1alpha1",
+            "SelfSubjectReview",
+            "selfsubjectreviews",
+            "selfsubjectreview",
+            false,
+        )
+    },
     virtual_resource(
         "authorization.k8s.io",
         "v1",

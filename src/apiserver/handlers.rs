@@ -338,6 +338,9 @@ async fn serve_inner(
             };
         }
         "/version" => return json_response(200, &discovery::version()),
+        p if super::join::is_join_path(p) => {
+            return super::join::serve(state.join.as_ref(), req).await;
+        }
         _ => {}
     }
     let user = match authenticate(state, req.headers(), cert_user).await {
@@ -361,6 +364,9 @@ async fn serve_inner(
     }
     if !state.is_ready() {
         return status_response(&Status::unavailable("the API server is starting"));
+    }
+    if let Some(r) = super::metrics_api::serve(state, &req, info).await {
+        return r;
     }
     let Some(ri) = lookup(&info.group, &info.version, &info.resource) else {
         return status_response(&Status::not_found_path());
@@ -388,6 +394,17 @@ async fn non_resource(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let path = info.path.trim_end_matches('/');
+    let aggregated = discovery::aggregated_version(accept);
+    if let Some(doc) = super::metrics_api::discovery(state, path, aggregated) {
+        return match aggregated.filter(|_| path == "/apis") {
+            Some(v) => respond(
+                200,
+                &discovery::aggregated_content_type(v),
+                serde_json::to_vec(&doc).unwrap_or_default(),
+            ),
+            None => json_response(200, &doc),
+        };
+    }
     match path {
         "/api" | "/apis" => {
             let core = path == "/api";

@@ -14,7 +14,9 @@ pub mod discovery;
 pub mod eviction;
 pub mod fieldmanager;
 pub mod handlers;
+pub mod join;
 pub mod metrics;
+pub mod metrics_api;
 pub mod openapi;
 pub mod protobuf;
 pub mod proxy;
@@ -54,6 +56,9 @@ pub enum Error {
     /// The TLS material is unusable.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// The service CIDR or node port range is invalid.
+    #[error(transparent)]
+    Services(#[from] registry::service_alloc::ConfigError),
     /// The store failed while loading the watch cache or bootstrapping.
     #[error("store: {0}")]
     Store(#[from] crate::store::Error),
@@ -99,6 +104,14 @@ pub struct Config {
     pub service_account_issuer: String,
     /// The client certificate presented to kubelets (logs, exec, attach, port-forward).
     pub kubelet_client: Option<proxy::KubeletClientConfig>,
+    /// The node join endpoints (`/v1-kaji/...`); `None` answers them with 404.
+    pub join: Option<join::JoinConfig>,
+    /// Whether the built-in resource metrics API (`metrics.k8s.io`) is served.
+    pub metrics_api: bool,
+    /// Service cluster IP and node port ranges.
+    pub services: registry::service_alloc::Ranges,
+    /// The address published in the `default/kubernetes` Endpoints (the advertise address).
+    pub endpoint_ip: std::net::IpAddr,
 }
 
 /// Shared state of the request handlers.
@@ -112,6 +125,8 @@ pub struct State {
     shutdown: CancellationToken,
     server_address: String,
     kubelet: Option<proxy::KubeletClient>,
+    join: Option<join::JoinConfig>,
+    metrics_api: Option<metrics_api::MetricsApi>,
 }
 
 impl State {
@@ -145,8 +160,12 @@ pub async fn start(
         what: "service account signing key".into(),
         status,
     })?;
+    let services = registry::service_alloc::Allocator::new(&cfg.services)?;
+    services.rebuild(&cache).await;
+    let services = Arc::new(services);
     let state = Arc::new(State {
-        registry: registry::Registry::new(store.clone(), cache, rbac),
+        registry: registry::Registry::new(store.clone(), cache, rbac)
+            .with_service_allocator(services.clone()),
         tokens: cfg.tokens.clone(),
         issuer,
         openapi: openapi::OpenApi::build(&discovery::git_version()),
@@ -160,9 +179,14 @@ pub async fn start(
             .map(proxy::KubeletClient::new)
             .transpose()
             .map_err(Error::Tls)?,
+        join: cfg.join.clone(),
+        metrics_api: cfg.metrics_api.then(metrics_api::MetricsApi::default),
     });
     bootstrap(&state).await?;
     state.ready.store(true, Ordering::Release);
+    if cfg.metrics_api {
+        metrics_api::spawn_scraper(state.clone());
+    }
     spawn_compactor(
         state.clone(),
         cfg.compaction_interval,
@@ -180,6 +204,13 @@ pub async fn start(
         source,
     })?;
     tracing::info!(%addr, "API server listening");
+    spawn_kubernetes_service(
+        state.clone(),
+        services.first_ip().into(),
+        cfg.endpoint_ip,
+        addr.port(),
+    )
+    .await;
     let done = tokio::spawn(server::serve(listener, tls, state, shutdown));
     Ok(Running { addr, done })
 }
@@ -215,7 +246,40 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
             what: "RBAC bootstrap policy".into(),
             status,
         })?;
+    admission::priority::bootstrap(&state.registry)
+        .await
+        .map_err(|status| Error::Bootstrap {
+            what: "system priority classes".into(),
+            status,
+        })?;
     Ok(())
+}
+
+/// Creates the `default/kubernetes` Service, Endpoints and EndpointSlice now, then keeps
+/// them current every 10 seconds.
+async fn spawn_kubernetes_service(
+    state: Arc<State>,
+    cluster_ip: std::net::IpAddr,
+    endpoint_ip: std::net::IpAddr,
+    port: u16,
+) {
+    use registry::kubernetes_service::reconcile;
+    if let Err(err) = reconcile(&state.registry, cluster_ip, endpoint_ip, port).await {
+        tracing::warn!(%err, "reconciling the kubernetes service");
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(err) = reconcile(&state.registry, cluster_ip, endpoint_ip, port).await {
+                tracing::warn!(%err, "reconciling the kubernetes service");
+            }
+        }
+    });
 }
 
 /// Compacts the store periodically, keeping the last `retain` revisions (like the

@@ -677,6 +677,19 @@ impl Schemas {
         for kind in ["Status", "DeleteOptions"] {
             add(meta(kind), "", "v1", kind.to_string());
         }
+        // Older served versions without a generated schema (SelfSubjectReview v1beta1 and
+        // v1alpha1) share the shape of the group's preferred version.
+        for r in resources::RESOURCES.iter().filter(|r| !r.preferred) {
+            let name = schema_name(r.group, r.version, r.kind);
+            if !defs.contains_key(&name)
+                && let Some(p) = resources::RESOURCES
+                    .iter()
+                    .find(|p| p.preferred && p.group == r.group && p.kind == r.kind)
+                && let Some(s) = defs.get(&schema_name(p.group, p.version, p.kind)).cloned()
+            {
+                defs.insert(name, s);
+            }
+        }
         for (name, set) in gvks {
             let list: Vec<Value> = set.iter().map(|(g, v, k)| gvk_value((g, v, k))).collect();
             let schema = defs.entry(name.clone()).or_insert_with(|| {

@@ -359,7 +359,7 @@ fn stream_query(q: &Query, exec: bool) -> Result<Vec<(&'static str, String)>, St
 }
 
 /// The kubelet's address (`host:port`) from the Node.
-fn kubelet_address(node: &Value) -> Option<(String, u16)> {
+pub(crate) fn kubelet_address(node: &Value) -> Option<(String, u16)> {
     let addrs = node["status"]["addresses"].as_array()?;
     let host = ["InternalIP", "ExternalIP", "Hostname"]
         .iter()
@@ -564,7 +564,7 @@ fn dropped(name: &header::HeaderName) -> bool {
     ) || n.starts_with("impersonate-")
 }
 
-async fn send(
+pub(crate) async fn send(
     kubelet: &KubeletClient,
     host: &str,
     port: u16,

@@ -855,16 +855,31 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
         )),
         ("HorizontalPodAutoscaler", "Targets") => {
             let metrics = spec["metrics"].as_array().cloned().unwrap_or_default();
+            // status.currentMetrics[i] reports spec.metrics[i] (as upstream's printer pairs them).
+            let statuses = st["currentMetrics"].as_array().cloned().unwrap_or_default();
             let parts: Vec<String> = metrics
                 .iter()
-                .map(|m| {
+                .enumerate()
+                .map(|(i, m)| {
                     let t = &m["resource"]["target"];
-                    let target = if t["averageUtilization"].is_number() {
-                        format!("{}%", count(&t["averageUtilization"]))
+                    let cur = statuses
+                        .get(i)
+                        .map(|c| &c["resource"]["current"])
+                        .filter(|c| c.is_object());
+                    let (current, target) = if t["averageUtilization"].is_number() {
+                        (
+                            cur.and_then(|c| c["averageUtilization"].as_i64())
+                                .map_or("<unknown>".to_string(), |u| format!("{u}%")),
+                            format!("{}%", count(&t["averageUtilization"])),
+                        )
                     } else {
-                        s(&t["averageValue"]).to_string()
+                        (
+                            cur.and_then(|c| c["averageValue"].as_str())
+                                .map_or("<unknown>".to_string(), str::to_string),
+                            s(&t["averageValue"]).to_string(),
+                        )
                     };
-                    format!("{}: <unknown>/{target}", s(&m["resource"]["name"]))
+                    format!("{}: {current}/{target}", s(&m["resource"]["name"]))
                 })
                 .collect();
             json!(or_none(parts.join(", ")))

@@ -38,32 +38,43 @@ impl ClientConfig {
     /// A client authenticating as `user` in `groups`.
     pub fn client_for(&self, user: &str, groups: &[&str]) -> Result<kube::Client, Error> {
         let (cert, key) = pki::issue_client_cert(&self.ca_pem, &self.ca_key_pem, user, groups)?;
-        let url = self
-            .url
-            .parse::<http::Uri>()
-            .map_err(|_| Error::Url(self.url.clone()))?;
-        let mut config = kube::Config::new(url);
-        config.root_cert = Some(pem_to_der(&self.ca_pem));
-        let b64 = base64::engine::general_purpose::STANDARD;
-        config.auth_info.client_certificate_data = Some(b64.encode(cert));
-        config.auth_info.client_key_data = Some(b64.encode(key).into());
-        config.default_namespace = "default".into();
-        // The API server names a write's field manager after the client (User-Agent), so
-        // components show up in managedFields as upstream's do (`kube-controller-manager`).
-        let agent = match user.strip_prefix("system:") {
-            Some(n) if n.starts_with("node:") => "kubelet".to_string(),
-            Some(n) => n.to_string(),
-            None => user.to_string(),
-        };
-        if let Ok(v) = http::HeaderValue::from_str(&format!(
-            "{agent}/{} (linux) kaji",
-            crate::config::KUBELET_VERSION
-        )) {
-            config.headers.push((http::header::USER_AGENT, v));
-        }
-        config.connect_timeout = Some(std::time::Duration::from_secs(10));
-        Ok(kube::Client::try_from(config)?)
+        client_with_cert(&self.url, &self.ca_pem, &cert, &key, user)
     }
+}
+
+/// A client for the API server at `url` (verified with `ca_pem`) authenticating with a
+/// client certificate issued to `user` (e.g. one a joining node received from the server).
+pub fn client_with_cert(
+    url: &str,
+    ca_pem: &str,
+    cert: &str,
+    key: &str,
+    user: &str,
+) -> Result<kube::Client, Error> {
+    let uri = url
+        .parse::<http::Uri>()
+        .map_err(|_| Error::Url(url.to_string()))?;
+    let mut config = kube::Config::new(uri);
+    config.root_cert = Some(pem_to_der(ca_pem));
+    let b64 = base64::engine::general_purpose::STANDARD;
+    config.auth_info.client_certificate_data = Some(b64.encode(cert));
+    config.auth_info.client_key_data = Some(b64.encode(key).into());
+    config.default_namespace = "default".into();
+    // The API server names a write's field manager after the client (User-Agent), so
+    // components show up in managedFields as upstream's do (`kube-controller-manager`).
+    let agent = match user.strip_prefix("system:") {
+        Some(n) if n.starts_with("node:") => "kubelet".to_string(),
+        Some(n) => n.to_string(),
+        None => user.to_string(),
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&format!(
+        "{agent}/{} (linux) kaji",
+        crate::config::KUBELET_VERSION
+    )) {
+        config.headers.push((http::header::USER_AGENT, v));
+    }
+    config.connect_timeout = Some(std::time::Duration::from_secs(10));
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// DER bytes of every certificate in a PEM bundle.

@@ -3,6 +3,7 @@
 //!
 //! Depends on: everything. Nothing depends on it except `main.rs`.
 
+mod agent;
 mod image;
 mod server;
 
@@ -16,7 +17,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            if args.agent.cleanup_proxy {
+                return Ok(rt.block_on(crate::proxy::cleanup())?);
+            }
             rt.block_on(server::run(args))
+        }
+        Command::Agent(args) => {
+            init_tracing(args.debug);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            if args.agent.cleanup_proxy {
+                return Ok(rt.block_on(crate::proxy::cleanup())?);
+            }
+            rt.block_on(agent::run(args))
         }
         Command::Image(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -21,9 +21,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&server_dir)
         .with_context(|| format!("creating {}", server_dir.display()))?;
 
-    let token = ensure_token(&server_dir, args.token.as_deref())?;
-    let _ = token;
-
     let hostname = hostname();
     let mut hostnames = vec![hostname.clone()];
     let mut ips: Vec<IpAddr> = Vec::new();
@@ -49,6 +46,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain.clone(),
     })
     .context("preparing certificates")?;
+    let join_secret = ensure_token(&server_dir, args.token.as_deref(), &material.ca_cert_pem)?;
 
     let db = server_dir.join("db");
     let store: Arc<dyn Store> = Arc::new(
@@ -77,6 +75,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         } else {
             args.bind_address
         });
+    apiserver::admission::default_tolerations::configure(
+        args.default_not_ready_toleration_seconds,
+        args.default_unreachable_toleration_seconds,
+    );
     let running = apiserver::start(
         apiserver::Config {
             bind,
@@ -95,6 +97,33 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 args.cluster_domain
             ),
             kubelet_client: Some(kubelet_client),
+            metrics_api: !args.agent.disabled("metrics-server"),
+            services: apiserver::registry::service_alloc::Ranges {
+                service_cidr: args.service_cidr.clone(),
+                node_port_range: args.service_node_port_range.clone(),
+                reserved: vec![args.cluster_dns],
+            },
+            // Pods reach the API server through the kubernetes Service at this address.
+            endpoint_ip: args
+                .advertise_address
+                .or_else(|| (!args.bind_address.is_unspecified()).then_some(args.bind_address))
+                .or(args.agent.node_ip)
+                .or_else(crate::agent::node::default_ip)
+                .unwrap_or(advertise_ip),
+            join: Some(apiserver::join::JoinConfig {
+                secret: join_secret,
+                ca_cert_pem: material.ca_cert_pem.clone(),
+                ca_key_pem: material.ca_key_pem.clone(),
+                cluster: crate::pki::join::ClusterSettings {
+                    cluster_dns: args.cluster_dns.to_string(),
+                    cluster_domain: args.cluster_domain.clone(),
+                    service_cidr: args.service_cidr.clone(),
+                    cluster_cidr: args.cluster_cidr.clone(),
+                    disable: args.agent.disable.clone(),
+                    disable_kube_proxy: args.agent.disable_kube_proxy,
+                    disable_network_policy: args.agent.disable_network_policy,
+                },
+            }),
         },
         store.clone(),
         shutdown.clone(),
@@ -125,11 +154,47 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ca_pem: material.ca_cert_pem.clone(),
             ca_key_pem: material.ca_key_pem.clone(),
         },
-        &args.cluster_cidr,
+        &crate::controllers::Settings {
+            cluster_cidr: args.cluster_cidr.clone(),
+            node_monitor_grace_period: args.node_monitor_grace_period,
+            terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+            local_storage: (!args.agent.disabled("local-storage"))
+                .then(|| args.data_dir.join("storage")),
+            servicelb: (!args.agent.disabled("servicelb")).then(|| {
+                if args.agent.disabled("ingress") {
+                    crate::controllers::servicelb::Settings::default()
+                } else {
+                    crate::controllers::servicelb::Settings::with_ingress()
+                }
+            }),
+        },
         shutdown.clone(),
     )
     .await
     .context("starting controllers")?;
+
+    if !args.agent.disabled("dns") {
+        let client = crate::client::ClientConfig {
+            url: local.clone(),
+            ca_pem: material.ca_cert_pem.clone(),
+            ca_key_pem: material.ca_key_pem.clone(),
+        }
+        .client_for("system:kaji-controller", &[])
+        .context("cluster DNS service client")?;
+        crate::dns::ensure_service(client, args.cluster_dns, shutdown.clone());
+    }
+    if !args.agent.disabled("ingress") {
+        let client = crate::client::ClientConfig {
+            url: local.clone(),
+            ca_pem: material.ca_cert_pem.clone(),
+            ca_key_pem: material.ca_key_pem.clone(),
+        }
+        .client_for("system:kaji-controller", &[])
+        .context("ingress class client")?;
+        if let Err(err) = crate::ingress::ensure_ingress_class(client).await {
+            tracing::warn!(%err, "creating the kaji IngressClass");
+        }
+    }
 
     let scheduler_client = crate::client::ClientConfig {
         url: local.clone(),
@@ -198,26 +263,38 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Keeps the cluster join token in `<data-dir>/server/token`, generating one on first start.
-fn ensure_token(server_dir: &std::path::Path, given: Option<&str>) -> anyhow::Result<String> {
+/// Keeps the cluster join token in `<data-dir>/server/token` in k3s's format
+/// (`K10<sha256 of the CA>::server:<secret>`, which lets agents verify the CA they
+/// download), generating the secret on first start; returns the secret.
+fn ensure_token(
+    server_dir: &std::path::Path,
+    given: Option<&str>,
+    ca_pem: &str,
+) -> anyhow::Result<String> {
+    use crate::pki::join::Token;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = server_dir.join("token");
-    if let Some(t) = given {
-        if let Ok(existing) = std::fs::read_to_string(&path) {
-            if existing.trim() != t {
-                anyhow::bail!(
-                    "--token does not match the token this server was initialised with ({})",
-                    path.display()
-                );
-            }
-            return Ok(t.to_string());
+    let stored = std::fs::read_to_string(&path).ok();
+    let existing = stored
+        .as_deref()
+        .map(Token::parse)
+        .transpose()
+        .with_context(|| format!("reading {}", path.display()))?;
+    let given = given.map(Token::parse).transpose().context("--token")?;
+    if let Some(g) = &given {
+        if existing.as_ref().is_some_and(|e| e.secret != g.secret) {
+            anyhow::bail!(
+                "--token does not match the token this server was initialised with ({})",
+                path.display()
+            );
         }
-    } else if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(existing.trim().to_string());
+        if !g.verifies(ca_pem) {
+            anyhow::bail!("--token names a different cluster CA than this server's");
+        }
     }
-    let token = match given {
-        Some(t) => t.to_string(),
+    let secret = match existing.or(given) {
+        Some(t) => t.secret,
         None => {
             use rand::Rng;
             let mut rng = rand::rng();
@@ -226,13 +303,20 @@ fn ensure_token(server_dir: &std::path::Path, given: Option<&str>) -> anyhow::Re
                 .collect()
         }
     };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{token}")?;
-    Ok(token)
+    let full = Token::full(ca_pem, &secret);
+    if stored.as_deref().map(str::trim) != Some(full.as_str()) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(f, "{full}")?;
+    }
+    tracing::info!(
+        path = %path.display(),
+        "join token written; join nodes with `kaji agent --server https://<this server>:<port> --token-file <copy of it>`"
+    );
+    Ok(secret)
 }

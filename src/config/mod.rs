@@ -53,6 +53,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (API server, store, controllers) and, unless disabled, a node agent.
     Server(ServerArgs),
+    /// Run a node agent that joins an existing server.
+    Agent(AgentCommandArgs),
     /// Manage the container images of this node's containerd.
     Image(ImageArgs),
 }
@@ -133,6 +135,47 @@ pub struct AgentArgs {
     /// Do not enforce NetworkPolicies.
     #[arg(long, env = "KAJI_DISABLE_NETWORK_POLICY")]
     pub disable_network_policy: bool,
+    /// The resolv.conf naming the node's upstream resolvers, for cluster DNS forwarding
+    /// and pods with `dnsPolicy: Default` (default: /etc/resolv.conf, or systemd-resolved's
+    /// /run/systemd/resolve/resolv.conf when the former names only loopback resolvers).
+    #[arg(long, env = "KAJI_RESOLV_CONF", value_name = "FILE")]
+    pub resolv_conf: Option<PathBuf>,
+    /// Remove the service proxy's nftables rules (table `ip kaji`) from this node and exit.
+    #[arg(long)]
+    pub cleanup_proxy: bool,
+}
+
+/// Flags of `kaji agent`.
+#[derive(Debug, Clone, Args)]
+#[command(args_override_self = true)]
+pub struct AgentCommandArgs {
+    /// Load flags from this YAML file (keys are flag names without dashes).
+    #[arg(short = 'c', long, env = "KAJI_CONFIG_FILE", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The server to join, e.g. `https://10.0.0.1:6443`.
+    #[arg(short = 's', long, env = "KAJI_URL", value_name = "URL")]
+    pub server: Option<String>,
+    /// The cluster's join token (`<data-dir>/server/token` on the server).
+    #[arg(short = 't', long, env = "KAJI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the join token from this file.
+    #[arg(long, env = "KAJI_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Folder to hold state.
+    #[arg(
+        short = 'd',
+        long,
+        env = "KAJI_DATA_DIR",
+        default_value = "/var/lib/kaji",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Turn on debug logs.
+    #[arg(long, env = "KAJI_DEBUG")]
+    pub debug: bool,
+    /// Node agent settings.
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 /// The built-in components `--disable` may name, with their k3s aliases.
@@ -233,6 +276,20 @@ pub struct ServerArgs {
     /// Turn on debug logs.
     #[arg(long, env = "KAJI_DEBUG")]
     pub debug: bool,
+    /// How long a node may go without renewing its lease or posting status before it is
+    /// marked NotReady (Unknown) and tainted unreachable (e.g. `40s`, `1m`).
+    #[arg(long, env = "KAJI_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Number of terminated pods that can exist before the pod garbage collector starts
+    /// deleting them (0 or less: never).
+    #[arg(long, env = "KAJI_TERMINATED_POD_GC_THRESHOLD", default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: i32,
+    /// Seconds pods tolerate the node.kubernetes.io/not-ready:NoExecute taint unless they say otherwise.
+    #[arg(long, env = "KAJI_DEFAULT_NOT_READY_TOLERATION_SECONDS", default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+    /// Seconds pods tolerate the node.kubernetes.io/unreachable:NoExecute taint unless they say otherwise.
+    #[arg(long, env = "KAJI_DEFAULT_UNREACHABLE_TOLERATION_SECONDS", default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: i64,
     /// Node agent settings (used unless --disable-agent).
     #[command(flatten)]
     pub agent: AgentArgs,
@@ -252,6 +309,36 @@ pub struct ServerArgs {
         hide = true
     )]
     pub store_compaction_retain: u64,
+}
+
+/// Parses a Go-style duration: `40s`, `1m30s`, `500ms`, `2h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let err = || format!("invalid duration {s:?} (e.g. 40s, 1m30s, 500ms)");
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(err)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            "m" => std::time::Duration::from_secs(n * 60),
+            "h" => std::time::Duration::from_secs(n * 3600),
+            _ => return Err(err()),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -278,9 +365,10 @@ pub fn parse() -> Result<Cli, Error> {
 /// Inserts flags from the config file right after the subcommand, so that flags on the
 /// command line (later, so they win) and set environment variables take precedence.
 pub fn with_config_file(args: Vec<OsString>) -> Result<Vec<OsString>, Error> {
-    let Some(sub_pos) = args.iter().position(|a| a == "server") else {
+    let Some(sub_pos) = args.iter().position(|a| a == "server" || a == "agent") else {
         return Ok(args);
     };
+    let agent = args[sub_pos] == "agent";
     let explicit = find_flag(&args[sub_pos + 1..], "--config", "-c")
         .or_else(|| std::env::var_os("KAJI_CONFIG_FILE").map(PathBuf::from));
     let path = match explicit {
@@ -293,7 +381,11 @@ pub fn with_config_file(args: Vec<OsString>) -> Result<Vec<OsString>, Error> {
             p
         }
     };
-    let injected = config_file_args(&path)?;
+    let injected = if agent {
+        config_file_args_for(&path, AgentCommandArgs::augment_args(clap::Command::new("agent")))?
+    } else {
+        config_file_args(&path)?
+    };
     let mut out: Vec<OsString> = args[..=sub_pos].to_vec();
     out.extend(injected.into_iter().map(OsString::from));
     out.extend(args[sub_pos + 1..].iter().cloned());
@@ -314,8 +406,13 @@ fn find_flag(args: &[OsString], long: &str, short: &str) -> Option<PathBuf> {
     None
 }
 
-/// Turns a config file into command-line flags.
+/// Turns a config file into `kaji server` command-line flags.
 pub fn config_file_args(path: &Path) -> Result<Vec<String>, Error> {
+    config_file_args_for(path, ServerArgs::augment_args(clap::Command::new("server")))
+}
+
+/// Turns a config file into command-line flags of the subcommand `cmd`.
+pub fn config_file_args_for(path: &Path, cmd: clap::Command) -> Result<Vec<String>, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.display().to_string(),
         source,
@@ -334,7 +431,6 @@ pub fn config_file_args(path: &Path) -> Result<Vec<String>, Error> {
         serde_json::Value::Null => return Ok(Vec::new()),
         _ => return Err(invalid("expected a mapping of flag names to values".into())),
     };
-    let cmd = ServerArgs::augment_args(clap::Command::new("server"));
     let mut out = Vec::new();
     for (key, value) in map {
         let Some(arg) = cmd
@@ -342,7 +438,8 @@ pub fn config_file_args(path: &Path) -> Result<Vec<String>, Error> {
             .find(|a| a.get_long() == Some(key.as_str()))
         else {
             return Err(invalid(format!(
-                "unknown key {key:?} (keys are `kaji server` flag names)"
+                "unknown key {key:?} (keys are `kaji {}` flag names)",
+                cmd.get_name()
             )));
         };
         if key == "config" {
@@ -429,6 +526,45 @@ mod tests {
         assert_eq!(s.tls_san, vec!["a.example", "b.example"]);
         assert!(s.disable_agent);
         assert_eq!(s.cluster_domain, "x.local");
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("40s", Some(40_000)),
+            ("1m30s", Some(90_000)),
+            ("500ms", Some(500)),
+            ("2h", Some(7_200_000)),
+            ("", None),
+            ("10", None),
+            ("5d", None),
+        ];
+        for (s, want) in cases {
+            let got = parse_duration(s).ok().map(|d| d.as_millis() as u64);
+            assert_eq!(got, want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn agent_flags_env_and_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.yaml");
+        std::fs::write(&f, "server: https://10.0.0.1:6443\nnode-name: edge1\n").unwrap();
+        let args: Vec<OsString> = ["kaji", "agent", "--config", f.to_str().unwrap()]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let merged = with_config_file(args).unwrap();
+        let Command::Agent(a) = Cli::parse_from(merged).command else {
+            panic!("agent")
+        };
+        assert_eq!(a.server.as_deref(), Some("https://10.0.0.1:6443"));
+        assert_eq!(a.agent.node_name.as_deref(), Some("edge1"));
+        assert_eq!(a.data_dir, PathBuf::from("/var/lib/kaji"));
+        let Command::Server(s) = Cli::parse_from(["kaji", "server"]).command else {
+            panic!("server")
+        };
+        assert_eq!(s.node_monitor_grace_period, std::time::Duration::from_secs(40));
     }
 
     #[test]

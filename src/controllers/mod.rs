@@ -4,14 +4,29 @@
 //! Depends on: `client`, `api`. Must not depend on: `store`, `apiserver`.
 
 mod clusterrole_aggregation;
+mod cronjob;
+mod daemonset;
 mod deployment;
 mod disruption;
+mod endpoints;
+mod endpointslice;
 mod garbage_collector;
+mod history;
+mod local_path;
+mod hpa;
+mod job;
 mod namespace;
 mod node_ipam;
+mod node_lifecycle;
+mod podgc;
+mod pv_binder;
 mod replicaset;
+mod resourcequota;
 mod root_ca_publisher;
 mod serviceaccount;
+pub mod servicelb;
+mod statefulset;
+mod ttl_after_finished;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -50,22 +65,54 @@ impl Controllers {
     }
 }
 
+/// Cluster settings the controllers need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The pod network, split into node podCIDRs (`--cluster-cidr`).
+    pub cluster_cidr: String,
+    /// How long a node may stay silent before it is marked Unknown and tainted
+    /// unreachable (`--node-monitor-grace-period`).
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Terminated pods kept before the pod GC deletes the oldest (0: unlimited;
+    /// `--terminated-pod-gc-threshold`).
+    pub terminated_pod_gc_threshold: i32,
+    /// Where the local-path provisioner makes volumes (`<data-dir>/storage`); `None`
+    /// with `--disable local-storage`.
+    pub local_storage: Option<std::path::PathBuf>,
+    /// ServiceLB's settings; `None` with `--disable servicelb`.
+    pub servicelb: Option<servicelb::Settings>,
+}
+
 /// Starts every controller; they run until `shutdown`.
 pub async fn start(
     cfg: ClientConfig,
-    cluster_cidr: &str,
+    settings: &Settings,
     shutdown: CancellationToken,
 ) -> Result<Controllers, client::Error> {
+    let cluster_cidr = settings.cluster_cidr.as_str();
     let client = cfg.client_for("system:kube-controller-manager", &[])?;
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(garbage_collector::run(client.clone(), shutdown.clone())),
         tokio::spawn(replicaset::run(client.clone(), shutdown.clone())),
         tokio::spawn(deployment::run(client.clone(), shutdown.clone())),
+        tokio::spawn(daemonset::run(client.clone(), shutdown.clone())),
+        tokio::spawn(statefulset::run(client.clone(), shutdown.clone())),
+        tokio::spawn(pv_binder::run(client.clone(), shutdown.clone())),
+        tokio::spawn(job::run(client.clone(), shutdown.clone())),
+        tokio::spawn(cronjob::run(client.clone(), shutdown.clone())),
+        tokio::spawn(ttl_after_finished::run(client.clone(), shutdown.clone())),
+        tokio::spawn(podgc::run(
+            client.clone(),
+            settings.terminated_pod_gc_threshold,
+            shutdown.clone(),
+        )),
         tokio::spawn(clusterrole_aggregation::run(
             client.clone(),
             shutdown.clone(),
         )),
         tokio::spawn(disruption::run(client.clone(), shutdown.clone())),
+        tokio::spawn(hpa::run(client.clone(), shutdown.clone())),
+        tokio::spawn(resourcequota::run(client.clone(), shutdown.clone())),
         tokio::spawn(serviceaccount::run(client.clone(), shutdown.clone())),
         tokio::spawn(root_ca_publisher::run(
             client.clone(),
@@ -77,7 +124,24 @@ pub async fn start(
             cluster_cidr.to_string(),
             shutdown.clone(),
         )),
-        tokio::spawn(namespace::run(client, shutdown)),
+        tokio::spawn(node_lifecycle::run(
+            client.clone(),
+            settings.node_monitor_grace_period,
+            shutdown.clone(),
+        )),
+        tokio::spawn(namespace::run(client.clone(), shutdown.clone())),
+        tokio::spawn(endpointslice::run(client.clone(), shutdown.clone())),
+        tokio::spawn(endpoints::run(client.clone(), shutdown.clone())),
     ];
+    if let Some(lb) = &settings.servicelb {
+        tasks.push(tokio::spawn(servicelb::run(
+            client.clone(),
+            lb.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(base) = &settings.local_storage {
+        tasks.push(tokio::spawn(local_path::run(client, base.clone(), shutdown)));
+    }
     Ok(Controllers { tasks })
 }

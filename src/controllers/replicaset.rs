@@ -31,7 +31,7 @@
 //! Depends on: `api` (label selectors), kube-rs. Never the store or the API server.
 
 pub(crate) mod events;
-mod expectations;
+pub(crate) mod expectations;
 pub(crate) mod ownership;
 pub(crate) mod pods;
 

@@ -10,6 +10,7 @@
 //! Depends only on config-free inputs (paths, names, addresses) plus rcgen, x509-parser
 //! and serde-saphyr. Must not depend on: `apiserver`, `store`, `config`, or any client.
 
+pub mod join;
 mod kubeconfig;
 
 use std::collections::BTreeSet;

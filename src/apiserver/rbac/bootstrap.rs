@@ -207,6 +207,14 @@ pub fn cluster_roles() -> Vec<RoleSpec> {
                 r(ALL_VERBS, &["coordination.k8s.io"], &["leases"]),
             ],
         },
+        // What metrics-server ships: reading resource metrics is part of view (and so of
+        // edit and admin).
+        RoleSpec {
+            name: "system:aggregated-metrics-reader",
+            aggregate_to: &["admin", "edit", "view"],
+            aggregates: None,
+            rules: vec![r(READ, &["metrics.k8s.io"], &["pods", "nodes"])],
+        },
         RoleSpec {
             name: "system:aggregate-to-view",
             aggregate_to: &["view"],
@@ -990,6 +998,7 @@ mod tests {
                 .contains(&to)
         };
         assert!(labeled("system:aggregate-to-view", "view"));
+        assert!(labeled("system:aggregated-metrics-reader", "view"));
         assert!(labeled("view", "edit") && labeled("edit", "admin"));
     }
 

@@ -9,6 +9,8 @@
 //! writes go to the store.
 
 pub mod convert;
+pub mod kubernetes_service;
+pub mod service_alloc;
 pub mod strategy;
 
 use std::sync::Arc;
@@ -131,6 +133,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     cache: Arc<Cache>,
     rbac: Arc<Rbac>,
+    /// Service ClusterIP and NodePort allocation (None: Services get none).
+    services: Option<Arc<service_alloc::Allocator>>,
 }
 
 /// The store key of an object.
@@ -300,7 +304,23 @@ pub fn check_field_selector(ri: &ResourceInfo, f: &FieldSelector) -> Result<(), 
 impl Registry {
     /// A registry over `store`, reading through `cache`.
     pub fn new(store: Arc<dyn Store>, cache: Arc<Cache>, rbac: Arc<Rbac>) -> Registry {
-        Registry { store, cache, rbac }
+        Registry {
+            store,
+            cache,
+            rbac,
+            services: None,
+        }
+    }
+
+    /// Allocates Service cluster IPs and node ports with `alloc`.
+    pub fn with_service_allocator(mut self, alloc: Arc<service_alloc::Allocator>) -> Registry {
+        self.services = Some(alloc);
+        self
+    }
+
+    /// The Service allocator, if any.
+    pub fn service_allocator(&self) -> Option<&Arc<service_alloc::Allocator>> {
+        self.services.as_ref()
     }
 
     /// The RBAC authorizer.
@@ -617,6 +637,8 @@ impl Registry {
         self.validate(sri, &obj, None)?;
         self.check_namespace(ri, ns).await?;
         admission::validate(self, &attrs, &obj, None).await?;
+        let svc_txn =
+            service_alloc::allocate(self.services.as_ref(), sri, &mut obj, None, opts.dry_run)?;
         let k = key(sri, ns, &name);
         let bytes = encode(&obj)?;
         if opts.dry_run {
@@ -634,6 +656,7 @@ impl Registry {
             .create(&k, bytes)
             .await
             .map_err(|e| store_err(ri, &name, e))?;
+        svc_txn.commit();
         cache::set_resource_version(&mut obj, kv.mod_revision);
         Ok(Written {
             object: convert::from_storage(ri, &obj),
@@ -747,6 +770,16 @@ impl Registry {
             };
             self.validate(sri, &obj, old_for_validation)?;
             admission::validate(self, &attrs, &obj, Some(&old)).await?;
+            let svc_txn = match subresource {
+                None => service_alloc::allocate(
+                    self.services.as_ref(),
+                    sri,
+                    &mut obj,
+                    Some(&old),
+                    opts.dry_run,
+                )?,
+                Some(_) => service_alloc::allocate(None, sri, &mut obj, None, true)?,
+            };
             // Identical objects are not rewritten (no new revision, no watch event).
             let mut old_cmp = old.clone();
             cache::set_resource_version(&mut old_cmp, 0);
@@ -779,6 +812,8 @@ impl Registry {
                 }
                 match self.store.delete(&key(sri, ns, name), Some(old_rev)).await {
                     Ok(kv) => {
+                        drop(svc_txn);
+                        service_alloc::release(self.services.as_ref(), sri, &old);
                         cache::set_resource_version(&mut obj, kv.mod_revision);
                         return Ok(Written {
                             object: convert::from_storage(ri, &obj),
@@ -803,6 +838,7 @@ impl Registry {
                 .await
             {
                 Ok(kv) => {
+                    svc_txn.commit();
                     cache::set_resource_version(&mut obj, kv.mod_revision);
                     return Ok(Written {
                         object: convert::from_storage(ri, &obj),
@@ -1144,6 +1180,7 @@ impl Registry {
             }
             match self.store.delete(&key(sri, ns, name), Some(old_rev)).await {
                 Ok(kv) => {
+                    service_alloc::release(self.services.as_ref(), sri, &old);
                     cache::set_resource_version(&mut obj, kv.mod_revision);
                     return Ok((convert::from_storage(ri, &obj), true));
                 }
