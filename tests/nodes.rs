@@ -275,10 +275,11 @@ fn agent_joins_runs_pods_and_unreachable_nodes_are_evicted() {
 
     // node2 joins and becomes Ready.
     let mut agent = Agent::start(&server, "node2", &token);
+    let agent_log_path = agent.log_path();
     let logs = || {
         format!(
             "--- agent:\n{}\n--- server:\n{}",
-            agent_log(&agent),
+            std::fs::read_to_string(&agent_log_path).unwrap_or_default(),
             server.log()
         )
     };
@@ -434,7 +435,7 @@ spec:
                     .any(|t| t.starts_with("node.kubernetes.io/"))
         })
     });
-    assert!(agent_log(&agent).contains("using stored node credentials"));
+    assert!(agent.log().contains("using stored node credentials"));
 
     // Teardown while node2 still runs its pods, so its kubelet stops them.
     let _ = server.kubectl(&["delete", "deployment", "web", "--wait=false"]);
@@ -450,10 +451,6 @@ spec:
         (o.status.success() && o.stdout.is_empty()).then_some(())
     });
     agent.stop();
-}
-
-fn agent_log(agent: &Agent) -> String {
-    agent.log()
 }
 
 /// Imports the busybox image (built by `import_busybox` for the server) into the agent's

@@ -124,9 +124,14 @@ fn requests(server: &Server, in_node: bool, url: &str, n: usize) -> Vec<String> 
         cmd.arg(url);
     }
     let out = cmd.output().unwrap();
+    // httpd's CGI reports IPv4 clients as `[::ffff:a.b.c.d]`.
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(str::to_string)
+        .map(|l| {
+            l.trim_start_matches("[::ffff:")
+                .trim_end_matches(']')
+                .to_string()
+        })
         .collect()
 }
 
@@ -281,7 +286,7 @@ fn services_balance_reject_nodeport_local_hairpin_affinity() {
         "--",
         "sh",
         "-c",
-        "for i in $(seq 30); do wget -qO- -T 3 http://10.43.100.10/; done",
+        "for i in $(seq 30); do wget -qO- http://10.43.100.10/; done",
     ]));
     let hair = count(&out.lines().map(str::to_string).collect::<Vec<_>>());
     assert_eq!(hair.values().sum::<usize>(), 30, "{hair:?}");

@@ -41,7 +41,11 @@ pub(crate) fn subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
         .and_then(|s| s.ports.clone())
         .unwrap_or_default();
     // (ports key) → (ports, ready addresses, not-ready addresses)
-    type Group = (Vec<EndpointPort>, Vec<EndpointAddress>, Vec<EndpointAddress>);
+    type Group = (
+        Vec<EndpointPort>,
+        Vec<EndpointAddress>,
+        Vec<EndpointAddress>,
+    );
     // First: each address → the ports it serves (upstream maps port → addresses, then
     // groups addresses serving the same port set).
     let mut per_address: Vec<(EndpointAddress, bool, Vec<EndpointPort>)> = Vec::new();
@@ -89,8 +93,11 @@ pub(crate) fn subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
             }
         }
         ports.sort_by(|a, b| {
-            (a.name.as_deref(), a.port, a.protocol.as_deref())
-                .cmp(&(b.name.as_deref(), b.port, b.protocol.as_deref()))
+            (a.name.as_deref(), a.port, a.protocol.as_deref()).cmp(&(
+                b.name.as_deref(),
+                b.port,
+                b.protocol.as_deref(),
+            ))
         });
         per_address.push((address, ready, ports));
     }
@@ -197,15 +204,20 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         .default_backoff()
         .reflect(pod_writer)
         .touched_objects();
-    let endpoints_events = watcher(Api::<Endpoints>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .touched_objects();
+    let endpoints_events = watcher(
+        Api::<Endpoints>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
     let services = svc_store.clone();
     let index = Arc::new(PodIndex::default());
     let queue = stream::select(
         stream::select(
             trigger_self(svc_events, ()),
-            trigger_with(pod_events, move |pod: Pod| index.services_for(&services, &pod)),
+            trigger_with(pod_events, move |pod: Pod| {
+                index.services_for(&services, &pod)
+            }),
         ),
         trigger_with(endpoints_events, |ep: Endpoints| {
             let ns = ep.namespace().unwrap_or_default();
@@ -309,33 +321,57 @@ mod tests {
         let pods = vec![
             pod("b", 2, false, json!({})),
             pod("a", 1, true, json!({})),
-            pod("c", 3, true, json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z"}})),
-            pod("d", 4, true, json!({"spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 9000}]}]}})),
+            pod(
+                "c",
+                3,
+                true,
+                json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z"}}),
+            ),
+            pod(
+                "d",
+                4,
+                true,
+                json!({"spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 9000}]}]}}),
+            ),
         ];
         let subs = subsets(&s, &pods);
         assert_eq!(subs.len(), 2);
         assert_eq!(ips(&subs[0].addresses), vec!["10.42.0.1"]);
         assert_eq!(ips(&subs[0].not_ready_addresses), vec!["10.42.0.2"]);
         let p = &subs[0].ports.as_ref().unwrap()[0];
-        assert_eq!((p.name.as_deref(), p.port, p.protocol.as_deref()), (Some("http"), 8080, Some("TCP")));
+        assert_eq!(
+            (p.name.as_deref(), p.port, p.protocol.as_deref()),
+            (Some("http"), 8080, Some("TCP"))
+        );
         assert_eq!(ips(&subs[1].addresses), vec!["10.42.0.4"]);
         assert_eq!(subs[1].ports.as_ref().unwrap()[0].port, 9000);
 
         // publishNotReadyAddresses: all ready, terminating included.
         let s = svc(json!({"spec": {"publishNotReadyAddresses": true}}));
         let subs = subsets(&s, &pods);
-        assert_eq!(ips(&subs[0].addresses), vec!["10.42.0.1", "10.42.0.2", "10.42.0.3"]);
+        assert_eq!(
+            ips(&subs[0].addresses),
+            vec!["10.42.0.1", "10.42.0.2", "10.42.0.3"]
+        );
         assert!(subs[0].not_ready_addresses.is_none());
     }
 
     #[test]
     fn headless_without_ports() {
         let s = svc(json!({"spec": {"clusterIP": "None", "ports": null}}));
-        let pods = vec![pod("a", 1, true, json!({"spec": {"hostname": "a", "subdomain": "web"}}))];
+        let pods = vec![pod(
+            "a",
+            1,
+            true,
+            json!({"spec": {"hostname": "a", "subdomain": "web"}}),
+        )];
         let subs = subsets(&s, &pods);
         assert_eq!(ips(&subs[0].addresses), vec!["10.42.0.1"]);
         assert!(subs[0].ports.is_none());
-        assert_eq!(subs[0].addresses.as_ref().unwrap()[0].hostname.as_deref(), Some("a"));
+        assert_eq!(
+            subs[0].addresses.as_ref().unwrap()[0].hostname.as_deref(),
+            Some("a")
+        );
         assert_eq!(labels(&s)[LABEL_HEADLESS], "");
         assert!(subsets(&s, &[]).is_empty());
     }

@@ -112,12 +112,7 @@ pub(crate) fn pod_ready(pod: &Pod) -> bool {
 /// The pod's IPv4 address, if it has one.
 pub(crate) fn pod_ipv4(pod: &Pod) -> Option<String> {
     let st = pod.status.as_ref()?;
-    let mut ips: Vec<&str> = st
-        .pod_ips
-        .iter()
-        .flatten()
-        .map(|p| p.ip.as_str())
-        .collect();
+    let mut ips: Vec<&str> = st.pod_ips.iter().flatten().map(|p| p.ip.as_str()).collect();
     if let Some(ip) = st.pod_ip.as_deref() {
         ips.insert(0, ip);
     }
@@ -283,7 +278,10 @@ fn ports_key(ports: &[EndpointPort]) -> String {
 }
 
 /// Desired endpoints grouped by port set: key → (ports, endpoints ordered by pod name).
-pub(crate) fn desired(svc: &Service, pods: &[Arc<Pod>]) -> BTreeMap<String, (Vec<EndpointPort>, Vec<Endpoint>)> {
+pub(crate) fn desired(
+    svc: &Service,
+    pods: &[Arc<Pod>],
+) -> BTreeMap<String, (Vec<EndpointPort>, Vec<Endpoint>)> {
     let mut pods: Vec<&Arc<Pod>> = pods.iter().filter(|p| selects(svc, p)).collect();
     pods.sort_by_key(|p| p.name_any());
     let mut groups: BTreeMap<String, (Vec<EndpointPort>, Vec<Endpoint>)> = BTreeMap::new();
@@ -313,7 +311,11 @@ fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
     let mut labels: BTreeMap<String, String> = svc
         .labels()
         .iter()
-        .filter(|(k, _)| k.as_str() != LABEL_SERVICE_NAME && k.as_str() != LABEL_MANAGED_BY && k.as_str() != LABEL_HEADLESS)
+        .filter(|(k, _)| {
+            k.as_str() != LABEL_SERVICE_NAME
+                && k.as_str() != LABEL_MANAGED_BY
+                && k.as_str() != LABEL_HEADLESS
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     labels.insert(LABEL_SERVICE_NAME.into(), svc.name_any());
@@ -355,10 +357,47 @@ pub(crate) fn plan(svc: &Service, pods: &[Arc<Pod>], existing: &[EndpointSlice])
     let mut plan = Plan::default();
     let labels = slice_labels(svc);
     let owner = owner_ref(svc);
-    let mut groups = desired(svc, pods);
-    // A Service without endpoints keeps one empty slice (no ports).
+    let groups = desired(svc, pods);
+    // A Service without endpoints keeps one empty slice (no ports): the first existing
+    // one if there is one.
     if groups.is_empty() {
-        groups.insert(String::new(), (Vec::new(), Vec::new()));
+        let mut existing: Vec<&EndpointSlice> = existing.iter().collect();
+        existing.sort_by_key(|s| s.name_any());
+        let keep = existing.iter().position(|s| s.address_type == "IPv4");
+        for (i, s) in existing.iter().enumerate() {
+            if Some(i) != keep {
+                plan.delete.push(s.name_any());
+            }
+        }
+        match keep {
+            Some(i) => {
+                let s = existing[i];
+                let mut next = s.clone();
+                next.endpoints = Vec::new();
+                next.ports = None;
+                next.metadata.labels = Some(labels);
+                next.metadata.owner_references = Some(vec![owner]);
+                next.metadata.managed_fields = None;
+                let mut cur = s.clone();
+                cur.metadata.managed_fields = None;
+                if next != cur {
+                    plan.update.push(next);
+                }
+            }
+            None => plan.create.push(EndpointSlice {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{}-", svc.name_any())),
+                    namespace: svc.namespace(),
+                    labels: Some(labels),
+                    owner_references: Some(vec![owner]),
+                    ..ObjectMeta::default()
+                },
+                address_type: "IPv4".into(),
+                endpoints: Vec::new(),
+                ports: None,
+            }),
+        }
+        return plan;
     }
     let mut existing: Vec<EndpointSlice> = existing.to_vec();
     existing.sort_by_key(|s| s.name_any());
@@ -400,16 +439,13 @@ pub(crate) fn plan(svc: &Service, pods: &[Arc<Pod>], existing: &[EndpointSlice])
                 eps.push(rest.remove(0));
             }
         }
-        // Slices left empty go, unless the group has no endpoints at all (keep one).
-        let group_empty = endpoints.is_empty();
-        let mut kept_one = false;
+        // Slices left empty go.
         for (i, eps) in mine {
             let s = &existing[i];
-            if eps.is_empty() && (!group_empty || kept_one) {
+            if eps.is_empty() {
                 plan.delete.push(s.name_any());
                 continue;
             }
-            kept_one = true;
             let mut next = s.clone();
             next.endpoints = eps;
             next.ports = (!ports.is_empty()).then(|| ports.clone());
@@ -422,14 +458,11 @@ pub(crate) fn plan(svc: &Service, pods: &[Arc<Pod>], existing: &[EndpointSlice])
                 plan.update.push(next);
             }
         }
-        let need_new = !rest.is_empty() || (group_empty && !kept_one);
-        if need_new {
-            let chunks: Vec<Vec<Endpoint>> = if rest.is_empty() {
-                vec![Vec::new()]
-            } else {
-                rest.chunks(MAX_ENDPOINTS_PER_SLICE).map(<[Endpoint]>::to_vec).collect()
-            };
-            for eps in chunks {
+        {
+            for eps in rest
+                .chunks(MAX_ENDPOINTS_PER_SLICE)
+                .map(<[Endpoint]>::to_vec)
+            {
                 plan.create.push(EndpointSlice {
                     metadata: ObjectMeta {
                         generate_name: Some(format!("{}-", svc.name_any())),
@@ -465,10 +498,13 @@ struct Ctx {
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let (svc_store, svc_writer) = reflector::store::<Service>();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let svc_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(svc_writer)
-        .applied_objects();
+    let svc_events = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(svc_writer)
+    .applied_objects();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(pod_writer)
@@ -484,7 +520,9 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let queue = stream::select(
         stream::select(
             trigger_self(svc_events, ()),
-            trigger_with(pod_events, move |pod: Pod| index.services_for(&services, &pod)),
+            trigger_with(pod_events, move |pod: Pod| {
+                index.services_for(&services, &pod)
+            }),
         ),
         trigger_with(slice_events, |slice: EndpointSlice| {
             let ns = slice.namespace().unwrap_or_default();
@@ -546,7 +584,8 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .items;
     let plan = plan(&svc, &pods, &existing);
     for s in &plan.update {
-        api.replace(&s.name_any(), &PostParams::default(), s).await?;
+        api.replace(&s.name_any(), &PostParams::default(), s)
+            .await?;
         tracing::debug!(service = %name, ns = %ns, slice = %s.name_any(), endpoints = s.endpoints.len(), "updated endpoint slice");
     }
     for s in &plan.create {
@@ -563,7 +602,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
     for n in &plan.delete {
         match api.delete(n, &DeleteParams::default()).await {
-            Ok(_) => tracing::debug!(service = %name, ns = %ns, slice = %n, "deleted endpoint slice"),
+            Ok(_) => {
+                tracing::debug!(service = %name, ns = %ns, slice = %n, "deleted endpoint slice")
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
@@ -611,8 +652,18 @@ pub(crate) mod tests {
         let pods = vec![
             pod("a", 1, true, json!({})),
             pod("b", 2, false, json!({})),
-            pod("c", 3, true, json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z"}})),
-            pod("d", 4, true, json!({"metadata": {"labels": {"app": "other"}}})),
+            pod(
+                "c",
+                3,
+                true,
+                json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z"}}),
+            ),
+            pod(
+                "d",
+                4,
+                true,
+                json!({"metadata": {"labels": {"app": "other"}}}),
+            ),
             pod("e", 5, true, json!({"status": {"phase": "Succeeded"}})),
             pod("f", 0, true, json!({"status": {"podIP": null}})),
         ];
@@ -624,15 +675,26 @@ pub(crate) mod tests {
         let labels = slice.metadata.labels.clone().unwrap();
         assert_eq!(labels[LABEL_SERVICE_NAME], "web");
         assert_eq!(labels[LABEL_MANAGED_BY], CONTROLLER_NAME);
-        assert_eq!(slice.metadata.owner_references.as_ref().unwrap()[0].name, "web");
+        assert_eq!(
+            slice.metadata.owner_references.as_ref().unwrap()[0].name,
+            "web"
+        );
         let ports = slice.ports.clone().unwrap();
-        assert_eq!((ports[0].name.as_deref(), ports[0].port), (Some("http"), Some(8080)));
+        assert_eq!(
+            (ports[0].name.as_deref(), ports[0].port),
+            (Some("http"), Some(8080))
+        );
         let got: Vec<(String, bool, bool, bool)> = slice
             .endpoints
             .iter()
             .map(|e| {
                 let c = e.conditions.clone().unwrap();
-                (e.addresses[0].clone(), c.ready.unwrap(), c.serving.unwrap(), c.terminating.unwrap())
+                (
+                    e.addresses[0].clone(),
+                    c.ready.unwrap(),
+                    c.serving.unwrap(),
+                    c.terminating.unwrap(),
+                )
             })
             .collect();
         assert_eq!(
@@ -651,28 +713,58 @@ pub(crate) mod tests {
         // publishNotReadyAddresses: everything is ready.
         let s = svc(json!({"spec": {"publishNotReadyAddresses": true}}));
         let p = plan(&s, &pods, &[]);
-        assert!(p.create[0].endpoints.iter().all(|e| e.conditions.as_ref().unwrap().ready == Some(true)));
+        assert!(
+            p.create[0]
+                .endpoints
+                .iter()
+                .all(|e| e.conditions.as_ref().unwrap().ready == Some(true))
+        );
     }
 
     #[test]
     fn named_ports_split_slices_and_hostnames() {
         let s = svc(json!({"spec": {"clusterIP": "None"}, "metadata": {"labels": {"team": "x"}}}));
         let pods = vec![
-            pod("a", 1, true, json!({"spec": {"hostname": "a", "subdomain": "web"}})),
-            pod("b", 2, true, json!({"spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 9090}]}]}})),
-            pod("c", 3, true, json!({"spec": {"containers": [{"name": "c"}]}})),
+            pod(
+                "a",
+                1,
+                true,
+                json!({"spec": {"hostname": "a", "subdomain": "web"}}),
+            ),
+            pod(
+                "b",
+                2,
+                true,
+                json!({"spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 9090}]}]}}),
+            ),
+            pod(
+                "c",
+                3,
+                true,
+                json!({"spec": {"containers": [{"name": "c"}]}}),
+            ),
         ];
         let p = plan(&s, &pods, &[]);
         assert_eq!(p.create.len(), 3, "{:?}", p.create);
         let by_port: Vec<(Option<i32>, Vec<String>)> = p
             .create
             .iter()
-            .map(|s| (s.ports.as_ref().map(|p| p[0].port.unwrap()), s.endpoints.iter().map(|e| e.addresses[0].clone()).collect()))
+            .map(|s| {
+                (
+                    s.ports.as_ref().map(|p| p[0].port.unwrap()),
+                    s.endpoints.iter().map(|e| e.addresses[0].clone()).collect(),
+                )
+            })
             .collect();
         assert!(by_port.contains(&(None, vec!["10.42.0.3".to_string()])));
         assert!(by_port.contains(&(Some(8080), vec!["10.42.0.1".to_string()])));
         assert!(by_port.contains(&(Some(9090), vec!["10.42.0.2".to_string()])));
-        let with_host = p.create.iter().flat_map(|s| &s.endpoints).find(|e| e.addresses[0] == "10.42.0.1").unwrap();
+        let with_host = p
+            .create
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .find(|e| e.addresses[0] == "10.42.0.1")
+            .unwrap();
         assert_eq!(with_host.hostname.as_deref(), Some("a"));
         let labels = p.create[0].metadata.labels.clone().unwrap();
         assert_eq!(labels[LABEL_HEADLESS], "");
@@ -687,7 +779,10 @@ pub(crate) mod tests {
         existing[0].metadata.name = Some("web-abcde".into());
         // Nothing changed: nothing to write.
         let p = plan(&s, &pods, &existing);
-        assert!(p.create.is_empty() && p.update.is_empty() && p.delete.is_empty(), "{p:?}");
+        assert!(
+            p.create.is_empty() && p.update.is_empty() && p.delete.is_empty(),
+            "{p:?}"
+        );
         // One pod turns unready: one in-place update.
         let pods2 = vec![pod("a", 1, true, json!({})), pod("b", 2, false, json!({}))];
         let p = plan(&s, &pods2, &existing);
@@ -709,7 +804,8 @@ pub(crate) mod tests {
         let pods: Vec<Arc<Pod>> = (0..250u32)
             .map(|i| {
                 let mut p = (*pod(&format!("p{i:03}"), 0, true, json!({}))).clone();
-                p.status.as_mut().unwrap().pod_ip = Some(format!("10.42.{}.{}", i / 250, i % 250 + 1));
+                p.status.as_mut().unwrap().pod_ip =
+                    Some(format!("10.42.{}.{}", i / 250, i % 250 + 1));
                 Arc::new(p)
             })
             .collect();
@@ -724,6 +820,8 @@ pub(crate) mod tests {
         let mut s = svc(json!({}));
         s.spec.as_mut().unwrap().selector = None;
         assert!(!managed(&s));
-        assert!(!managed(&svc(json!({"spec": {"type": "ExternalName", "externalName": "x.example"}}))));
+        assert!(!managed(&svc(
+            json!({"spec": {"type": "ExternalName", "externalName": "x.example"}})
+        )));
     }
 }

@@ -1436,7 +1436,7 @@ mod tests {
         assert_eq!(n.replicas, 10);
         assert_eq!(n.able.0, "ScaleDownStabilized");
         // Later, the window holds only the recommendation of 2 made at 60 s.
-        let n = normalize(&mut h, &b, 10, 0, 2, 10, t(300));
+        let n = normalize(&mut h, &b, 10, 0, 2, 10, t(321));
         assert_eq!(n.replicas, 2);
         assert_eq!(n.able.0, "ScaleDownStabilized");
         assert_eq!(n.limited.1, "DesiredWithinRange");

@@ -27,7 +27,7 @@ use futures::{StreamExt, future, stream};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::controller::{self, Action};
+use kube::runtime::controller::{self, Action, ReconcileRequest};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -136,7 +136,7 @@ pub async fn run(client: Client, base: PathBuf, shutdown: CancellationToken) {
         ctx.clone(),
         pvc_store,
         claims
-            .map(|r| Ok::<_, std::convert::Infallible>(r.into()))
+            .map(|r| Ok::<ReconcileRequest<PersistentVolumeClaim>, std::convert::Infallible>(r.into()))
             .take_until(async move { stop.cancelled().await }),
         controller::Config::default(),
     )
@@ -155,7 +155,7 @@ pub async fn run(client: Client, base: PathBuf, shutdown: CancellationToken) {
         ctx,
         pv_store,
         volumes
-            .map(|r| Ok::<_, std::convert::Infallible>(r.into()))
+            .map(|r| Ok::<ReconcileRequest<PersistentVolume>, std::convert::Infallible>(r.into()))
             .take_until(async move { stop.cancelled().await }),
         controller::Config::default(),
     )

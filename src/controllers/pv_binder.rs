@@ -33,7 +33,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{self, Action, trigger_self, trigger_with};
+use kube::runtime::controller::{self, Action, ReconcileRequest};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -165,7 +165,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         ctx.clone(),
         pvc_store,
         pvc_rx
-            .map(|r| Ok::<_, std::convert::Infallible>(r.into()))
+            .map(|r| Ok::<ReconcileRequest<PersistentVolumeClaim>, std::convert::Infallible>(r.into()))
             .take_until(async move { stop.cancelled().await }),
         controller::Config::default(),
     )
@@ -180,7 +180,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         ctx,
         pv_store,
         pv_rx
-            .map(|r| Ok::<_, std::convert::Infallible>(r.into()))
+            .map(|r| Ok::<ReconcileRequest<PersistentVolume>, std::convert::Infallible>(r.into()))
             .take_until(async move { stop.cancelled().await }),
         controller::Config::default(),
     )

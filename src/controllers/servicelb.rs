@@ -93,14 +93,23 @@ fn svc_key(svc: &Service) -> String {
 
 /// Who holds the first port `svc` needs, if another Service (older, or equally old and
 /// first by name) or a reserved listener does.
-fn conflict(svc: &Service, all: &[Arc<Service>], settings: &Settings) -> Option<(i32, String, String)> {
+fn conflict(
+    svc: &Service,
+    all: &[Arc<Service>],
+    settings: &Settings,
+) -> Option<(i32, String, String)> {
     let mine = claims(svc);
     for (port, proto, who) in &settings.reserved {
         if mine.iter().any(|(p, pr)| p == port && pr == proto) {
             return Some((*port, proto.clone(), who.clone()));
         }
     }
-    let order = |s: &Service| (s.metadata.creation_timestamp.clone().map(|t| t.0), svc_key(s));
+    let order = |s: &Service| {
+        (
+            s.metadata.creation_timestamp.clone().map(|t| t.0),
+            svc_key(s),
+        )
+    };
     let mut others: Vec<&Arc<Service>> = all
         .iter()
         .filter(|o| handled(o) && svc_key(o) != svc_key(svc))
@@ -113,7 +122,10 @@ fn conflict(svc: &Service, all: &[Arc<Service>], settings: &Settings) -> Option<
         let theirs = claims(o);
         let blocked = theirs.iter().any(|(p, pr)| {
             held.iter().any(|(hp, hpr, _)| hp == p && hpr == pr)
-                || settings.reserved.iter().any(|(rp, rpr, _)| rp == p && rpr == pr)
+                || settings
+                    .reserved
+                    .iter()
+                    .any(|(rp, rpr, _)| rp == p && rpr == pr)
         });
         if blocked {
             continue;
@@ -133,7 +145,9 @@ fn conflict(svc: &Service, all: &[Arc<Service>], settings: &Settings) -> Option<
 fn ingress(nodes: &[Arc<Node>]) -> Vec<LoadBalancerIngress> {
     let mut ips: Vec<std::net::Ipv4Addr> = Vec::new();
     for n in nodes {
-        let Some(st) = n.status.as_ref() else { continue };
+        let Some(st) = n.status.as_ref() else {
+            continue;
+        };
         let ready = st
             .conditions
             .iter()
@@ -177,10 +191,13 @@ struct Ctx {
 pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) {
     let (svc_store, svc_writer) = reflector::store::<Service>();
     let (node_store, node_writer) = reflector::store::<Node>();
-    let svc_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(svc_writer)
-        .touched_objects();
+    let svc_events = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(svc_writer)
+    .touched_objects();
     let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(node_writer)
@@ -191,7 +208,9 @@ pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken
             services
                 .state()
                 .iter()
-                .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
+                .filter(|s| {
+                    s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+                })
                 .map(|s| ObjectRef::from_obj(&**s))
                 .collect()
         }
@@ -279,10 +298,15 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if want == current {
         return Ok(Action::requeue(RESYNC));
     }
-    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    let api: Api<Service> =
+        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
     let patch = json!({"status": {"loadBalancer": {"ingress": if want.is_empty() { serde_json::Value::Null } else { serde_json::to_value(&want).unwrap_or_default() }}}});
-    api.patch_status(&svc.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    api.patch_status(
+        &svc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     let ips: Vec<String> = want.iter().filter_map(|i| i.ip.clone()).collect();
     tracing::info!(service = %svc_key(&svc), ingress = ?ips, "updated load balancer status");
     Ok(Action::requeue(RESYNC))
@@ -306,8 +330,10 @@ mod tests {
     }
 
     fn node(name: &str, ready: bool, addrs: &[(&str, &str)]) -> Arc<Node> {
-        let addrs: Vec<serde_json::Value> =
-            addrs.iter().map(|(t, a)| json!({"type": t, "address": a})).collect();
+        let addrs: Vec<serde_json::Value> = addrs
+            .iter()
+            .map(|(t, a)| json!({"type": t, "address": a}))
+            .collect();
         Arc::new(
             serde_json::from_value(json!({"metadata": {"name": name},
                 "status": {"addresses": addrs, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}}))
@@ -319,7 +345,11 @@ mod tests {
     fn ingress_from_ready_nodes() {
         let nodes = vec![
             node("b", true, &[("InternalIP", "10.0.0.2"), ("Hostname", "b")]),
-            node("a", true, &[("InternalIP", "10.0.0.9"), ("ExternalIP", "203.0.113.5")]),
+            node(
+                "a",
+                true,
+                &[("InternalIP", "10.0.0.9"), ("ExternalIP", "203.0.113.5")],
+            ),
             node("c", false, &[("InternalIP", "10.0.0.3")]),
         ];
         let ips: Vec<String> = ingress(&nodes).into_iter().map(|i| i.ip.unwrap()).collect();
@@ -330,20 +360,32 @@ mod tests {
     #[test]
     fn port_conflicts() {
         let first = lb("first", "2024-01-01T00:00:00Z", &[(8080, "TCP")]);
-        let second = lb("second", "2024-01-01T00:01:00Z", &[(8080, "TCP"), (9090, "TCP")]);
+        let second = lb(
+            "second",
+            "2024-01-01T00:01:00Z",
+            &[(8080, "TCP"), (9090, "TCP")],
+        );
         let third = lb("third", "2024-01-01T00:02:00Z", &[(9090, "TCP")]);
         let udp = lb("udp", "2024-01-01T00:03:00Z", &[(8080, "UDP")]);
         let all = vec![first.clone(), second.clone(), third.clone(), udp.clone()];
         let none = Settings::default();
         assert_eq!(conflict(&first, &all, &none), None);
         let (port, proto, who) = conflict(&second, &all, &none).unwrap();
-        assert_eq!((port, proto.as_str(), who.as_str()), (8080, "TCP", "LoadBalancer service default/first"));
+        assert_eq!(
+            (port, proto.as_str(), who.as_str()),
+            (8080, "TCP", "LoadBalancer service default/first")
+        );
         // The blocked Service holds nothing, so the third gets 9090.
         assert_eq!(conflict(&third, &all, &none), None);
         assert_eq!(conflict(&udp, &all, &none), None);
         // 80/443 belong to the ingress controller.
         let web = lb("web", "2024-01-01T00:00:00Z", &[(80, "TCP")]);
-        assert!(conflict(&web, &[web.clone()], &Settings::with_ingress()).unwrap().2.contains("ingress"));
+        assert!(
+            conflict(&web, &[web.clone()], &Settings::with_ingress())
+                .unwrap()
+                .2
+                .contains("ingress")
+        );
         assert_eq!(conflict(&web, &[web.clone()], &none), None);
     }
 

@@ -188,8 +188,8 @@ fn write_sysctl(path: &str, value: &str) {
 
 /// Sysctls services need, and a route for the service network if the node has none (a
 /// node without a default route could not even send to a cluster IP: the route goes to a
-/// dummy device, so packets that no rule translates are discarded, as kube-proxy's IPVS
-/// mode does with kube-ipvs0).
+/// dummy device, or an empty bridge where the kernel has no dummy driver, so packets that
+/// no rule translates are discarded, as kube-proxy's IPVS mode does with kube-ipvs0).
 async fn prepare_node(cfg: &Config) {
     write_sysctl("net/ipv4/ip_forward", "1");
     if !std::path::Path::new("/proc/sys/net/bridge").exists() {
@@ -237,7 +237,11 @@ async fn prepare_node(cfg: &Config) {
             }
         }
     };
-    ip(&["link", "add", SERVICE_LINK, "type", "dummy"]).await;
+    // A dummy device where the kernel has one, else a bridge without ports: either way
+    // nothing that leaves through it goes anywhere.
+    if !ip(&["link", "add", SERVICE_LINK, "type", "dummy"]).await {
+        ip(&["link", "add", SERVICE_LINK, "type", "bridge"]).await;
+    }
     ip(&["link", "set", SERVICE_LINK, "up"]).await;
     if ip(&["route", "replace", &cfg.service_cidr, "dev", SERVICE_LINK]).await {
         tracing::info!(cidr = %cfg.service_cidr, dev = SERVICE_LINK, "no route to the service network: added one");
@@ -246,7 +250,7 @@ async fn prepare_node(cfg: &Config) {
     }
 }
 
-/// The dummy device routing the service network on nodes without a default route.
+/// The device routing the service network on nodes without a default route.
 pub const SERVICE_LINK: &str = "kaji-svc";
 
 /// Spawns a reflector task that keeps `writer` current and pokes `wake` on every event.

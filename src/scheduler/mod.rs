@@ -9,6 +9,7 @@
 //! Depends on: `client`, `api`. Must not depend on: `store`, `apiserver`, `agent`.
 
 pub mod plugins;
+pub mod volume_binding;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -263,7 +264,15 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
                     continue;
                 }
             }
-            match schedule_one(&pod, &node_list) {
+            let volumes = volume_binding::resolve(&client, &pod).await;
+            let placed = match &volumes {
+                Ok(v) => schedule_one_with(&pod, &node_list, v),
+                Err(reason) => Err(unschedulable_message(node_list.len(), reason)),
+            };
+            if let (Ok(node), Ok(v)) = (&placed, &volumes) {
+                volume_binding::select_node(&client, &pod, v, node).await;
+            }
+            match placed {
                 Ok(node) => match bind(&client, &pod, &node).await {
                     Ok(()) => {
                         backoff.remove(&uid);
@@ -315,6 +324,22 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
 
 /// Picks the best node, or explains why none fits.
 pub fn schedule_one(pod: &Value, nodes: &[NodeInfo]) -> Result<String, String> {
+    schedule_one_with(pod, nodes, &volume_binding::PodVolumes::default())
+}
+
+/// "0/N nodes are available: <reason>." for a pod no node can take.
+fn unschedulable_message(nodes: usize, reason: &str) -> String {
+    format!(
+        "0/{nodes} nodes are available: {reason}. preemption: 0/{nodes} nodes are available: {nodes} Preemption is not helpful for scheduling."
+    )
+}
+
+/// [`schedule_one`] with the pod's volume constraints (VolumeBinding).
+pub fn schedule_one_with(
+    pod: &Value,
+    nodes: &[NodeInfo],
+    volumes: &volume_binding::PodVolumes,
+) -> Result<String, String> {
     if nodes.is_empty() {
         return Err("0/0 nodes are available: no nodes available to schedule pods.".into());
     }
@@ -325,7 +350,10 @@ pub fn schedule_one(pod: &Value, nodes: &[NodeInfo]) -> Result<String, String> {
             .as_str()
             .unwrap_or("")
             .to_string();
-        match plugins::filter(pod, info, nodes) {
+        let filtered = plugins::filter(pod, info, nodes).and_then(|()| {
+            volume_binding::fits(volumes, &info.node).map_err(|r| vec![r])
+        });
+        match filtered {
             Ok(()) => {
                 let s = plugins::score(pod, info);
                 if best

@@ -86,7 +86,7 @@ fn labels(obj: &Value) -> Option<&serde_json::Map<String, Value>> {
     obj["metadata"]["labels"].as_object()
 }
 
-fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
+pub(crate) fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
     let node_labels = labels(node);
     let exprs = term["matchExpressions"]
         .as_array()

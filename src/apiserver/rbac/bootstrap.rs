@@ -447,6 +447,8 @@ pub fn cluster_roles() -> Vec<RoleSpec> {
                     &["controllerrevisions", "replicasets"],
                 ),
                 r(&["create"], &["batch"], &["jobs"]),
+                // The local-path provisioner creates its StorageClass.
+                r(&["create"], &["storage.k8s.io"], &["storageclasses"]),
                 r(&["create"], &["discovery.k8s.io"], &["endpointslices"]),
                 r(&["create"], &["events.k8s.io"], &["events"]),
                 r(&["create"], &["coordination.k8s.io"], &["leases"]),

@@ -26,7 +26,11 @@ fn opts() -> WriteOptions {
     }
 }
 
-fn resource(group: &str, version: &str, plural: &str) -> Result<&'static crate::api::ResourceInfo, Status> {
+fn resource(
+    group: &str,
+    version: &str,
+    plural: &str,
+) -> Result<&'static crate::api::ResourceInfo, Status> {
     lookup(group, version, plural).ok_or_else(|| Status::internal(format!("{plural} not served")))
 }
 
@@ -77,9 +81,16 @@ async fn reconcile_service(reg: &Registry, cluster_ip: IpAddr, port: u16) -> Res
             let mut next = cur.clone();
             next["spec"]["ports"] = want;
             next["spec"]["type"] = json!("ClusterIP");
-            reg.update(ri, Some(NAMESPACE), NAME, None, Update::Replace(&next), &opts())
-                .await
-                .map(|_| ())
+            reg.update(
+                ri,
+                Some(NAMESPACE),
+                NAME,
+                None,
+                Update::Replace(&next),
+                &opts(),
+            )
+            .await
+            .map(|_| ())
         }
     }
 }
@@ -110,12 +121,23 @@ async fn ensure(
             for f in fields {
                 next[*f] = desired[*f].clone();
             }
-            for (k, v) in desired["metadata"]["labels"].as_object().into_iter().flatten() {
+            for (k, v) in desired["metadata"]["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
                 next["metadata"]["labels"][k] = v.clone();
             }
-            reg.update(ri, Some(NAMESPACE), NAME, None, Update::Replace(&next), &opts())
-                .await
-                .map(|_| ())
+            reg.update(
+                ri,
+                Some(NAMESPACE),
+                NAME,
+                None,
+                Update::Replace(&next),
+                &opts(),
+            )
+            .await
+            .map(|_| ())
         }
     }
 }

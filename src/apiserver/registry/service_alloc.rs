@@ -120,8 +120,8 @@ fn random_below(n: u32) -> u32 {
 impl Allocator {
     /// An empty allocator over `ranges`.
     pub fn new(ranges: &Ranges) -> Result<Allocator, ConfigError> {
-        let (base, size) =
-            parse_cidr(&ranges.service_cidr).ok_or_else(|| ConfigError::Cidr(ranges.service_cidr.clone()))?;
+        let (base, size) = parse_cidr(&ranges.service_cidr)
+            .ok_or_else(|| ConfigError::Cidr(ranges.service_cidr.clone()))?;
         let (port_low, port_high) = parse_port_range(&ranges.node_port_range)
             .ok_or_else(|| ConfigError::PortRange(ranges.node_port_range.clone()))?;
         let mut reserved = vec![1];
@@ -162,7 +162,10 @@ impl Allocator {
         let (entries, _, _) = cache.list(&sri.storage_prefix(), None, 0, |_| true).await;
         let mut st = State::default();
         for e in &entries {
-            let uid = e.object["metadata"]["uid"].as_str().unwrap_or("").to_string();
+            let uid = e.object["metadata"]["uid"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             let name = e.object["metadata"]["name"].as_str().unwrap_or("");
             for ip in service_ips(&e.object) {
                 match self.offset(&ip) {
@@ -207,7 +210,13 @@ impl Allocator {
         Ok(n - self.base)
     }
 
-    fn allocate_ip(&self, st: &mut State, requested: Option<&str>, owner: &str, dry_run: bool) -> Result<u32, AllocError> {
+    fn allocate_ip(
+        &self,
+        st: &mut State,
+        requested: Option<&str>,
+        owner: &str,
+        dry_run: bool,
+    ) -> Result<u32, AllocError> {
         let off = match requested {
             Some(ip) => {
                 let off = self.offset(ip)?;
@@ -247,7 +256,13 @@ impl Allocator {
         Err(AllocError::Full)
     }
 
-    fn allocate_port(&self, st: &mut State, requested: Option<i64>, owner: &str, dry_run: bool) -> Result<u16, AllocError> {
+    fn allocate_port(
+        &self,
+        st: &mut State,
+        requested: Option<i64>,
+        owner: &str,
+        dry_run: bool,
+    ) -> Result<u16, AllocError> {
         let port = match requested {
             Some(p) => {
                 let p = u16::try_from(p)
@@ -309,7 +324,8 @@ impl Allocator {
 
     /// Whether `ip` is currently allocated (for tests and diagnostics).
     pub fn ip_allocated(&self, ip: &str) -> bool {
-        self.offset(ip).is_ok_and(|off| self.lock().ips.contains_key(&off))
+        self.offset(ip)
+            .is_ok_and(|off| self.lock().ips.contains_key(&off))
     }
 }
 
@@ -402,7 +418,8 @@ fn has_node_ports(svc: &Value) -> bool {
 
 fn should_allocate_node_ports(svc: &Value) -> bool {
     ty(svc) == "NodePort"
-        || (ty(svc) == "LoadBalancer" && svc["spec"]["allocateLoadBalancerNodePorts"] != json!(false))
+        || (ty(svc) == "LoadBalancer"
+            && svc["spec"]["allocateLoadBalancerNodePorts"] != json!(false))
 }
 
 /// `NeedsHealthCheck`: a LoadBalancer with `externalTrafficPolicy: Local`.
@@ -418,7 +435,12 @@ fn service_ips(svc: &Value) -> Vec<String> {
     let spec = &svc["spec"];
     let mut out: Vec<String> = spec["clusterIPs"]
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     let primary = s(spec, "clusterIP");
     if !primary.is_empty() && !out.iter().any(|x| x == primary) {
@@ -438,7 +460,9 @@ fn service_node_ports(svc: &Value) -> Vec<i64> {
             out.push(np);
         }
     }
-    if let Some(hc) = svc["spec"]["healthCheckNodePort"].as_i64().filter(|n| *n != 0)
+    if let Some(hc) = svc["spec"]["healthCheckNodePort"]
+        .as_i64()
+        .filter(|n| *n != 0)
         && !out.contains(&hc)
     {
         out.push(hc);
@@ -457,8 +481,10 @@ fn check_families(svc: &mut Value) -> Result<(), Status> {
     if !needs_cluster_ip(svc) {
         return Ok(());
     }
-    let selectorless_headless =
-        is_headless(svc) && svc["spec"]["selector"].as_object().is_none_or(|m| m.is_empty());
+    let selectorless_headless = is_headless(svc)
+        && svc["spec"]["selector"]
+            .as_object()
+            .is_none_or(|m| m.is_empty());
     let mut causes = Vec::new();
     if s(&svc["spec"], "ipFamilyPolicy") == "RequireDualStack" && !selectorless_headless {
         causes.push(invalid(
@@ -468,7 +494,12 @@ fn check_families(svc: &mut Value) -> Result<(), Status> {
         ));
     }
     if !selectorless_headless {
-        for (i, f) in svc["spec"]["ipFamilies"].as_array().into_iter().flatten().enumerate() {
+        for (i, f) in svc["spec"]["ipFamilies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             if f != "IPv4" {
                 causes.push(invalid(
                     format!("spec.ipFamilies[{i}]"),
@@ -477,7 +508,12 @@ fn check_families(svc: &mut Value) -> Result<(), Status> {
                 ));
             }
         }
-        for (i, ip) in svc["spec"]["clusterIPs"].as_array().into_iter().flatten().enumerate() {
+        for (i, ip) in svc["spec"]["clusterIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             if ip.as_str().is_some_and(|x| x.contains(':')) {
                 causes.push(invalid(
                     format!("spec.clusterIPs[{i}]"),
@@ -564,7 +600,8 @@ pub fn allocate(
     if let Some(o) = old
         && !needs_cluster_ip(svc)
     {
-        txn.release_ips.extend(service_ips(o).iter().filter_map(|ip| a.offset(ip).ok()));
+        txn.release_ips
+            .extend(service_ips(o).iter().filter_map(|ip| a.offset(ip).ok()));
     }
     // Node ports.
     let old_ports: Vec<i64> = old
@@ -600,7 +637,11 @@ pub fn allocate(
                         Err(e) => {
                             return Err(invalid_status(
                                 svc,
-                                invalid(format!("spec.ports[{i}].nodePort"), &json!(np), &e.to_string()),
+                                invalid(
+                                    format!("spec.ports[{i}].nodePort"),
+                                    &json!(np),
+                                    &e.to_string(),
+                                ),
                             ));
                         }
                     }
@@ -615,7 +656,9 @@ pub fn allocate(
                     None => {
                         let np = a
                             .allocate_port(&mut st, None, &owner, dry_run)
-                            .map_err(|e| Status::internal(format!("failed to allocate a nodePort: {e}")))?;
+                            .map_err(|e| {
+                                Status::internal(format!("failed to allocate a nodePort: {e}"))
+                            })?;
                         if !dry_run {
                             txn.new_ports.push(np);
                         }
@@ -634,17 +677,23 @@ pub fn allocate(
         .and_then(|o| o["spec"]["healthCheckNodePort"].as_i64())
         .filter(|n| *n != 0);
     if needs_health_check(svc) {
-        let requested = svc["spec"]["healthCheckNodePort"].as_i64().filter(|n| *n != 0);
+        let requested = svc["spec"]["healthCheckNodePort"]
+            .as_i64()
+            .filter(|n| *n != 0);
         let hc = match (requested, old_hc) {
             (Some(r), Some(o)) if r == o => r,
             (None, Some(o)) => o,
             (req, _) => {
-                let np = a.allocate_port(&mut st, req, &owner, dry_run).map_err(|e| match req {
-                    Some(r) => Status::internal(format!(
-                        "failed to allocate requested HealthCheck NodePort {r}: {e}"
-                    )),
-                    None => Status::internal(format!("failed to allocate a HealthCheck NodePort 0: {e}")),
-                })?;
+                let np = a
+                    .allocate_port(&mut st, req, &owner, dry_run)
+                    .map_err(|e| match req {
+                        Some(r) => Status::internal(format!(
+                            "failed to allocate requested HealthCheck NodePort {r}: {e}"
+                        )),
+                        None => Status::internal(format!(
+                            "failed to allocate a HealthCheck NodePort 0: {e}"
+                        )),
+                    })?;
                 if !dry_run {
                     txn.new_ports.push(np);
                 }
@@ -733,25 +782,42 @@ mod tests {
     fn cluster_ips() {
         let a = alloc("10.43.0.0/16", "30000-32767");
         let mut s1 = svc("u1", json!({"type": "ClusterIP", "ports": [{"port": 80}]}));
-        allocate(Some(&a), services(), &mut s1, None, false).unwrap().commit();
+        allocate(Some(&a), services(), &mut s1, None, false)
+            .unwrap()
+            .commit();
         let ip = s1["spec"]["clusterIP"].as_str().unwrap().to_string();
         assert_eq!(s1["spec"]["clusterIPs"], json!([ip]));
         assert!(ip.starts_with("10.43.") && ip != "10.43.0.1" && ip != "10.43.0.10");
         assert!(a.ip_allocated(&ip));
 
         // Requested: honoured; a second request for it is refused with upstream's text.
-        let mut s2 = svc("u2", json!({"clusterIP": "10.43.0.10", "ports": [{"port": 53}]}));
-        allocate(Some(&a), services(), &mut s2, None, false).unwrap().commit();
+        let mut s2 = svc(
+            "u2",
+            json!({"clusterIP": "10.43.0.10", "ports": [{"port": 53}]}),
+        );
+        allocate(Some(&a), services(), &mut s2, None, false)
+            .unwrap()
+            .commit();
         assert_eq!(s2["spec"]["clusterIPs"], json!(["10.43.0.10"]));
-        let mut s3 = svc("u3", json!({"clusterIP": "10.43.0.10", "ports": [{"port": 53}]}));
-        let err = allocate(Some(&a), services(), &mut s3, None, false).err().unwrap();
+        let mut s3 = svc(
+            "u3",
+            json!({"clusterIP": "10.43.0.10", "ports": [{"port": 53}]}),
+        );
+        let err = allocate(Some(&a), services(), &mut s3, None, false)
+            .err()
+            .unwrap();
         assert_eq!(err.code, 422);
         assert_eq!(
             err.message,
             "Service \"s-u3\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.43.0.10\"}: failed to allocate IP 10.43.0.10: provided IP is already allocated"
         );
-        let mut s4 = svc("u4", json!({"clusterIPs": ["10.44.0.1"], "ports": [{"port": 53}]}));
-        let err = allocate(Some(&a), services(), &mut s4, None, false).err().unwrap();
+        let mut s4 = svc(
+            "u4",
+            json!({"clusterIPs": ["10.44.0.1"], "ports": [{"port": 53}]}),
+        );
+        let err = allocate(Some(&a), services(), &mut s4, None, false)
+            .err()
+            .unwrap();
         assert!(
             err.message.ends_with("failed to allocate IP 10.44.0.1: the provided IP (10.44.0.1) is not in the valid range. The range of valid IPs is 10.43.0.0/16"),
             "{}",
@@ -759,21 +825,36 @@ mod tests {
         );
         // Headless and ExternalName get none.
         let mut h = svc("u5", json!({"clusterIP": "None", "selector": {"a": "b"}}));
-        allocate(Some(&a), services(), &mut h, None, false).unwrap().commit();
+        allocate(Some(&a), services(), &mut h, None, false)
+            .unwrap()
+            .commit();
         assert_eq!(h["spec"]["clusterIPs"], json!(["None"]));
-        let mut en = svc("u6", json!({"type": "ExternalName", "externalName": "x.example"}));
-        allocate(Some(&a), services(), &mut en, None, false).unwrap().commit();
+        let mut en = svc(
+            "u6",
+            json!({"type": "ExternalName", "externalName": "x.example"}),
+        );
+        allocate(Some(&a), services(), &mut en, None, false)
+            .unwrap()
+            .commit();
         assert!(en["spec"].get("clusterIP").is_none());
 
         // Released on delete; an uncommitted transaction gives its IP back.
         a.release_service(&s2);
         assert!(!a.ip_allocated("10.43.0.10"));
-        let mut s7 = svc("u7", json!({"clusterIP": "10.43.0.10", "ports": [{"port": 53}]}));
+        let mut s7 = svc(
+            "u7",
+            json!({"clusterIP": "10.43.0.10", "ports": [{"port": 53}]}),
+        );
         drop(allocate(Some(&a), services(), &mut s7, None, false).unwrap());
         assert!(!a.ip_allocated("10.43.0.10"));
         // Dry run reserves nothing.
-        let mut s8 = svc("u8", json!({"clusterIP": "10.43.0.10", "ports": [{"port": 53}]}));
-        allocate(Some(&a), services(), &mut s8, None, true).unwrap().commit();
+        let mut s8 = svc(
+            "u8",
+            json!({"clusterIP": "10.43.0.10", "ports": [{"port": 53}]}),
+        );
+        allocate(Some(&a), services(), &mut s8, None, true)
+            .unwrap()
+            .commit();
         assert!(!a.ip_allocated("10.43.0.10"));
     }
 
@@ -783,18 +864,27 @@ mod tests {
         let a = alloc("10.50.0.0/29", "30000-30001");
         for n in 0..5 {
             let mut s = svc(&format!("u{n}"), json!({"ports": [{"port": 80}]}));
-            allocate(Some(&a), services(), &mut s, None, false).unwrap().commit();
+            allocate(Some(&a), services(), &mut s, None, false)
+                .unwrap()
+                .commit();
         }
         let mut s = svc("last", json!({"ports": [{"port": 80}]}));
-        let err = allocate(Some(&a), services(), &mut s, None, false).err().unwrap();
+        let err = allocate(Some(&a), services(), &mut s, None, false)
+            .err()
+            .unwrap();
         assert_eq!(err.code, 500);
         assert_eq!(
             err.message,
             "Internal error occurred: failed to allocate a serviceIP: range is full"
         );
         // The reserved first IP can still be requested.
-        let mut k = svc("k", json!({"clusterIP": "10.50.0.1", "ports": [{"port": 443}]}));
-        allocate(Some(&a), services(), &mut k, None, false).unwrap().commit();
+        let mut k = svc(
+            "k",
+            json!({"clusterIP": "10.50.0.1", "ports": [{"port": 443}]}),
+        );
+        allocate(Some(&a), services(), &mut k, None, false)
+            .unwrap()
+            .commit();
     }
 
     #[test]
@@ -804,21 +894,36 @@ mod tests {
             "u1",
             json!({"type": "NodePort", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}, {"name": "web", "port": 80, "nodePort": 30080}]}),
         );
-        allocate(Some(&a), services(), &mut np, None, false).unwrap().commit();
+        allocate(Some(&a), services(), &mut np, None, false)
+            .unwrap()
+            .commit();
         let p = &np["spec"]["ports"];
-        assert_eq!(p[0]["nodePort"], p[1]["nodePort"], "same port, two protocols");
+        assert_eq!(
+            p[0]["nodePort"], p[1]["nodePort"],
+            "same port, two protocols"
+        );
         assert_eq!(p[2]["nodePort"], 30080);
         let auto = p[0]["nodePort"].as_i64().unwrap();
         assert!((30000..=30100).contains(&auto));
 
-        let mut clash = svc("u2", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}));
-        let err = allocate(Some(&a), services(), &mut clash, None, false).err().unwrap();
+        let mut clash = svc(
+            "u2",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+        );
+        let err = allocate(Some(&a), services(), &mut clash, None, false)
+            .err()
+            .unwrap();
         assert_eq!(
             err.message,
             "Service \"s-u2\" is invalid: spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
         );
-        let mut out = svc("u3", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 31000}]}));
-        let err = allocate(Some(&a), services(), &mut out, None, false).err().unwrap();
+        let mut out = svc(
+            "u3",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 31000}]}),
+        );
+        let err = allocate(Some(&a), services(), &mut out, None, false)
+            .err()
+            .unwrap();
         assert!(err.message.ends_with("Invalid value: 31000: provided port is not in the valid range. The range of valid ports is 30000-30100"), "{}", err.message);
 
         // LoadBalancer without node ports, then Local traffic policy gets a health check port.
@@ -826,38 +931,69 @@ mod tests {
             "u4",
             json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "externalTrafficPolicy": "Local", "ports": [{"port": 81}]}),
         );
-        allocate(Some(&a), services(), &mut lb, None, false).unwrap().commit();
+        allocate(Some(&a), services(), &mut lb, None, false)
+            .unwrap()
+            .commit();
         assert!(lb["spec"]["ports"][0].get("nodePort").is_none());
         let hc = lb["spec"]["healthCheckNodePort"].as_i64().unwrap();
         assert!((30000..=30100).contains(&hc));
 
         // Update to ClusterIP: the node ports are released at commit.
         let old = np.clone();
-        let mut new = svc("u1", json!({"type": "ClusterIP", "clusterIP": old["spec"]["clusterIP"], "ports": [{"name": "web", "port": 80}]}));
+        let mut new = svc(
+            "u1",
+            json!({"type": "ClusterIP", "clusterIP": old["spec"]["clusterIP"], "ports": [{"name": "web", "port": 80}]}),
+        );
         let txn = allocate(Some(&a), services(), &mut new, Some(&old), false).unwrap();
-        let mut again = svc("u5", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}));
-        assert!(allocate(Some(&a), services(), &mut again, None, true).is_err(), "not yet released");
+        let mut again = svc(
+            "u5",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+        );
+        assert!(
+            allocate(Some(&a), services(), &mut again, None, true).is_err(),
+            "not yet released"
+        );
         txn.commit();
-        allocate(Some(&a), services(), &mut again, None, false).unwrap().commit();
+        allocate(Some(&a), services(), &mut again, None, false)
+            .unwrap()
+            .commit();
 
         // Update changing one node port: new reserved, old released.
         let old = again.clone();
         let mut new = old.clone();
         new["spec"]["ports"][0]["nodePort"] = json!(30090);
-        allocate(Some(&a), services(), &mut new, Some(&old), false).unwrap().commit();
-        let mut reuse = svc("u6", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}));
-        allocate(Some(&a), services(), &mut reuse, None, false).unwrap().commit();
+        allocate(Some(&a), services(), &mut new, Some(&old), false)
+            .unwrap()
+            .commit();
+        let mut reuse = svc(
+            "u6",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+        );
+        allocate(Some(&a), services(), &mut reuse, None, false)
+            .unwrap()
+            .commit();
     }
 
     #[test]
     fn families() {
         let a = alloc("10.43.0.0/16", "30000-32767");
-        let mut v6 = svc("u1", json!({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]}));
-        let err = allocate(Some(&a), services(), &mut v6, None, false).err().unwrap();
+        let mut v6 = svc(
+            "u1",
+            json!({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]}),
+        );
+        let err = allocate(Some(&a), services(), &mut v6, None, false)
+            .err()
+            .unwrap();
         assert_eq!(err.causes[0].field, "spec.ipFamilies[0]");
-        let mut dual = svc("u2", json!({"ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]}));
+        let mut dual = svc(
+            "u2",
+            json!({"ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]}),
+        );
         assert!(allocate(Some(&a), services(), &mut dual, None, false).is_err());
-        let mut headless = svc("u3", json!({"clusterIP": "None", "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}));
+        let mut headless = svc(
+            "u3",
+            json!({"clusterIP": "None", "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+        );
         assert!(allocate(Some(&a), services(), &mut headless, None, false).is_ok());
     }
 }

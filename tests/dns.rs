@@ -1,0 +1,358 @@
+//! Cluster DNS end to end on a node in its own network namespace: `dig` against the
+//! cluster DNS address (10.43.0.10) for Service, headless, StatefulSet-style, SRV,
+//! ExternalName, PTR, negative and forwarded names (forwarded to a tiny fake upstream
+//! resolver the test runs on 127.0.0.1:53 inside the namespace, named by --resolv-conf),
+//! truncation with TCP fallback, and a short name resolved from inside a busybox pod
+//! through the search path.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Server, apply, import_busybox, ok};
+
+/// A UDP resolver on 127.0.0.1:53: A queries get 192.0.2.10 (TTL 60), names starting with
+/// `nx.` get NXDOMAIN, other types an empty answer. Each question is logged to argv[1].
+const FAKE_UPSTREAM: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+log = open(sys.argv[1], "a")
+while True:
+    d, a = s.recvfrom(4096)
+    i, labels = 12, []
+    while d[i]:
+        labels.append(d[i + 1:i + 1 + d[i]].decode())
+        i += 1 + d[i]
+    qname, qtype = ".".join(labels).lower(), struct.unpack(">H", d[i + 1:i + 3])[0]
+    log.write("%s %d\n" % (qname, qtype)); log.flush()
+    flags, an = 0x8180, b""
+    if qname.startswith("nx."):
+        flags = 0x8183
+    elif qtype == 1:
+        an = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 10])
+    s.sendto(d[:2] + struct.pack(">HHHHH", flags, 1, 1 if an else 0, 0, 0) + d[12:i + 5] + an, a)
+"#;
+
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.43.100.10
+  selector: {app: web}
+  ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-1
+  labels: {kubernetes.io/service-name: db, endpointslice.kubernetes.io/managed-by: test}
+addressType: IPv4
+ports: [{name: pg, port: 5432, protocol: TCP}]
+endpoints:
+- {addresses: [10.42.9.1], hostname: db-0, conditions: {ready: true}}
+- {addresses: [10.42.9.2], conditions: {ready: true}}
+- {addresses: [10.42.9.3], hostname: db-2, conditions: {ready: false}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec:
+  type: ExternalName
+  externalName: www.example.test
+"#;
+
+struct Upstream(Child);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dig(server: &Server, args: &[&str]) -> String {
+    let out = server
+        .netns_command("dig")
+        .args(["@10.43.0.10", "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig (Debian bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `dig +short`, lines sorted.
+fn short(server: &Server, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["+short"];
+    a.extend_from_slice(args);
+    let mut lines: Vec<String> = dig(server, &a)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The `status:` of a full dig answer.
+fn status(out: &str) -> &str {
+    out.split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("(no answer)")
+}
+
+/// The records of one section (`ANSWER`, `AUTHORITY`) of a full dig answer.
+fn section<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
+    let header = format!(";; {name} SECTION:");
+    out.split(&header)
+        .nth(1)
+        .map(|s| {
+            s.lines()
+                .skip(1)
+                .take_while(|l| !l.trim().is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn cluster_dns() {
+    let conf_dir = tempfile::tempdir().unwrap();
+    let resolv = conf_dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\nsearch example.test\n").unwrap();
+    let upstream_log = conf_dir.path().join("upstream.log");
+    let server = Server::start_in_netns(&[&format!("--resolv-conf={}", resolv.display())]);
+    let _upstream = Upstream(
+        server
+            .netns_command("python3")
+            .args(["-c", FAKE_UPSTREAM])
+            .arg(&upstream_log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+
+    // The server creates kube-system/kube-dns at the cluster DNS address, and the node's
+    // DNS server answers for it.
+    eventually("kube-dns Service resolves", 60, || {
+        let got = short(&server, &["kube-dns.kube-system.svc.cluster.local"]);
+        (got == ["10.43.0.10"])
+            .then_some(())
+            .ok_or_else(|| format!("{got:?}\n{}", server.log()))
+    });
+    let svc: serde_json::Value = serde_json::from_str(&ok(server.kubectl(&[
+        "get",
+        "service",
+        "-n",
+        "kube-system",
+        "kube-dns",
+        "-o",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(svc["metadata"]["labels"]["k8s-app"], "kube-dns");
+    assert_eq!(svc["spec"]["ports"].as_array().unwrap().len(), 2);
+
+    apply(&server, OBJECTS);
+    eventually("web resolves", 10, || {
+        let got = short(&server, &["web.default.svc.cluster.local"]);
+        (got == ["10.43.100.10"])
+            .then_some(())
+            .ok_or_else(|| format!("{got:?}"))
+    });
+    // Case-insensitive, and over TCP too.
+    assert_eq!(
+        short(&server, &["+tcp", "WEB.Default.svc.Cluster.Local"]),
+        ["10.43.100.10"]
+    );
+    assert_eq!(
+        short(
+            &server,
+            &["SRV", "_http._tcp.web.default.svc.cluster.local"]
+        ),
+        ["0 100 80 web.default.svc.cluster.local."]
+    );
+    assert_eq!(
+        short(&server, &["SRV", "_dns._udp.web.default.svc.cluster.local"]),
+        ["0 100 53 web.default.svc.cluster.local."]
+    );
+    // Headless: the ready endpoints only; StatefulSet-style hostnames; SRV per endpoint.
+    eventually("db resolves", 10, || {
+        let got = short(&server, &["db.default.svc.cluster.local"]);
+        (got == ["10.42.9.1", "10.42.9.2"])
+            .then_some(())
+            .ok_or_else(|| format!("{got:?}"))
+    });
+    assert_eq!(
+        short(&server, &["db-0.db.default.svc.cluster.local"]),
+        ["10.42.9.1"]
+    );
+    assert_eq!(
+        short(&server, &["SRV", "_pg._tcp.db.default.svc.cluster.local"]),
+        [
+            "0 50 5432 10-42-9-2.db.default.svc.cluster.local.",
+            "0 50 5432 db-0.db.default.svc.cluster.local."
+        ]
+    );
+    let notready = dig(&server, &["db-2.db.default.svc.cluster.local"]);
+    assert_eq!(status(&notready), "NXDOMAIN", "{notready}");
+    // ExternalName: a CNAME, followed through the upstream resolver.
+    assert_eq!(
+        short(&server, &["ext.default.svc.cluster.local"]),
+        ["192.0.2.10", "www.example.test."]
+    );
+    // PTR for a cluster IP and an endpoint.
+    assert_eq!(
+        short(&server, &["-x", "10.43.100.10"]),
+        ["web.default.svc.cluster.local."]
+    );
+    assert_eq!(
+        short(&server, &["-x", "10.42.9.1"]),
+        ["db-0.db.default.svc.cluster.local."]
+    );
+    // Negative answers: NXDOMAIN for names that do not exist, NODATA for names that do;
+    // both with the zone's SOA.
+    for (name, qtype, want) in [
+        ("nope.default.svc.cluster.local", "A", "NXDOMAIN"),
+        ("web.nonexistent.svc.cluster.local", "A", "NXDOMAIN"),
+        ("nonexistent.svc.cluster.local", "A", "NXDOMAIN"),
+        ("web.default.svc.cluster.local", "AAAA", "NOERROR"),
+        ("default.svc.cluster.local", "A", "NOERROR"),
+        (
+            "_http._udp.web.default.svc.cluster.local",
+            "SRV",
+            "NXDOMAIN",
+        ),
+    ] {
+        let out = dig(&server, &[qtype, name]);
+        assert_eq!(status(&out), want, "{name} {qtype}: {out}");
+        assert!(section(&out, "ANSWER").is_empty(), "{name} {qtype}: {out}");
+        let authority = section(&out, "AUTHORITY");
+        assert!(
+            authority.len() == 1 && authority[0].contains("SOA"),
+            "{name} {qtype}: {out}"
+        );
+        assert!(out.contains(" aa"), "authoritative: {out}");
+    }
+    assert_eq!(
+        short(&server, &["TXT", "dns-version.cluster.local"]),
+        ["\"1.1.0\""]
+    );
+
+    // Forwarded names come from the upstream resolver, then from the cache.
+    assert_eq!(short(&server, &["forwarded.example.test"]), ["192.0.2.10"]);
+    assert_eq!(short(&server, &["forwarded.example.test"]), ["192.0.2.10"]);
+    let log = std::fs::read_to_string(&upstream_log).unwrap_or_default();
+    assert_eq!(
+        log.lines()
+            .filter(|l| *l == "forwarded.example.test 1")
+            .count(),
+        1,
+        "the second query is answered from the cache: {log}"
+    );
+    let nx = dig(&server, &["nx.example.test"]);
+    assert_eq!(status(&nx), "NXDOMAIN", "{nx}");
+
+    // A headless Service with many endpoints: over UDP without EDNS (512 bytes) the answer
+    // is truncated, and dig's TCP retry gets all of them.
+    let endpoints: String = (1..=40)
+        .map(|i| format!("- {{addresses: [10.42.8.{i}]}}\n"))
+        .collect();
+    apply(
+        &server,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: big}}\nspec:\n  clusterIP: None\n  ports: [{{port: 80}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: big-1\n  labels: {{kubernetes.io/service-name: big, endpointslice.kubernetes.io/managed-by: test}}\n\
+             addressType: IPv4\nendpoints:\n{endpoints}"
+        ),
+    );
+    eventually("big resolves over TCP fallback", 10, || {
+        let got = short(&server, &["+noedns", "big.default.svc.cluster.local"]);
+        (got.len() == 40)
+            .then_some(())
+            .ok_or_else(|| format!("{} answers: {got:?}", got.len()))
+    });
+    let truncated = dig(
+        &server,
+        &["+noedns", "+ignore", "big.default.svc.cluster.local"],
+    );
+    assert!(
+        truncated.contains(" tc"),
+        "UDP answer has the TC bit: {truncated}"
+    );
+
+    // Deleting a Service removes its name.
+    ok(server.kubectl(&["delete", "service", "web"]));
+    eventually("web is gone", 10, || {
+        let out = dig(&server, &["web.default.svc.cluster.local"]);
+        (status(&out) == "NXDOMAIN")
+            .then_some(())
+            .ok_or_else(|| out)
+    });
+
+    // From inside a pod: the short name of a Service through the search path.
+    import_busybox(&server);
+    apply(
+        &server,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec:
+  clusterIP: 10.43.100.11
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: sh
+    image: docker.io/library/busybox:1.36
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+"#,
+    );
+    common::wait_pod(&server, "client", 120, "Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let resolv_conf = ok(server.kubectl(&["exec", "client", "--", "cat", "/etc/resolv.conf"]));
+    assert!(
+        resolv_conf.contains("nameserver 10.43.0.10")
+            && resolv_conf.contains(
+                "search default.svc.cluster.local svc.cluster.local cluster.local example.test"
+            )
+            && resolv_conf.contains("ndots:5"),
+        "pod resolv.conf: {resolv_conf}"
+    );
+    let out = ok(server.kubectl(&["exec", "client", "--", "nslookup", "api"]));
+    assert!(
+        out.contains("api.default.svc.cluster.local") && out.contains("10.43.100.11"),
+        "nslookup api from a pod: {out}"
+    );
+    // And a forwarded name, from the pod.
+    let out = ok(server.kubectl(&["exec", "client", "--", "nslookup", "pod.example.test."]));
+    assert!(out.contains("192.0.2.10"), "nslookup from a pod: {out}");
+}
