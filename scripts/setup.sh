@@ -10,7 +10,7 @@ packages+=(iptables nftables iproute2 kmod conntrack)
 # The DNS tests query the cluster DNS with a real client (dig).
 packages+=(bind9-dnsutils)
 # tests/registry.rs serves images from a local registry, pushed with skopeo.
-packages+=(docker-registry skopeo)
+packages+=(docker-registry skopeo apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

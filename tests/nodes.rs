@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// A `kaji agent` process joined to a test server, with its own data dir (and containerd).
-/// Dropping it removes every process and mount it left behind.
+/// A `kaji agent` process joined to a test server, with its own data dir (and containerd)
+/// in a network namespace of its own (two nodes cannot share one: each has its pod bridge
+/// `cni0` with its own podCIDR gateway). It reaches the server over the namespace's veth
+/// link. Dropping it removes every process and mount it left behind, then the namespace.
 struct Agent {
     child: Option<Child>,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    netns: Netns,
 }
 
 impl Agent {
@@ -32,12 +35,13 @@ impl Agent {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn start(server: &Server, node: &str, token: &str) -> Agent {
+    fn start(server: &Server, netns: Netns, node: &str, token: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let args = vec![
             "agent".to_string(),
-            format!("--server=https://127.0.0.1:{}", server.port),
+            format!("--server=https://{}:{}", netns.host_ip, server.port),
+            format!("--node-ip={}", netns.node_ip),
             format!("--data-dir={}", data.display()),
             format!("--node-name={node}"),
             "--kubelet-port=0".into(),
@@ -49,6 +53,7 @@ impl Agent {
             child: None,
             dir,
             args,
+            netns,
         };
         a.spawn(token);
         a
@@ -61,7 +66,9 @@ impl Agent {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(kaji_bin())
+        let child = self
+            .netns
+            .command(kaji_bin())
             .args(&self.args)
             .env("KAJI_TOKEN", token)
             .env_remove("KAJI_CONFIG_FILE")
@@ -238,8 +245,14 @@ const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable:NoSchedule";
 
 #[test]
 fn agent_joins_runs_pods_and_unreachable_nodes_are_evicted() {
-    let server =
-        Server::start_with_agent(&["--node-monitor-grace-period=10s", "--node-name=node1"]);
+    // node2's network namespace reaches the server (in the host's) over its veth link.
+    let netns = Netns::create();
+    let server = Server::start_with_agent(&[
+        "--node-monitor-grace-period=10s",
+        "--node-name=node1",
+        "--bind-address=0.0.0.0",
+        &format!("--tls-san={}", netns.host_ip),
+    ]);
     import_busybox(&server);
 
     // The join token is stored in k3s's format, naming the CA's hash.
@@ -274,7 +287,7 @@ fn agent_joins_runs_pods_and_unreachable_nodes_are_evicted() {
     assert!(get_json(&server, &["node", "intruder"]).is_none());
 
     // node2 joins and becomes Ready.
-    let mut agent = Agent::start(&server, "node2", &token);
+    let mut agent = Agent::start(&server, netns, "node2", &token);
     let agent_log_path = agent.log_path();
     let logs = || {
         format!(
@@ -382,6 +395,7 @@ spec:
         })
     });
     assert!(killed.elapsed() < Duration::from_secs(30));
+    eprintln!("node2 unreachable {:?} after the kill", killed.elapsed());
     let ready = condition(&node2, "Ready").unwrap();
     assert_eq!(ready["reason"], "NodeStatusUnknown");
     assert_eq!(ready["message"], "Kubelet stopped posting node status.");
@@ -403,6 +417,7 @@ spec:
         })
     });
     assert!(replacement["metadata"]["deletionTimestamp"].is_null());
+    eprintln!("web pod replaced {:?} after the kill", killed.elapsed());
     let old = get_json(&server, &["pod", &first_name]);
     assert!(
         old.as_ref()

@@ -50,10 +50,7 @@ fn web_pod(server: &Server, name: &str, ready: bool) {
     } else {
         "exec: {command: [\"false\"]}"
     };
-    apply(
-        server,
-        &WEB.replace("NAME", name).replace("PROBE", probe),
-    );
+    apply(server, &WEB.replace("NAME", name).replace("PROBE", probe));
 }
 
 fn is_ready(p: &Value) -> bool {
@@ -245,7 +242,11 @@ fn services_balance_reject_nodeport_local_hairpin_affinity() {
     // NodePort from an outside client (the host), masqueraded (Cluster policy).
     let bodies = requests(&server, false, &format!("http://{node_ip}:30080/"), 30);
     assert_eq!(bodies.len(), 30, "{bodies:?}");
-    assert!(bodies.iter().all(|b| b.starts_with("web-") && b != "web-unready"));
+    assert!(
+        bodies
+            .iter()
+            .all(|b| b.starts_with("web-") && b != "web-unready")
+    );
     let seen = requests(
         &server,
         false,
@@ -253,7 +254,10 @@ fn services_balance_reject_nodeport_local_hairpin_affinity() {
         1,
     );
     assert_eq!(seen.len(), 1);
-    assert_ne!(seen[0], host_ip, "Cluster policy masquerades external clients");
+    assert_ne!(
+        seen[0], host_ip,
+        "Cluster policy masquerades external clients"
+    );
     assert!(seen[0].starts_with("10.42."), "{seen:?}");
 
     // externalTrafficPolicy Local: only node-local endpoints (a remote one never gets
@@ -338,7 +342,9 @@ fn services_balance_reject_nodeport_local_hairpin_affinity() {
     ok(server.kubectl(&["delete", "service", "sticky"]));
     eventually("sticky gone", 10, || {
         let (code, _) = curl_exit(&server, url_sticky, "1");
-        (code == 28).then_some(()).ok_or(format!("curl exit {code}"))
+        (code == 28)
+            .then_some(())
+            .ok_or(format!("curl exit {code}"))
     });
 }
 
@@ -374,7 +380,10 @@ fn restart_keeps_rules_and_traffic() {
     // Restarted: the table is reconciled in place, not duplicated.
     server.spawn();
     eventually("proxy resynced after restart", 60, || {
-        let n = server.log().matches("service proxy rules programmed").count();
+        let n = server
+            .log()
+            .matches("service proxy rules programmed")
+            .count();
         (n >= 2).then_some(()).ok_or(format!("{n} syncs logged"))
     });
     assert_eq!(rules(&server), before, "same rules after a restart");

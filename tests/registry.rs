@@ -42,12 +42,35 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, "")
+    }
+
+    /// A registry that demands basic authentication (`htpasswd`, bcrypt, as distribution
+    /// requires) for user `user` with `password`.
+    fn start_with_login(dir: &Path, user: &str, password: &str) -> Registry {
+        let htpasswd = dir.join("htpasswd");
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("htpasswd (Debian package apache2-utils) must be installed");
+        assert!(out.status.success());
+        std::fs::write(&htpasswd, &out.stdout).unwrap();
+        Registry::start_with(
+            dir,
+            &format!(
+                "auth:\n  htpasswd:\n    realm: kaji-test\n    path: {}\n",
+                htpasswd.display()
+            ),
+        )
+    }
+
+    fn start_with(dir: &Path, extra: &str) -> Registry {
         let port = common::free_port();
         let config = dir.join("registry.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
                 dir.join("storage").display()
             ),
         )
@@ -240,4 +263,99 @@ fn air_gapped_image_with_pull_policy_never() {
         "--grace-period=1",
         "--timeout=60s",
     ]);
+}
+
+#[test]
+fn pulls_with_image_pull_secrets_from_a_registry_that_requires_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start_with_login(dir.path(), "kaji", "s3cret");
+    let port = registry.port;
+    let archive = dir.path().join("busybox.tar");
+    build_busybox("docker.io/library/busybox:1.36", &archive);
+    let image = format!("127.0.0.1:{port}/private/busybox:1.36");
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds=kaji:s3cret",
+        ])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The registry is plain HTTP: tell containerd so, without credentials.
+    let registries: PathBuf = dir.path().join("registries.yaml");
+    std::fs::write(
+        &registries,
+        format!("mirrors:\n  \"127.0.0.1:{port}\":\n    endpoint: [\"http://127.0.0.1:{port}\"]\n"),
+    )
+    .unwrap();
+    let flag = format!("--private-registry={}", registries.display());
+    let server = Server::start_with_agent(&[&flag]);
+
+    // Without a pull secret the registry refuses.
+    apply(&server, &one_shot("anonymous", &image, "Always", "nope"));
+    wait_pod(
+        &server,
+        "anonymous",
+        90,
+        "ErrImagePull or ImagePullBackOff",
+        |p| {
+            matches!(
+                waiting_reason(p).as_str(),
+                "ErrImagePull" | "ImagePullBackOff"
+            )
+        },
+    );
+
+    // With a docker-registry Secret in imagePullSecrets it pulls.
+    ok(server.kubectl(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server=127.0.0.1:{port}"),
+        "--docker-username=kaji",
+        "--docker-password=s3cret",
+    ]));
+    apply(
+        &server,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: authenticated}}
+spec:
+  restartPolicy: Never
+  imagePullSecrets: [{{name: regcred}}]
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: Always
+    command: ["sh", "-c", "echo pulled-with-a-secret"]
+"#
+        ),
+    );
+    wait_pod(&server, "authenticated", 120, "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(
+        ok(server.kubectl(&["logs", "authenticated"])).trim(),
+        "pulled-with-a-secret"
+    );
+    let _ = server.kubectl(&[
+        "delete",
+        "pods",
+        "--all",
+        "--grace-period=1",
+        "--timeout=60s",
+    ]);
+    drop(server);
+    drop(registry);
 }

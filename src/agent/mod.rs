@@ -52,6 +52,9 @@ pub enum Error {
     /// A flag value is invalid.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// A volume cannot be set up (yet).
+    #[error("{0}")]
+    Volume(String),
 }
 
 /// The pause image kaji builds and imports itself, offline.

@@ -38,7 +38,11 @@ pub fn credentials_for(auths: &Value, registry: &str) -> Option<cri::AuthConfig>
         username: s("username"),
         password: s("password"),
         auth: s("auth"),
-        server_address: registry.to_string(),
+        // containerd's CRI compares a server address with each endpoint host it contacts
+        // (after URL-parsing it, so a bare `host:port` is an error, and docker.io's
+        // endpoint is registry-1.docker.io): the credentials already belong to this one
+        // pull, so name no server and let every endpoint of the image's registry use them.
+        server_address: String::new(),
         identity_token: s("identitytoken"),
         registry_token: s("registrytoken"),
     })

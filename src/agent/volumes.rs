@@ -1,7 +1,9 @@
 //! Pod volumes, materialised on the host under `<data-dir>/agent/pods/<uid>/volumes/` and
 //! bind-mounted into containers by the runtime: emptyDir (disk, or tmpfs for medium
-//! Memory), hostPath, configMap, secret, downwardAPI and projected (including service
-//! account tokens requested through the TokenRequest API). Content volumes are rewritten
+//! Memory), hostPath, configMap, secret, downwardAPI, projected (including service
+//! account tokens requested through the TokenRequest API) and persistentVolumeClaim (the
+//! bound volume's hostPath/local directory; the pod waits in ContainerCreating until the
+//! claim is Bound; directories of deleted local-path volumes are swept). Content volumes are rewritten
 //! atomically on every sync, so updated ConfigMaps and Secrets reach running pods.
 
 use std::collections::BTreeMap;
@@ -9,7 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+};
 use kube::Api;
 use serde_json::{Value, json};
 
@@ -88,6 +92,17 @@ pub async fn prepare(
             );
             continue;
         }
+        if let Some(src) = vol.get("persistentVolumeClaim").filter(|v| v.is_object()) {
+            let path = claim_path(client, data_dir, ns, src).await?;
+            out.insert(
+                name,
+                HostVolume {
+                    path,
+                    read_only: src["readOnly"] == true,
+                },
+            );
+            continue;
+        }
         if vol.get("emptyDir").is_some_and(|v| v.is_object()) {
             let path = base.join("kubernetes.io~empty-dir").join(&name);
             std::fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
@@ -153,6 +168,132 @@ pub async fn prepare(
         }
     }
     Ok(out)
+}
+
+/// Resolves a `persistentVolumeClaim` volume: the claim must be Bound; its volume must be
+/// a `hostPath` or `local` volume (what the local-path provisioner and administrators of
+/// a small cluster make), whose directory is created for `DirectoryOrCreate`.
+async fn claim_path(
+    client: &kube::Client,
+    data_dir: &Path,
+    ns: &str,
+    src: &Value,
+) -> Result<PathBuf, Error> {
+    let claim = src["claimName"].as_str().unwrap_or_default();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pvc = match pvcs.get_opt(claim).await? {
+        Some(p) => p,
+        None => {
+            return Err(Error::Volume(format!(
+                "persistentvolumeclaim \"{claim}\" not found"
+            )));
+        }
+    };
+    let phase = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    let volume = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
+    if phase != "Bound" || volume.is_empty() {
+        return Err(Error::Volume(format!(
+            "PVC {ns}/{claim} has non-bound phase ({phase:?}) or empty pvc.Spec.VolumeName ({volume:?})"
+        )));
+    }
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = pvs.get(&volume).await?;
+    let spec = pv.spec.unwrap_or_default();
+    ensure_storage_sweeper(client, data_dir);
+    if let Some(hp) = spec.host_path {
+        let path = PathBuf::from(&hp.path);
+        match hp.type_.as_deref().unwrap_or("") {
+            "DirectoryOrCreate" if !path.is_dir() => {
+                std::fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
+            }
+            "Directory" | "DirectoryOrCreate" if !path.is_dir() => {
+                return Err(Error::Volume(format!(
+                    "hostPath type check failed: {} is not a directory",
+                    path.display()
+                )));
+            }
+            _ if !path.exists() => {
+                return Err(Error::Volume(format!(
+                    "hostPath {} of volume {volume} does not exist",
+                    path.display()
+                )));
+            }
+            _ => {}
+        }
+        return Ok(path);
+    }
+    if let Some(local) = spec.local {
+        let path = PathBuf::from(&local.path);
+        if !path.exists() {
+            return Err(Error::Volume(format!(
+                "path \"{}\" does not exist",
+                path.display()
+            )));
+        }
+        return Ok(path);
+    }
+    Err(Error::Volume(format!(
+        "volume {volume} of claim {ns}/{claim} is of a type this node cannot mount (only hostPath and local)"
+    )))
+}
+
+/// The uid in a local-path volume directory name (`pvc-<uid>_<ns>_<claim>`).
+fn local_path_uid(dir_name: &str) -> Option<&str> {
+    let rest = dir_name.strip_prefix("pvc-")?;
+    let (uid, _) = rest.split_once('_')?;
+    (!uid.is_empty()).then_some(uid)
+}
+
+/// Removes the directories under `<data-dir>/storage` of local-path volumes that no
+/// longer exist (their PV `pvc-<uid>` is gone): the filesystem half of the provisioner's
+/// `Delete` reclaim policy, done on the node that holds the data.
+pub async fn sweep_local_storage(client: &kube::Client, data_dir: &Path) {
+    let base = data_dir.join("storage");
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return;
+    };
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(uid) = local_path_uid(&name) else {
+            continue;
+        };
+        match pvs.get_opt(&format!("pvc-{uid}")).await {
+            Ok(None) => {
+                let path = entry.path();
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => tracing::info!(dir = %path.display(), "removed the directory of a deleted local-path volume"),
+                    Err(err) => tracing::warn!(%err, dir = %path.display(), "removing a local-path volume directory"),
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(err) => tracing::debug!(%err, "checking a local-path volume"),
+        }
+    }
+}
+
+/// Starts (once per process) the periodic [`sweep_local_storage`].
+fn ensure_storage_sweeper(client: &kube::Client, data_dir: &Path) {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if STARTED.set(()).is_err() {
+        return;
+    }
+    let (client, data_dir) = (client.clone(), data_dir.to_path_buf());
+    tokio::spawn(async move {
+        loop {
+            sweep_local_storage(&client, &data_dir).await;
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+    });
 }
 
 fn is_mountpoint(path: &Path) -> bool {
@@ -541,6 +682,19 @@ pub fn pod_value(pod: &Pod) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_path_dir_names() {
+        let cases = [
+            ("pvc-abc_ns_data-web-0", Some("abc")),
+            ("pvc-_ns_x", None),
+            ("pvc-abc", None),
+            ("other", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(local_path_uid(name), want, "{name}");
+        }
+    }
 
     #[test]
     fn atomic_writer_updates_and_prunes() {

@@ -357,8 +357,14 @@ fn pod_aggregate(pod: &Value, requests: bool) -> ResourceList {
     }
     let mut sidecars = ResourceList::new();
     let mut init_max = ResourceList::new();
-    let inits = pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
-    for (c, raw) in container_lists(pod, "initContainers").iter().zip(inits.iter()) {
+    let inits = pod["spec"]["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (c, raw) in container_lists(pod, "initContainers")
+        .iter()
+        .zip(inits.iter())
+    {
         let own = pick(c);
         if raw["restartPolicy"].as_str() == Some("Always") {
             sidecars = add(&sidecars, &own);
@@ -431,7 +437,10 @@ pub fn compute_usage(requests: &ResourceList, limits: &ResourceList) -> Resource
 /// Whether the pod still counts against compute quota (upstream's `QuotaV1Pod`): not in
 /// a terminal phase, and not past its deletion grace period. `now` is Unix seconds.
 pub fn pod_is_active(pod: &Value, now: i64) -> bool {
-    if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+    if matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    ) {
         return false;
     }
     if let (Some(ts), Some(grace)) = (
@@ -497,9 +506,9 @@ pub fn pod_constraints(pod: &Value, required: &BTreeSet<String>) -> Result<(), S
 pub fn pod_is_best_effort(pod: &Value) -> bool {
     ["containers", "initContainers"].iter().all(|list| {
         container_lists(pod, list).iter().all(|(_, r, l)| {
-            ["cpu", "memory"]
-                .iter()
-                .all(|k| r.get(*k).is_none_or(Quantity::is_zero) && l.get(*k).is_none_or(Quantity::is_zero))
+            ["cpu", "memory"].iter().all(|k| {
+                r.get(*k).is_none_or(Quantity::is_zero) && l.get(*k).is_none_or(Quantity::is_zero)
+            })
         })
     })
 }
@@ -628,7 +637,9 @@ pub fn service_usage(svc: &Value) -> ResourceList {
     let mut out = ResourceList::new();
     out.insert("count/services".into(), Quantity::count(1));
     out.insert("services".into(), Quantity::count(1));
-    let ports = svc["spec"]["ports"].as_array().map_or(&[][..], Vec::as_slice);
+    let ports = svc["spec"]["ports"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
     let (node_ports, lbs) = match svc["spec"]["type"].as_str() {
         Some("NodePort") => (ports.len(), 0),
         Some("LoadBalancer") => {
@@ -743,7 +754,11 @@ pub fn resource_matches_kind(name: &str, group: &str, plural: &str) -> bool {
 
 /// The kinds (group, plural) whose objects a quota resource name counts.
 pub fn kind_of_resource(name: &str) -> Option<(String, String)> {
-    for (g, p) in [("", "pods"), ("", "services"), ("", "persistentvolumeclaims")] {
+    for (g, p) in [
+        ("", "pods"),
+        ("", "services"),
+        ("", "persistentvolumeclaims"),
+    ] {
         if resource_matches_kind(name, g, p) {
             return Some((g.into(), p.into()));
         }
@@ -773,7 +788,13 @@ pub fn matching_resources(hard: &ResourceList, group: &str, plural: &str) -> BTr
 
 /// Whether `quota` applies to `obj` at all: it limits something the kind charges and its
 /// scopes (which only pods can match) all match.
-pub fn quota_matches(quota: &Value, hard: &ResourceList, group: &str, plural: &str, obj: &Value) -> bool {
+pub fn quota_matches(
+    quota: &Value,
+    hard: &ResourceList,
+    group: &str,
+    plural: &str,
+    obj: &Value,
+) -> bool {
     if matching_resources(hard, group, plural).is_empty() {
         return false;
     }
@@ -795,11 +816,15 @@ pub fn calculate_usage(
     now: i64,
 ) -> ResourceList {
     let names = matching_resources(hard, group, plural);
-    let mut used: ResourceList = names.iter().map(|n| (n.clone(), Quantity::zero())).collect();
+    let mut used: ResourceList = names
+        .iter()
+        .map(|n| (n.clone(), Quantity::zero()))
+        .collect();
     let scopes = quota_scopes(quota);
     for obj in objects {
         if !scopes.is_empty()
-            && !((group, plural) == ("", "pods") && scopes.iter().all(|s| pod_matches_scope(obj, s)))
+            && !((group, plural) == ("", "pods")
+                && scopes.iter().all(|s| pod_matches_scope(obj, s)))
         {
             continue;
         }
@@ -837,7 +862,9 @@ mod tests {
         }
         assert!(Quantity::parse("abc").is_none());
         assert!(Quantity::parse("1x").is_none());
-        let sum = Quantity::parse("500m").unwrap().plus(Quantity::parse("1500m").unwrap());
+        let sum = Quantity::parse("500m")
+            .unwrap()
+            .plus(Quantity::parse("1500m").unwrap());
         assert_eq!(sum.to_string(), "2");
         assert_eq!(Quantity::parse("1.5").unwrap().value(), 2);
         assert_eq!(Quantity::parse("1.5").unwrap().milli_value(), 1500);
@@ -846,15 +873,19 @@ mod tests {
     #[test]
     fn pod_usage_and_constraints() {
         let pod = json!({"spec": {
-            "initContainers": [{"name": "init", "resources": {"requests": {"cpu": "2"}}}],
-            "containers": [
-                {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "64Mi"}, "limits": {"cpu": "1"}}},
-                {"name": "b", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
-            ]}});
+        "initContainers": [{"name": "init", "resources": {"requests": {"cpu": "2"}}}],
+        "containers": [
+            {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "64Mi"}, "limits": {"cpu": "1"}}},
+            {"name": "b", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+        ]}});
         let u = pod_usage(&pod, 0);
         assert_eq!(u["pods"].to_string(), "1");
         assert_eq!(u["count/pods"].to_string(), "1");
-        assert_eq!(u["requests.cpu"].to_string(), "2", "init container dominates");
+        assert_eq!(
+            u["requests.cpu"].to_string(),
+            "2",
+            "init container dominates"
+        );
         assert_eq!(u["requests.memory"].to_string(), "128Mi");
         assert_eq!(u["limits.cpu"].to_string(), "1");
         let required: BTreeSet<String> = ["limits.cpu".to_string(), "pods".to_string()].into();
@@ -862,8 +893,12 @@ mod tests {
             pod_constraints(&pod, &required).unwrap_err(),
             "must specify limits.cpu for: b,init"
         );
-        let done = json!({"status": {"phase": "Succeeded"}, "spec": {"containers": [{"name": "a"}]}});
-        assert_eq!(pod_usage(&done, 0).keys().collect::<Vec<_>>(), vec!["count/pods"]);
+        let done =
+            json!({"status": {"phase": "Succeeded"}, "spec": {"containers": [{"name": "a"}]}});
+        assert_eq!(
+            pod_usage(&done, 0).keys().collect::<Vec<_>>(),
+            vec!["count/pods"]
+        );
     }
 
     #[test]
@@ -900,19 +935,41 @@ mod tests {
         let pvc = json!({"spec": {"storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}}}});
         let u = pvc_usage(&pvc);
         assert_eq!(u["requests.storage"].to_string(), "1Gi");
-        assert_eq!(u["fast.storageclass.storage.k8s.io/requests.storage"].to_string(), "1Gi");
+        assert_eq!(
+            u["fast.storageclass.storage.k8s.io/requests.storage"].to_string(),
+            "1Gi"
+        );
         let u = usage("apps", "deployments", &json!({}), 0);
         assert_eq!(u["count/deployments.apps"].to_string(), "1");
         assert_eq!(
             kind_of_resource("count/deployments.apps"),
             Some(("apps".into(), "deployments".into()))
         );
-        assert_eq!(kind_of_resource("requests.cpu"), Some((String::new(), "pods".into())));
-        assert_eq!(kind_of_resource("secrets"), Some((String::new(), "secrets".into())));
+        assert_eq!(
+            kind_of_resource("requests.cpu"),
+            Some((String::new(), "pods".into()))
+        );
+        assert_eq!(
+            kind_of_resource("secrets"),
+            Some((String::new(), "secrets".into()))
+        );
         let hard = resource_list(&json!({"pods": "2", "configmaps": "1"}));
         assert!(quota_matches(&json!({}), &hard, "", "pods", &json!({})));
-        assert!(!quota_matches(&json!({}), &hard, "", "services", &json!({})));
-        let used = calculate_usage(&json!({}), &hard, "", "configmaps", &[json!({}), json!({})], 0);
+        assert!(!quota_matches(
+            &json!({}),
+            &hard,
+            "",
+            "services",
+            &json!({})
+        ));
+        let used = calculate_usage(
+            &json!({}),
+            &hard,
+            "",
+            "configmaps",
+            &[json!({}), json!({})],
+            0,
+        );
         assert_eq!(pretty(&used), "configmaps=2");
     }
 }

@@ -150,11 +150,12 @@ fn usage(cpu: &Option<CpuDoc>, memory: &Option<MemoryDoc>) -> Option<Usage> {
     })
 }
 
+/// One kubelet's scrape: the node's usage and (namespace, name, usage) of its pods.
+pub type NodeScrape = (Option<Usage>, Vec<(String, String, PodUsage)>);
+
 /// Node and pod usage from one kubelet's `/stats/summary`. Pods are reported only when
 /// every container has a sample (as metrics-server drops incomplete pods).
-pub fn parse_summary(
-    body: &[u8],
-) -> Result<(Option<Usage>, Vec<(String, String, PodUsage)>), String> {
+pub fn parse_summary(body: &[u8]) -> Result<NodeScrape, String> {
     let doc: SummaryDoc = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let node = usage(&doc.node.cpu, &doc.node.memory);
     let mut pods = Vec::new();
@@ -265,8 +266,6 @@ async fn scrape_all(state: &Arc<State>) -> Result<(), String> {
     }
     Ok(())
 }
-
-type NodeScrape = (Option<Usage>, Vec<(String, String, PodUsage)>);
 
 async fn scrape_node(
     kubelet: &super::proxy::KubeletClient,

@@ -297,7 +297,7 @@ fn columns(ri: &ResourceInfo) -> Vec<Column> {
                 "Completions",
                 "string",
                 0,
-                "The completion status of the job.",
+                "The number of pods which reached phase Succeeded. The value increases monotonically for a given spec. However, it may decrease in reaction to scale down of elastic indexed jobs.",
             ),
             (
                 "Duration",
@@ -306,6 +306,19 @@ fn columns(ri: &ResourceInfo) -> Vec<Column> {
                 "Time required to complete the job.",
             ),
             AGE,
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            ("Selector", "string", 1, "Label selector for pods."),
         ],
         ("batch", "CronJob") => &[
             ("Schedule", "string", 0, "The schedule in Cron format."),
@@ -334,6 +347,19 @@ fn columns(ri: &ResourceInfo) -> Vec<Column> {
                 "Information when was the last time the job was successfully scheduled.",
             ),
             AGE,
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            ("Selector", "string", 1, "Label selector for pods."),
         ],
         ("autoscaling", "HorizontalPodAutoscaler") => &[
             ("Reference", "string", 0, "reference to scaled resource"),
@@ -346,6 +372,27 @@ fn columns(ri: &ResourceInfo) -> Vec<Column> {
                 "upper limit for the number of pods",
             ),
             ("Replicas", "integer", 0, "current number of replicas"),
+            AGE,
+        ],
+        ("discovery.k8s.io", "EndpointSlice") => &[
+            (
+                "AddressType",
+                "string",
+                0,
+                "The type of address carried by this EndpointSlice.",
+            ),
+            (
+                "Ports",
+                "string",
+                0,
+                "Ports provided by this EndpointSlice.",
+            ),
+            (
+                "Endpoints",
+                "string",
+                0,
+                "Endpoints included in this EndpointSlice.",
+            ),
             AGE,
         ],
         ("networking.k8s.io", "Ingress") => &[
@@ -432,6 +479,21 @@ fn columns(ri: &ResourceInfo) -> Vec<Column> {
         ("coordination.k8s.io", "Lease") => {
             &[("Holder", "string", 0, "The holder of the lease"), AGE]
         }
+        ("", "ResourceQuota") => &[
+            AGE,
+            (
+                "Request",
+                "string",
+                0,
+                "Request represents a minimum amount of cpu/memory that a container may consume.",
+            ),
+            (
+                "Limit",
+                "string",
+                0,
+                "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node.",
+            ),
+        ],
         _ => &[AGE],
     };
     cols.extend_from_slice(extra);
@@ -636,13 +698,62 @@ fn pod_status(obj: &Value) -> (String, String, String) {
     (format!("{ready}/{total}"), reason, restarts.to_string())
 }
 
+/// The first three entries, then ` + N more...`; `<unset>` when empty (upstream's
+/// EndpointSlice printing).
+fn list_with_more(items: Vec<String>) -> String {
+    const MAX: usize = 3;
+    if items.len() > MAX {
+        return format!("{} + {} more...", items[..MAX].join(","), items.len() - MAX);
+    }
+    if items.is_empty() {
+        return "<unset>".into();
+    }
+    items.join(",")
+}
+
+/// `ip:port` of the ready addresses, three at most (upstream's `formatEndpoints`):
+/// `<none>` without subsets, empty when none is ready.
+fn endpoints_string(obj: &Value) -> String {
+    const MAX: usize = 3;
+    let subsets = obj["subsets"].as_array().cloned().unwrap_or_default();
+    if subsets.is_empty() {
+        return "<none>".into();
+    }
+    let mut list: Vec<String> = Vec::new();
+    let mut total = 0;
+    for sub in &subsets {
+        let addrs = sub["addresses"].as_array().cloned().unwrap_or_default();
+        let ports = sub["ports"].as_array().cloned().unwrap_or_default();
+        if ports.is_empty() {
+            total += addrs.len();
+            list.extend(addrs.iter().map(|a| s(&a["ip"]).to_string()));
+            continue;
+        }
+        for p in &ports {
+            total += addrs.len();
+            for a in &addrs {
+                let ip = s(&a["ip"]);
+                list.push(match ip.contains(':') {
+                    true => format!("[{ip}]:{}", count(&p["port"])),
+                    false => format!("{ip}:{}", count(&p["port"])),
+                });
+            }
+        }
+    }
+    if total > MAX {
+        list.truncate(MAX);
+        return format!("{} + {} more...", list.join(","), total - MAX);
+    }
+    list.join(",")
+}
+
 fn service_ports(obj: &Value) -> String {
     let ports = obj["spec"]["ports"].as_array().cloned().unwrap_or_default();
     let out: Vec<String> = ports
         .iter()
         .map(|p| {
             let proto = p["protocol"].as_str().unwrap_or("TCP");
-            match p["nodePort"].as_i64() {
+            match p["nodePort"].as_i64().filter(|np| *np != 0) {
                 Some(np) => format!("{}:{np}/{proto}", count(&p["port"])),
                 None => format!("{}/{proto}", count(&p["port"])),
             }
@@ -748,16 +859,30 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
         ("Secret", "Type") => json!(s(&obj["type"])),
         ("Secret", "Data") => json!(obj["data"].as_object().map_or(0, |m| m.len())),
         ("ServiceAccount", "Secrets") => json!(obj["secrets"].as_array().map_or(0, Vec::len)),
-        ("Endpoints", "Endpoints") => {
-            let mut eps = Vec::new();
-            for sub in obj["subsets"].as_array().cloned().unwrap_or_default() {
-                for a in sub["addresses"].as_array().cloned().unwrap_or_default() {
-                    for p in sub["ports"].as_array().cloned().unwrap_or_default() {
-                        eps.push(format!("{}:{}", s(&a["ip"]), count(&p["port"])));
-                    }
-                }
-            }
-            json!(or_none(eps.join(",")))
+        ("Endpoints", "Endpoints") => json!(endpoints_string(obj)),
+        ("EndpointSlice", "AddressType") => json!(s(&obj["addressType"])),
+        ("EndpointSlice", "Ports") => {
+            let ports: Vec<String> = obj["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| match (p["port"].as_i64(), p["name"].as_str()) {
+                    (Some(n), _) => n.to_string(),
+                    (None, Some(name)) if !name.is_empty() => name.to_string(),
+                    _ => "*".to_string(),
+                })
+                .collect();
+            json!(list_with_more(ports))
+        }
+        ("EndpointSlice", "Endpoints") => {
+            let addrs: Vec<String> = obj["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .map(|a| s(&a).to_string())
+                .collect();
+            json!(list_with_more(addrs))
         }
         ("Event", "Last Seen") => {
             let ts = if obj["lastTimestamp"].is_string() {
@@ -787,6 +912,17 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
         )),
         ("Deployment", "Up-to-date") => json!(count(&st["updatedReplicas"]).to_string()),
         ("Deployment", "Available") => json!(count(&st["availableReplicas"]).to_string()),
+        ("CronJob", "Containers") => json!(join_names(
+            &spec["jobTemplate"]["spec"]["template"]["spec"]["containers"],
+            "name"
+        )),
+        ("CronJob", "Images") => json!(join_names(
+            &spec["jobTemplate"]["spec"]["template"]["spec"]["containers"],
+            "image"
+        )),
+        ("CronJob", "Selector") => json!(or_none(selector_string(
+            &spec["jobTemplate"]["spec"]["selector"]
+        ))),
         (_, "Containers") => json!(join_names(&spec["template"]["spec"]["containers"], "name")),
         (_, "Images") => json!(join_names(&spec["template"]["spec"]["containers"], "image")),
         (_, "Selector") => json!(or_none(selector_string(&spec["selector"]))),
@@ -813,22 +949,28 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
                 "Complete"
             } else if has("Failed") {
                 "Failed"
+            } else if !obj["metadata"]["deletionTimestamp"].is_null() {
+                "Terminating"
             } else if has("Suspended") {
                 "Suspended"
             } else if has("FailureTarget") {
                 "FailureTarget"
+            } else if has("SuccessCriteriaMet") {
+                "SuccessCriteriaMet"
             } else {
                 "Running"
             };
             json!(status)
         }
-        ("Job", "Completions") => json!(format!(
-            "{}/{}",
-            count(&st["succeeded"]),
-            spec["completions"]
-                .as_i64()
-                .map_or("1".to_string(), |c| c.to_string())
-        )),
+        ("Job", "Completions") => {
+            let done = count(&st["succeeded"]);
+            let parallelism = spec["parallelism"].as_i64().unwrap_or(0);
+            json!(match spec["completions"].as_i64() {
+                Some(c) => format!("{done}/{c}"),
+                None if parallelism > 1 => format!("{done}/1 of {parallelism}"),
+                None => format!("{done}/1"),
+            })
+        }
         ("Job", "Duration") => {
             let start = st["startTime"]
                 .as_str()
@@ -956,6 +1098,7 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
             json!(or_none(s(&spec["storageClassName"]).to_string()))
         }
         ("Lease", "Holder") => json!(s(&spec["holderIdentity"])),
+        ("ResourceQuota", "Request" | "Limit") => json!(quota_column(obj, column == "Limit")),
         ("PodDisruptionBudget", "Min Available" | "Max Unavailable") => {
             let v = &spec[if column == "Min Available" {
                 "minAvailable"
@@ -971,6 +1114,30 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
         ("PodDisruptionBudget", "Allowed Disruptions") => json!(count(&st["disruptionsAllowed"])),
         _ => json!(""),
     }
+}
+
+/// `resource: used/hard, ...` over `status.hard` (sorted), `limits.*` resources in the
+/// Limit column and the rest in Request, as upstream prints quotas.
+fn quota_column(obj: &Value, limits: bool) -> String {
+    let st = &obj["status"];
+    let mut names: Vec<&String> = st["hard"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .filter(|n| {
+            n.split_once('.')
+                .is_some_and(|(first, _)| first == "limits")
+                == limits
+        })
+        .map(|n| {
+            let used = st["used"][n.as_str()].as_str().unwrap_or("0");
+            format!("{n}: {used}/{}", s(&st["hard"][n.as_str()]))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -1012,5 +1179,79 @@ mod tests {
         assert_eq!(r["cells"][6], "nginx");
         assert_eq!(r["cells"][7], "app=web");
         assert!(r.get("object").is_none());
+    }
+
+    #[test]
+    fn service_and_endpoint_rows() {
+        let svcs = lookup("", "v1", "services").unwrap();
+        let lb = json!({"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer", "clusterIP": "10.43.9.9",
+            "ports": [{"port": 80, "nodePort": 31234, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.2"}]}}});
+        let r = row(svcs, &lb, "None");
+        assert_eq!(r["cells"][1], "LoadBalancer");
+        assert_eq!(r["cells"][2], "10.43.9.9");
+        assert_eq!(r["cells"][3], "10.0.0.2");
+        assert_eq!(r["cells"][4], "80:31234/TCP,53/UDP");
+
+        let eps = lookup("", "v1", "endpoints").unwrap();
+        let many = json!({"metadata": {"name": "web"}, "subsets": [{"addresses": [{"ip": "10.42.0.1"}, {"ip": "10.42.0.2"}],
+            "notReadyAddresses": [{"ip": "10.42.0.9"}], "ports": [{"port": 80}, {"port": 443}]}]});
+        assert_eq!(
+            row(eps, &many, "None")["cells"][1],
+            "10.42.0.1:80,10.42.0.2:80,10.42.0.1:443 + 1 more..."
+        );
+        assert_eq!(
+            row(eps, &json!({"metadata": {"name": "x"}}), "None")["cells"][1],
+            "<none>"
+        );
+
+        let slices = lookup("discovery.k8s.io", "v1", "endpointslices").unwrap();
+        let s = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.42.0.1"]}, {"addresses": ["10.42.0.2"]}]});
+        let r = row(slices, &s, "None");
+        assert_eq!(r["cells"][1], "IPv4");
+        assert_eq!(r["cells"][2], "8080");
+        assert_eq!(r["cells"][3], "10.42.0.1,10.42.0.2");
+        let empty = json!({"metadata": {"name": "web-x"}, "addressType": "IPv4", "endpoints": []});
+        assert_eq!(row(slices, &empty, "None")["cells"][3], "<unset>");
+    }
+
+    #[test]
+    fn quota_rows() {
+        let rq = lookup("", "v1", "resourcequotas").unwrap();
+        let q = json!({"metadata": {"name": "q"}, "status": {
+            "hard": {"pods": "2", "requests.cpu": "1", "limits.cpu": "2", "limits.memory": "1Gi"},
+            "used": {"pods": "1", "requests.cpu": "500m", "limits.cpu": "1"}}});
+        let r = row(rq, &q, "None");
+        assert_eq!(r["cells"][2], "pods: 1/2, requests.cpu: 500m/1");
+        assert_eq!(r["cells"][3], "limits.cpu: 1/2, limits.memory: 0/1Gi");
+    }
+
+    #[test]
+    fn hpa_targets() {
+        let hpa = crate::api::resources::lookup("autoscaling", "v2", "horizontalpodautoscalers")
+            .unwrap();
+        let mut obj = json!({"metadata": {"name": "web"}, "spec": {
+            "scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 5,
+            "metrics": [
+                {"type": "Resource", "resource": {"name": "cpu",
+                 "target": {"type": "Utilization", "averageUtilization": 50}}},
+                {"type": "Resource", "resource": {"name": "memory",
+                 "target": {"type": "AverageValue", "averageValue": "100Mi"}}}]},
+            "status": {"currentReplicas": 2}});
+        assert_eq!(
+            row(hpa, &obj, "None")["cells"][2],
+            "cpu: <unknown>/50%, memory: <unknown>/100Mi"
+        );
+        obj["status"]["currentMetrics"] = json!([
+            {"type": "Resource", "resource": {"name": "cpu",
+             "current": {"averageUtilization": 12, "averageValue": "6m"}}},
+            {"type": "Resource", "resource": {"name": "memory",
+             "current": {"averageValue": "52428800"}}}]);
+        let r = row(hpa, &obj, "None");
+        assert_eq!(r["cells"][1], "Deployment/web");
+        assert_eq!(r["cells"][2], "cpu: 12%/50%, memory: 52428800/100Mi");
+        assert_eq!(r["cells"][5], 2);
     }
 }

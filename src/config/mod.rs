@@ -285,10 +285,18 @@ pub struct ServerArgs {
     #[arg(long, env = "KAJI_TERMINATED_POD_GC_THRESHOLD", default_value_t = 12500)]
     pub terminated_pod_gc_threshold: i32,
     /// Seconds pods tolerate the node.kubernetes.io/not-ready:NoExecute taint unless they say otherwise.
-    #[arg(long, env = "KAJI_DEFAULT_NOT_READY_TOLERATION_SECONDS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "KAJI_DEFAULT_NOT_READY_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
     pub default_not_ready_toleration_seconds: i64,
     /// Seconds pods tolerate the node.kubernetes.io/unreachable:NoExecute taint unless they say otherwise.
-    #[arg(long, env = "KAJI_DEFAULT_UNREACHABLE_TOLERATION_SECONDS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "KAJI_DEFAULT_UNREACHABLE_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
     pub default_unreachable_toleration_seconds: i64,
     /// Node agent settings (used unless --disable-agent).
     #[command(flatten)]

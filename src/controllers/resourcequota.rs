@@ -163,8 +163,16 @@ fn quota_needs_sync(known: &mut Known, q: &ResourceQuota) -> bool {
         .specs
         .insert(quota_key(q), spec.clone())
         .is_none_or(|old| old != spec);
-    let spec_hard = q.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
-    let status_hard = q.status.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
+    let spec_hard = q
+        .spec
+        .as_ref()
+        .and_then(|s| s.hard.clone())
+        .unwrap_or_default();
+    let status_hard = q
+        .status
+        .as_ref()
+        .and_then(|s| s.hard.clone())
+        .unwrap_or_default();
     changed || !quota::equals(&from_k8s(&spec_hard), &from_k8s(&status_hard))
 }
 
@@ -208,7 +216,9 @@ async fn watch_quotas(
             }
             Event::Init => listing.clear(),
             Event::InitApply(q) => {
-                *listing.entry(q.namespace().unwrap_or_default()).or_default() += 1;
+                *listing
+                    .entry(q.namespace().unwrap_or_default())
+                    .or_default() += 1;
                 let mut k = lock(&known);
                 quota_needs_sync(&mut k, &q);
             }
@@ -226,7 +236,11 @@ async fn watch_quotas(
     }
 }
 
-async fn watch_pods(client: Client, tx: mpsc::UnboundedSender<Trigger>, shutdown: CancellationToken) {
+async fn watch_pods(
+    client: Client,
+    tx: mpsc::UnboundedSender<Trigger>,
+    shutdown: CancellationToken,
+) {
     let api: Api<Pod> = Api::all(client);
     let mut events = pin!(watch_kind(api, watcher::Config::default()).default_backoff());
     let mut inactive: HashSet<String> = HashSet::new();
@@ -350,7 +364,11 @@ async fn sync_namespace(client: &Client, ns: &str) -> Result<(), Error> {
     let quotas = api.list(&ListParams::default()).await?.items;
     let mut objects: HashMap<(String, String), Option<Vec<Value>>> = HashMap::new();
     for q in &quotas {
-        let hard = q.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
+        let hard = q
+            .spec
+            .as_ref()
+            .and_then(|s| s.hard.clone())
+            .unwrap_or_default();
         for name in hard.keys() {
             if let Some(kind) = quota::kind_of_resource(name)
                 && !objects.contains_key(&kind)
@@ -365,8 +383,10 @@ async fn sync_namespace(client: &Client, ns: &str) -> Result<(), Error> {
         let qv = serde_json::to_value(&q)?;
         // Only the kinds this quota counts.
         let hard = quota::resource_list(&qv["spec"]["hard"]);
-        let kinds: HashSet<(String, String)> =
-            hard.keys().filter_map(|k| quota::kind_of_resource(k)).collect();
+        let kinds: HashSet<(String, String)> = hard
+            .keys()
+            .filter_map(|k| quota::kind_of_resource(k))
+            .collect();
         let mine: HashMap<(String, String), Option<Vec<Value>>> = objects
             .iter()
             .filter(|(k, _)| kinds.contains(*k))
@@ -408,7 +428,10 @@ mod tests {
         objects.insert((String::new(), "configmaps".to_string()), Some(vec![]));
         let (hard, used) = desired_status(&q, &objects, 0).unwrap();
         assert_eq!(quota::pretty(&hard), "configmaps=5,pods=2,requests.cpu=1");
-        assert_eq!(quota::pretty(&used), "configmaps=0,pods=1,requests.cpu=250m");
+        assert_eq!(
+            quota::pretty(&used),
+            "configmaps=0,pods=1,requests.cpu=250m"
+        );
         let settled = json!({"spec": q["spec"], "status": {"hard": quota::to_json(&hard), "used": quota::to_json(&used)}});
         assert!(desired_status(&settled, &objects, 0).is_none());
     }

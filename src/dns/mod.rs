@@ -86,8 +86,8 @@ pub struct Settings {
 }
 
 /// Starts cluster DNS: the address on the dummy interface, UDP and TCP listeners, the
-/// watches. The handle finishes after `shutdown`, once the interface (if kaji made it)
-/// is gone.
+/// watches. The handle finishes after `shutdown`, once the address kaji added (if any)
+/// is gone again.
 pub async fn run(
     client: kube::Client,
     settings: Settings,
@@ -97,17 +97,15 @@ pub async fn run(
     if upstreams.is_empty() {
         tracing::warn!(resolv_conf = %settings.resolv_conf.display(), "cluster DNS has no upstream resolver; only cluster names will resolve");
     }
-    let owned = if settings.manage_interface {
+    let holder = if settings.manage_interface {
         server::ensure_address(settings.address).await?
     } else {
-        false
+        server::Holder::Nothing
     };
     let (udp, tcp) = match server::bind(settings.address, settings.port).await {
         Ok(s) => s,
         Err(e) => {
-            if owned {
-                server::remove_interface().await;
-            }
+            server::release_address(holder).await;
             return Err(e);
         }
     };
@@ -131,9 +129,7 @@ pub async fn run(
     let watch_task = tokio::spawn(watch::run(client, dns, shutdown.clone()));
     Ok(tokio::spawn(async move {
         let _ = tokio::join!(udp_task, tcp_task, watch_task);
-        if owned {
-            server::remove_interface().await;
-        }
+        server::release_address(holder).await;
     }))
 }
 

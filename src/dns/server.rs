@@ -2,7 +2,7 @@
 //! index, the rest through the forwarder), serves them over UDP (truncating to the
 //! client's payload size with the TC bit) and TCP (RFC 1035 length framing, several
 //! queries per connection), and manages the `kaji-dns` dummy interface holding the
-//! cluster DNS address.
+//! cluster DNS address (or the address on `lo` where the kernel lacks the dummy driver).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -334,34 +334,63 @@ pub async fn bind(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener), Err
     Ok((udp, tcp))
 }
 
-/// Puts `ip` on the `kaji-dns` dummy interface (creating it) unless the address is
-/// already local elsewhere. Returns whether the interface is kaji's to remove at shutdown.
-pub async fn ensure_address(ip: IpAddr) -> Result<bool, Error> {
+/// What kaji added to hold the cluster DNS address, to undo at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Nothing: the address was already local.
+    Nothing,
+    /// The `kaji-dns` dummy interface.
+    Dummy(IpAddr),
+    /// The address on `lo` (kernels without the dummy driver).
+    Loopback(IpAddr),
+}
+
+fn host_cidr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    }
+}
+
+/// Puts `ip` on the `kaji-dns` dummy interface (creating it), or on `lo` where the kernel
+/// has no dummy driver, unless the address is already local elsewhere.
+pub async fn ensure_address(ip: IpAddr) -> Result<Holder, Error> {
     let exists = ip_cmd(&["link", "show", INTERFACE]).await.is_ok();
     if !exists {
         // Already local (e.g. a node-local cache someone else runs): just serve on it.
         if std::net::UdpSocket::bind((ip, 0)).is_ok() {
-            return Ok(false);
+            return Ok(Holder::Nothing);
         }
-        ip_cmd(&["link", "add", INTERFACE, "type", "dummy"]).await?;
+        if let Err(e) = ip_cmd(&["link", "add", INTERFACE, "type", "dummy"]).await {
+            tracing::info!(error = %e, "no dummy interface; putting the cluster DNS address on lo");
+            let cidr = host_cidr(ip);
+            let mut args = vec!["addr", "add", cidr.as_str(), "dev", "lo"];
+            if ip.is_ipv6() {
+                args.push("nodad");
+            }
+            ip_cmd(&args).await?;
+            return Ok(Holder::Loopback(ip));
+        }
     }
-    let cidr = match ip {
-        IpAddr::V4(_) => format!("{ip}/32"),
-        IpAddr::V6(_) => format!("{ip}/128"),
-    };
+    let cidr = host_cidr(ip);
     let mut args = vec!["addr", "replace", cidr.as_str(), "dev", INTERFACE];
     if ip.is_ipv6() {
         args.push("nodad");
     }
     ip_cmd(&args).await?;
     ip_cmd(&["link", "set", INTERFACE, "up"]).await?;
-    Ok(true)
+    Ok(Holder::Dummy(ip))
 }
 
-/// Removes the `kaji-dns` interface.
-pub async fn remove_interface() {
-    if let Err(e) = ip_cmd(&["link", "del", INTERFACE]).await {
-        tracing::warn!(error = %e, "removing the {INTERFACE} interface");
+/// Undoes [`ensure_address`].
+pub async fn release_address(holder: Holder) {
+    let result = match holder {
+        Holder::Nothing => return,
+        Holder::Dummy(_) => ip_cmd(&["link", "del", INTERFACE]).await,
+        Holder::Loopback(ip) => ip_cmd(&["addr", "del", &host_cidr(ip), "dev", "lo"]).await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "removing the cluster DNS address");
     }
 }
 

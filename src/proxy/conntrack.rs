@@ -167,7 +167,8 @@ mod tests {
     #[test]
     fn stale() {
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-        let cases: Vec<(&str, Vec<ServicePort>, Vec<ServicePort>, Vec<Flow>)> = vec![
+        type Case = (&'static str, Vec<ServicePort>, Vec<ServicePort>, Vec<Flow>);
+        let cases: Vec<Case> = vec![
             (
                 "endpoint removed",
                 vec![dns(&["10.42.0.2", "10.42.0.3"], Some(30053))],

@@ -487,7 +487,13 @@ mod tests {
         let not_ready = json!({"ready": false, "serving": false});
         let terminating_serving = json!({"ready": false, "serving": true, "terminating": true});
         let terminating_gone = json!({"ready": false, "serving": false, "terminating": true});
-        let cases: Vec<(&str, Vec<serde_json::Value>, Vec<&str>, Vec<&str>)> = vec![
+        type Case = (
+            &'static str,
+            Vec<serde_json::Value>,
+            Vec<&'static str>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "ready only",
                 vec![

@@ -697,7 +697,14 @@ mod tests {
     fn verdicts_without_endpoints() {
         // (what, port tweak, service-ips, no-endpoint-services, no-endpoint-nodeports)
         type Tweak = fn(&mut ServicePort);
-        let cases: Vec<(&str, Tweak, usize, Vec<&str>, Vec<&str>)> = vec![
+        type Case = (
+            &'static str,
+            Tweak,
+            usize,
+            Vec<&'static str>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "no endpoints: reject everywhere",
                 |p| {
@@ -831,6 +838,55 @@ mod tests {
         );
         assert!(s4.contains("delete chain ip kaji endpoint-OLD-x"));
         assert!(s4.contains("delete set ip kaji affinity-OLD-x"));
+    }
+
+    /// The kernel accepts a script with every feature (`nft -c`: checked, not committed).
+    #[tokio::test]
+    async fn script_is_valid_nft() {
+        if check_binary().await.is_err() {
+            eprintln!("nft not installed: skipped");
+            return;
+        }
+        let mut a = port();
+        a.node_port = Some(30080);
+        a.external_ips = vec!["192.0.2.1".parse().unwrap()];
+        a.external_local = true;
+        a.affinity_timeout = Some(30);
+        a.cluster_endpoints = vec![ep("10.42.0.2", true), ep("10.42.1.2", false)];
+        a.local_endpoints = vec![ep("10.42.0.2", true)];
+        let mut b = port();
+        b.name = "dns".into();
+        b.port_name = String::new();
+        b.protocol = Protocol::Udp;
+        b.port = 53;
+        b.cluster_ip = "10.43.0.53".parse().unwrap();
+        b.internal_local = true;
+        b.cluster_endpoints = vec![ep("10.42.1.3", false)];
+        let mut c = port();
+        c.name = "empty".into();
+        c.cluster_ip = "10.43.0.6".parse().unwrap();
+        c.node_port = Some(30081);
+        let rs = render(&[a, b, c], &settings());
+        let (s, _) = script(&rs, &Installed::default());
+        let mut child = tokio::process::Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(s.as_bytes())
+            .await
+            .unwrap();
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{s}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

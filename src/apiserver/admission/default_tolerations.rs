@@ -61,7 +61,10 @@ fn add_tolerations(pod: &mut Value, not_ready: i64, unreachable: i64) {
         .cloned()
         .unwrap_or_default();
     let mut add = Vec::new();
-    for (key, seconds) in [(NOT_READY_TAINT, not_ready), (UNREACHABLE_TAINT, unreachable)] {
+    for (key, seconds) in [
+        (NOT_READY_TAINT, not_ready),
+        (UNREACHABLE_TAINT, unreachable),
+    ] {
         if !existing.iter().any(|t| tolerates(t, key)) {
             add.push(json!({
                 "key": key,
@@ -106,7 +109,10 @@ mod tests {
         let cases = [
             (
                 json!({"spec": {}}),
-                vec![(NOT_READY_TAINT.into(), 300), (UNREACHABLE_TAINT.into(), 60)],
+                vec![
+                    (NOT_READY_TAINT.into(), 300),
+                    (UNREACHABLE_TAINT.into(), 60),
+                ],
             ),
             (
                 json!({"spec": {"tolerations": [{"key": NOT_READY_TAINT, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}}),

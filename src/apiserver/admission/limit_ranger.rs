@@ -29,10 +29,7 @@ async fn limit_ranges(reg: &Registry, ns: &str) -> Result<Vec<Value>, Status> {
     let Some(ri) = lookup("", "v1", "limitranges") else {
         return Ok(vec![]);
     };
-    Ok(reg
-        .list(ri, Some(ns), &ListOptions::default())
-        .await?
-        .items)
+    Ok(reg.list(ri, Some(ns), &ListOptions::default()).await?.items)
 }
 
 fn namespace<'a>(attrs: &Attributes<'a>, obj: &'a Value) -> Option<&'a str> {
@@ -83,11 +80,11 @@ fn container_defaults(lr: &Value) -> (Map<String, Value>, Map<String, Value>) {
 /// Sets missing requests/limits on every container and records them in the annotation.
 fn merge_defaults(pod: &mut Value, requests: &Map<String, Value>, limits: &Map<String, Value>) {
     let mut notes: Vec<String> = Vec::new();
-    for (list, what) in [("containers", "container"), ("initContainers", "init container")] {
-        let Some(containers) = pod["spec"]
-            .get_mut(list)
-            .and_then(Value::as_array_mut)
-        else {
+    for (list, what) in [
+        ("containers", "container"),
+        ("initContainers", "init container"),
+    ] {
+        let Some(containers) = pod["spec"].get_mut(list).and_then(Value::as_array_mut) else {
             continue;
         };
         for c in containers.iter_mut() {
@@ -283,7 +280,12 @@ fn ratio_constraint(
 }
 
 /// Checks `min`, `max` and `maxLimitRequestRatio` of one item against requests/limits.
-fn check_item(item: &Value, kind: &str, requests: &ResourceList, limits: &ResourceList) -> Vec<String> {
+fn check_item(
+    item: &Value,
+    kind: &str,
+    requests: &ResourceList,
+    limits: &ResourceList,
+) -> Vec<String> {
     let mut errors = Vec::new();
     for (k, v) in resource_list(&item["min"]) {
         errors.extend(min_constraint(kind, &k, v, requests, limits));
@@ -312,7 +314,12 @@ fn validate_pod(lr: &Value, pod: &Value) -> Vec<String> {
                 }
             }
             Some("Pod") => {
-                errors.extend(check_item(item, "Pod", &pod_requests(pod), &pod_limits(pod)));
+                errors.extend(check_item(
+                    item,
+                    "Pod",
+                    &pod_requests(pod),
+                    &pod_limits(pod),
+                ));
             }
             _ => {}
         }
@@ -363,16 +370,25 @@ mod tests {
             "default": {"cpu": "500m", "memory": "128Mi"},
             "defaultRequest": {"cpu": "100m", "memory": "64Mi"}}]));
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {
-            "initContainers": [{"name": "init"}],
-            "containers": [
-                {"name": "app"},
-                {"name": "side", "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "1"}}},
-            ]}});
+        "initContainers": [{"name": "init"}],
+        "containers": [
+            {"name": "app"},
+            {"name": "side", "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "1"}}},
+        ]}});
         let (r, l) = container_defaults(&range);
         merge_defaults(&mut pod, &r, &l);
-        assert_eq!(pod["spec"]["containers"][0]["resources"]["requests"]["cpu"], "100m");
-        assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"]["memory"], "128Mi");
-        assert_eq!(pod["spec"]["containers"][1]["resources"]["limits"]["cpu"], "1");
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+            "100m"
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"]["limits"]["memory"],
+            "128Mi"
+        );
+        assert_eq!(
+            pod["spec"]["containers"][1]["resources"]["limits"]["cpu"],
+            "1"
+        );
         assert_eq!(
             pod["metadata"]["annotations"][ANNOTATION],
             "LimitRanger plugin set: cpu, memory request for container app; cpu, memory limit for container app; \
@@ -383,9 +399,7 @@ mod tests {
 
     #[test]
     fn constraint_messages() {
-        let pod = |req: Value, lim: Value| {
-            json!({"spec": {"containers": [{"name": "c", "resources": {"requests": req, "limits": lim}}]}})
-        };
+        let pod = |req: Value, lim: Value| json!({"spec": {"containers": [{"name": "c", "resources": {"requests": req, "limits": lim}}]}});
         let cases = [
             (
                 json!([{"type": "Container", "max": {"cpu": "1"}}]),
@@ -405,7 +419,9 @@ mod tests {
             (
                 json!([{"type": "Container", "maxLimitRequestRatio": {"cpu": "2"}}]),
                 pod(json!({"cpu": "250m"}), json!({"cpu": "1"})),
-                vec!["cpu max limit to request ratio per Container is 2, but provided ratio is 4.000000"],
+                vec![
+                    "cpu max limit to request ratio per Container is 2, but provided ratio is 4.000000",
+                ],
             ),
             (
                 json!([{"type": "Pod", "max": {"cpu": "1"}}]),
@@ -425,7 +441,12 @@ mod tests {
         }
         let pvc = json!({"spec": {"resources": {"requests": {"storage": "5Gi"}}}});
         assert_eq!(
-            validate_pvc(&lr(json!([{"type": "PersistentVolumeClaim", "max": {"storage": "2Gi"}, "min": {"storage": "1Gi"}}])), &pvc),
+            validate_pvc(
+                &lr(
+                    json!([{"type": "PersistentVolumeClaim", "max": {"storage": "2Gi"}, "min": {"storage": "1Gi"}}])
+                ),
+                &pvc
+            ),
             vec!["maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 5Gi"]
         );
     }

@@ -105,7 +105,11 @@ pub async fn mutate(
     }
 }
 
-async fn admit_new_pod(reg: &Registry, attrs: &Attributes<'_>, obj: &mut Value) -> Result<(), Status> {
+async fn admit_new_pod(
+    reg: &Registry,
+    attrs: &Attributes<'_>,
+    obj: &mut Value,
+) -> Result<(), Status> {
     let requested = obj["spec"]["priorityClassName"]
         .as_str()
         .unwrap_or("")
@@ -186,7 +190,9 @@ pub async fn validate(
             return Err(forbidden(
                 attrs,
                 obj,
-                format!("PriorityClass {name} is already marked as default. Only one default can exist"),
+                format!(
+                    "PriorityClass {name} is already marked as default. Only one default can exist"
+                ),
             ));
         }
     }

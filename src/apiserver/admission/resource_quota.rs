@@ -27,8 +27,7 @@ use serde_json::Value;
 use super::{Attributes, Operation, forbidden};
 use crate::api::ResourceInfo;
 use crate::api::quota::{
-    self, Quantity, ResourceList, matching_resources, pod_constraints, quota_matches,
-    resource_list,
+    self, Quantity, ResourceList, matching_resources, pod_constraints, quota_matches, resource_list,
 };
 use crate::api::resources::lookup;
 use crate::api::status::Status;
@@ -144,7 +143,14 @@ async fn charge(
                 ..WriteOptions::default()
             };
             match reg
-                .update(rq, Some(ns), &name, Some("status"), Update::Replace(q), &opts)
+                .update(
+                    rq,
+                    Some(ns),
+                    &name,
+                    Some("status"),
+                    Update::Replace(q),
+                    &opts,
+                )
                 .await
             {
                 Ok(_) => {
@@ -377,9 +383,17 @@ mod tests {
         let mut scoped = quota("be", json!({"pods": "0"}), json!({"pods": "0"}));
         scoped["spec"]["scopes"] = json!(["BestEffort"]);
         let p = attrs("pods", Operation::Create, "x");
-        assert!(evaluate(&p, &pod("x", Some("1")), None, std::slice::from_ref(&scoped), 0)
+        assert!(
+            evaluate(
+                &p,
+                &pod("x", Some("1")),
+                None,
+                std::slice::from_ref(&scoped),
+                0
+            )
             .unwrap()
-            .is_empty());
+            .is_empty()
+        );
         assert!(evaluate(&p, &pod("x", None), None, &[scoped], 0).is_err());
     }
 }
