@@ -36,6 +36,7 @@ fmt:
 bench:
 	$(CARGO) bench --bench apiserver
 	$(CARGO) bench --bench pods
+	$(CARGO) bench --bench proxy
 	$(CARGO) bench --bench workloads
 	$(CARGO) bench --bench dns
 

@@ -114,6 +114,7 @@ spec:
         pod["metadata"]["annotations"]["kubernetes.io/limit-ranger"],
         "LimitRanger plugin set: cpu, memory request for container app; cpu, memory limit for container app"
     );
+    assert_eq!(pod["status"]["qosClass"], "Burstable");
     // Max per container.
     let err = apply_err(&server, &cpu_pod("lr", "big", "2"));
     assert!(

@@ -222,7 +222,7 @@ fn taints(node: &Value) -> Vec<String> {
 fn wait_for<T>(
     secs: u64,
     what: &str,
-    logs: impl Fn() -> String,
+    logs: &dyn Fn() -> String,
     mut check: impl FnMut() -> Option<T>,
 ) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -299,7 +299,11 @@ fn agent_joins_runs_pods_and_unreachable_nodes_are_evicted() {
     let node2 = wait_for(120, "node2 Ready", &logs, || {
         get_json(&server, &["node", "node2"]).filter(|n| ready_status(n) == "True")
     });
-    assert!(node2["spec"]["podCIDR"].as_str().is_some_and(|c| c != ""));
+    assert!(
+        node2["spec"]["podCIDR"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
     assert!(
         node2["metadata"]["labels"]["node-role.kubernetes.io/control-plane"].is_null(),
         "a joined node is a worker"
@@ -332,11 +336,10 @@ spec:
         p["status"]["phase"] == "Running"
     });
     assert_eq!(pod["spec"]["nodeName"], "node2");
-    let logs_out = wait_for(30, "pod logs", &logs, || {
+    wait_for(30, "pod logs", &logs, || {
         let o = server.kubectl(&["logs", "pinned"]);
         (o.status.success() && stdout(&o).contains("hello from node2")).then_some(())
     });
-    let _ = logs_out;
 
     // Cordoning tracks into the unschedulable taint; a Deployment pod lands on node2.
     ok(server.kubectl(&["cordon", "node1"]));

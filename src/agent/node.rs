@@ -128,9 +128,10 @@ fn conditions(cfg: &AgentConfig) -> Vec<Value> {
     let mem_avail = meminfo("MemAvailable");
     let mem_total = meminfo("MemTotal").max(1);
     let memory_pressure = mem_avail * 100 / mem_total < 5;
-    let disk_pressure = false;
+    // The kubelet's default hard eviction threshold: nodefs.available < 10%.
+    let disk_pressure = super::stats::fs_stats(&cfg.data_dir)
+        .is_some_and(|fs| fs.capacity_bytes > 0 && fs.available_bytes * 10 < fs.capacity_bytes);
     let pid_pressure = false;
-    let _ = cfg;
     let cond = |t: &str,
                 status: bool,
                 reason_true: &str,

@@ -149,11 +149,16 @@ impl Quantity {
         self.nanos == 0
     }
 
-    /// The sum, printed in this quantity's format (upstream's `Add` keeps the receiver's).
+    /// The sum, printed in this quantity's format (upstream's `Add` keeps the receiver's;
+    /// adding to zero takes the other's).
     pub fn plus(self, other: Quantity) -> Quantity {
         Quantity {
             nanos: self.nanos.saturating_add(other.nanos),
-            format: self.format,
+            format: if self.is_zero() {
+                other.format
+            } else {
+                self.format
+            },
         }
     }
 
@@ -511,6 +516,40 @@ pub fn pod_is_best_effort(pod: &Value) -> bool {
             })
         })
     })
+}
+
+/// The pod's QoS class (`Guaranteed`, `Burstable`, `BestEffort`) from the cpu/memory
+/// requests and limits of all its containers, as upstream computes `status.qosClass`.
+pub fn pod_qos_class(pod: &Value) -> &'static str {
+    let mut requests = ResourceList::new();
+    let mut limits = ResourceList::new();
+    let mut guaranteed = true;
+    for list in ["initContainers", "containers"] {
+        for (_, req, lim) in container_lists(pod, list) {
+            let compute = |l: &ResourceList| -> ResourceList {
+                l.iter()
+                    .filter(|(k, v)| matches!(k.as_str(), "cpu" | "memory") && !v.is_zero())
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            };
+            let (req, lim) = (compute(&req), compute(&lim));
+            if !(lim.contains_key("cpu") && lim.contains_key("memory")) {
+                guaranteed = false;
+            }
+            requests = add(&requests, &req);
+            limits = add(&limits, &lim);
+        }
+    }
+    if requests.is_empty() && limits.is_empty() {
+        return "BestEffort";
+    }
+    if guaranteed
+        && requests.len() == limits.len()
+        && requests.iter().all(|(k, v)| limits.get(k) == Some(v))
+    {
+        return "Guaranteed";
+    }
+    "Burstable"
 }
 
 /// One scope selector requirement of a quota.
@@ -899,6 +938,26 @@ mod tests {
             pod_usage(&done, 0).keys().collect::<Vec<_>>(),
             vec!["count/pods"]
         );
+    }
+
+    #[test]
+    fn qos_classes() {
+        let pod = |res: Value| json!({"spec": {"containers": [{"name": "a", "resources": res}]}});
+        let cases = [
+            (json!({}), "BestEffort"),
+            (json!({"requests": {"cpu": "1"}}), "Burstable"),
+            (
+                json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}),
+                "Guaranteed",
+            ),
+            (
+                json!({"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}),
+                "Burstable",
+            ),
+        ];
+        for (res, want) in cases {
+            assert_eq!(pod_qos_class(&pod(res.clone())), want, "{res}");
+        }
     }
 
     #[test]

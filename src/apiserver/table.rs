@@ -290,6 +290,24 @@ fn columns(ri: &ResourceInfo) -> Vec<Column> {
                 "NodeSelector is a selector which must be true for the pod to fit on a node.",
             ),
             AGE,
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            (
+                "Selector",
+                "string",
+                1,
+                "A label query over pods that are managed by the daemon set.",
+            ),
         ],
         ("batch", "Job") => &[
             ("Status", "string", 0, "Status of the job."),
@@ -452,6 +470,107 @@ fn columns(ri: &ResourceInfo) -> Vec<Column> {
                 "string",
                 0,
                 "storageClassName is the name of the StorageClass required by the claim.",
+            ),
+            (
+                "VolumeAttributesClass",
+                "string",
+                0,
+                "VolumeAttributesClass of the pvc",
+            ),
+            AGE,
+            (
+                "VolumeMode",
+                "string",
+                1,
+                "volumeMode defines what type of volume is required by the claim.",
+            ),
+        ],
+        ("", "PersistentVolume") => &[
+            (
+                "Capacity",
+                "string",
+                0,
+                "capacity is the description of the persistent volume's resources and capacity.",
+            ),
+            (
+                "Access Modes",
+                "string",
+                0,
+                "accessModes contains all ways the volume can be mounted.",
+            ),
+            (
+                "Reclaim Policy",
+                "string",
+                0,
+                "persistentVolumeReclaimPolicy defines what happens to a persistent volume when released from its claim.",
+            ),
+            (
+                "Status",
+                "string",
+                0,
+                "phase indicates if a volume is available, bound to a claim, or released by a claim.",
+            ),
+            (
+                "Claim",
+                "string",
+                0,
+                "claimRef is part of a bi-directional binding between PersistentVolume and PersistentVolumeClaim.",
+            ),
+            ("StorageClass", "string", 0, "StorageClass of the pv"),
+            (
+                "VolumeAttributesClass",
+                "string",
+                0,
+                "VolumeAttributesClass of the pv",
+            ),
+            (
+                "Reason",
+                "string",
+                0,
+                "reason is a brief CamelCase string that describes any failure and is meant for machine parsing and tidy display in the CLI.",
+            ),
+            AGE,
+            (
+                "VolumeMode",
+                "string",
+                1,
+                "volumeMode defines if a volume is intended to be used with a formatted filesystem or to remain in raw block state.",
+            ),
+        ],
+        ("storage.k8s.io", "StorageClass") => &[
+            (
+                "Provisioner",
+                "string",
+                0,
+                "provisioner indicates the type of the provisioner.",
+            ),
+            (
+                "ReclaimPolicy",
+                "string",
+                0,
+                "reclaimPolicy controls the reclaimPolicy for dynamically provisioned PersistentVolumes of this storage class.",
+            ),
+            (
+                "VolumeBindingMode",
+                "string",
+                0,
+                "volumeBindingMode indicates how PersistentVolumeClaims should be provisioned and bound.",
+            ),
+            (
+                "AllowVolumeExpansion",
+                "string",
+                0,
+                "allowVolumeExpansion shows whether the storage class allow volume expand.",
+            ),
+            AGE,
+        ],
+        ("apps", "ControllerRevision") => &[
+            ("Controller", "string", 0, "Controller of the object"),
+            (
+                "Revision",
+                "string",
+                0,
+                "Revision indicates the revision of the state represented by Data.",
             ),
             AGE,
         ],
@@ -762,10 +881,53 @@ fn service_ports(obj: &Value) -> String {
     or_none(out.join(","))
 }
 
+/// Access modes as kubectl abbreviates them, in upstream's fixed order.
+fn access_modes(modes: &Value) -> String {
+    let has = |m: &str| {
+        modes
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| s(x) == m))
+    };
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(m, _)| has(m))
+    .map(|(_, short)| *short)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+fn unset(v: &str) -> String {
+    if v.is_empty() {
+        "<unset>".to_string()
+    } else {
+        v.to_string()
+    }
+}
+
 fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
     let spec = &obj["spec"];
     let st = &obj["status"];
     match (ri.kind, column) {
+        ("StorageClass", "Name") => {
+            let name = s(&obj["metadata"]["name"]);
+            let ann = &obj["metadata"]["annotations"];
+            let default = [
+                "storageclass.kubernetes.io/is-default-class",
+                "storageclass.beta.kubernetes.io/is-default-class",
+            ]
+            .iter()
+            .any(|k| s(&ann[*k]) == "true");
+            json!(if default {
+                format!("{name} (default)")
+            } else {
+                name.to_string()
+            })
+        }
         (_, "Name") => json!(s(&obj["metadata"]["name"])),
         (_, "Age") => json!(age_of(&obj["metadata"]["creationTimestamp"])),
         ("Pod", "Ready") => json!(pod_status(obj).0),
@@ -1075,25 +1237,75 @@ fn cell(ri: &ResourceInfo, obj: &Value, column: &str) -> Value {
         } else {
             "80"
         }),
-        ("PersistentVolumeClaim", "Status") => json!(s(&st["phase"])),
+        ("PersistentVolumeClaim" | "PersistentVolume", "Status") => {
+            if obj["metadata"]["deletionTimestamp"].is_string() {
+                json!("Terminating")
+            } else {
+                json!(s(&st["phase"]))
+            }
+        }
         ("PersistentVolumeClaim", "Volume") => json!(s(&spec["volumeName"])),
         ("PersistentVolumeClaim", "Capacity") => json!(s(&st["capacity"]["storage"])),
-        ("PersistentVolumeClaim", "Access Modes") => json!(
-            st["accessModes"]
+        ("PersistentVolumeClaim", "Access Modes") => json!(access_modes(&st["accessModes"])),
+        ("PersistentVolumeClaim", "VolumeAttributesClass") => {
+            json!(unset(s(&st["currentVolumeAttributesClassName"])))
+        }
+        ("PersistentVolumeClaim" | "PersistentVolume", "VolumeMode") => {
+            json!(unset(s(&spec["volumeMode"])))
+        }
+        ("PersistentVolume", "Capacity") => json!(s(&spec["capacity"]["storage"])),
+        ("PersistentVolume", "Access Modes") => json!(access_modes(&spec["accessModes"])),
+        ("PersistentVolume", "Reclaim Policy") => json!(s(&spec["persistentVolumeReclaimPolicy"])),
+        ("PersistentVolume", "Claim") => json!(if spec["claimRef"].is_object() {
+            format!(
+                "{}/{}",
+                s(&spec["claimRef"]["namespace"]),
+                s(&spec["claimRef"]["name"])
+            )
+        } else {
+            String::new()
+        }),
+        ("PersistentVolume", "StorageClass") => json!(s(&spec["storageClassName"])),
+        ("PersistentVolume", "VolumeAttributesClass") => {
+            json!(unset(s(&spec["volumeAttributesClassName"])))
+        }
+        ("PersistentVolume", "Reason") => json!(s(&st["reason"])),
+        ("StorageClass", "Provisioner") => json!(s(&obj["provisioner"])),
+        ("StorageClass", "ReclaimPolicy") => json!(match s(&obj["reclaimPolicy"]) {
+            "" => "Delete",
+            p => p,
+        }),
+        ("StorageClass", "VolumeBindingMode") => json!(match s(&obj["volumeBindingMode"]) {
+            "" => "Immediate",
+            m => m,
+        }),
+        ("StorageClass", "AllowVolumeExpansion") => {
+            json!(
+                obj["allowVolumeExpansion"]
+                    .as_bool()
+                    .unwrap_or(false)
+                    .to_string()
+            )
+        }
+        ("ControllerRevision", "Controller") => {
+            let owner = obj["metadata"]["ownerReferences"]
                 .as_array()
-                .map(|a| a
-                    .iter()
-                    .map(|m| match s(m) {
-                        "ReadWriteOnce" => "RWO",
-                        "ReadOnlyMany" => "ROX",
-                        "ReadWriteMany" => "RWX",
-                        "ReadWriteOncePod" => "RWOP",
-                        x => x,
-                    })
-                    .collect::<Vec<_>>()
-                    .join(","))
-                .unwrap_or_default()
-        ),
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == true));
+            json!(match owner {
+                Some(r) => {
+                    let group = s(&r["apiVersion"]).rsplit_once('/').map_or("", |(g, _)| g);
+                    let kind = s(&r["kind"]).to_lowercase();
+                    let kind = if group.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}.{group}")
+                    };
+                    format!("{kind}/{}", s(&r["name"]))
+                }
+                None => "<none>".to_string(),
+            })
+        }
+        ("ControllerRevision", "Revision") => json!(obj["revision"].as_i64().unwrap_or(0)),
         ("PersistentVolumeClaim", "StorageClass") => {
             json!(or_none(s(&spec["storageClassName"]).to_string()))
         }

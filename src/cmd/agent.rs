@@ -215,7 +215,7 @@ async fn join(server: &str, token: &Token, node_name: &str) -> anyhow::Result<No
             Err(JoinError::Fatal(e)) => return Err(e),
             Err(JoinError::Retry(e)) => {
                 attempt += 1;
-                if attempt == 1 || attempt % 15 == 0 {
+                if attempt == 1 || attempt.is_multiple_of(15) {
                     tracing::warn!(%server, "cannot reach the server yet, retrying: {e:#}");
                 }
                 tokio::time::sleep(RETRY).await;

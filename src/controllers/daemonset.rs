@@ -234,7 +234,10 @@ pub(crate) fn daemon_tolerations(host_network: bool) -> Vec<Toleration> {
         toleration("node.kubernetes.io/unschedulable", "NoSchedule"),
     ];
     if host_network {
-        t.push(toleration("node.kubernetes.io/network-unavailable", "NoSchedule"));
+        t.push(toleration(
+            "node.kubernetes.io/network-unavailable",
+            "NoSchedule",
+        ));
     }
     t
 }
@@ -270,7 +273,9 @@ fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
         };
         let value_ok = match op {
             "Exists" => true,
-            "Equal" | "" => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+            "Equal" | "" => {
+                t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+            }
             _ => false,
         };
         effect_ok && key_ok && value_ok
@@ -285,8 +290,12 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
         "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
-        "Gt" => matches!((value.and_then(num), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a > b),
-        "Lt" => matches!((value.and_then(num), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a < b),
+        "Gt" => {
+            matches!((value.and_then(num), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a > b)
+        }
+        "Lt" => {
+            matches!((value.and_then(num), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a < b)
+        }
         _ => false,
     }
 }
@@ -330,8 +339,12 @@ pub(crate) fn node_should_run(node: &Node, spec: &PodSpec) -> (bool, bool) {
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-    let affinity_ok = required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)));
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    let affinity_ok =
+        required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)));
     if !selector_ok || !affinity_ok {
         return (false, false);
     }
@@ -364,7 +377,9 @@ fn pin_to_node(spec: &mut PodSpec, node: &str) {
         match_expressions: None,
     };
     let affinity = spec.affinity.get_or_insert_with(Affinity::default);
-    let na = affinity.node_affinity.get_or_insert_with(NodeAffinity::default);
+    let na = affinity
+        .node_affinity
+        .get_or_insert_with(NodeAffinity::default);
     na.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
         node_selector_terms: vec![term],
     });
@@ -439,7 +454,9 @@ fn rolling_budget(ds: &DaemonSet, desired: i32) -> (i32, i32) {
         .and_then(|r| r.max_unavailable.clone())
         .unwrap_or(IntOrString::Int(1));
     let surge = scaled_value(&surge, desired, true).unwrap_or(0).max(0);
-    let mut unavailable = scaled_value(&unavailable, desired, true).unwrap_or(1).max(0);
+    let mut unavailable = scaled_value(&unavailable, desired, true)
+        .unwrap_or(1)
+        .max(0);
     if surge == 0 && unavailable == 0 {
         unavailable = 1;
     }
@@ -565,8 +582,14 @@ fn plan_rolling_update(
             continue;
         }
         let live: Vec<&Arc<Pod>> = pods.iter().filter(|p| !deleting(p)).collect();
-        let new: Vec<&&Arc<Pod>> = live.iter().filter(|p| is_updated(p, hash, generation)).collect();
-        let old: Vec<&&Arc<Pod>> = live.iter().filter(|p| !is_updated(p, hash, generation)).collect();
+        let new: Vec<&&Arc<Pod>> = live
+            .iter()
+            .filter(|p| is_updated(p, hash, generation))
+            .collect();
+        let old: Vec<&&Arc<Pod>> = live
+            .iter()
+            .filter(|p| !is_updated(p, hash, generation))
+            .collect();
         if new.len() > 1 || old.len() > 1 {
             // The manage step cleans this node up first.
             unavailable += 1;
@@ -637,7 +660,11 @@ async fn construct_history(
         .unwrap_or(0);
     let matching: Vec<&Arc<ControllerRevision>> = revs
         .iter()
-        .filter(|r| r.data.as_ref().is_some_and(|d| history::same_data(&d.0, &data)))
+        .filter(|r| {
+            r.data
+                .as_ref()
+                .is_some_and(|d| history::same_data(&d.0, &data))
+        })
         .collect();
     let next = history::next_revision(&revs);
     let current = match matching.last() {
@@ -717,7 +744,9 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, Error> {
     let mut plan = Plan::default();
     for (n, d) in &decisions {
         let on_node = node_pods.get(n).cloned().unwrap_or_default();
-        plan_node(n, *d, &on_node, surge, &hash, generation, min_ready, now, &mut plan);
+        plan_node(
+            n, *d, &on_node, surge, &hash, generation, min_ready, now, &mut plan,
+        );
     }
     plan.delete.extend(orphaned);
     let mut next_check: Option<Duration> = None;
@@ -770,7 +799,9 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, Error> {
                 .filter(|(_, d)| d.0)
                 .map(|(n, _)| n.clone())
                 .collect();
-            let update = plan_rolling_update(&node_pods, &eligible, budget, &hash, generation, min_ready, now);
+            let update = plan_rolling_update(
+                &node_pods, &eligible, budget, &hash, generation, min_ready, now,
+            );
             if !update.create_on.is_empty() || !update.delete.is_empty() {
                 tracing::info!(ds = %name, ns = %ns, create = ?update.create_on, delete = ?update.delete, "rolling update");
             }
@@ -799,7 +830,9 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, Error> {
         }
     }
 
-    let status = calculate_status(&decisions, &node_pods, &hash, generation, min_ready, collision, now);
+    let status = calculate_status(
+        &decisions, &node_pods, &hash, generation, min_ready, collision, now,
+    );
     update_status(ds, status, ctx).await?;
     if let Some(e) = first_err {
         return Err(e);
@@ -809,7 +842,10 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, Error> {
         let wait = Duration::from_secs(u64::try_from(min_ready).unwrap_or(0) + 1);
         next_check = Some(next_check.map_or(wait, |w| w.min(wait)));
     }
-    Ok(next_check.map_or_else(|| Action::requeue(Duration::from_secs(300)), Action::requeue))
+    Ok(next_check.map_or_else(
+        || Action::requeue(Duration::from_secs(300)),
+        Action::requeue,
+    ))
 }
 
 /// Adopts matching orphans and releases owned pods that stopped matching; returns the
@@ -892,7 +928,9 @@ async fn execute(ds: &DaemonSet, plan: &Plan, hash: &str, ctx: &Ctx) -> Result<(
         {
             let mut pending = ctx.pending.lock().unwrap_or_else(PoisonError::into_inner);
             for n in now {
-                pending.creates.insert((uid.clone(), n.clone()), Instant::now());
+                pending
+                    .creates
+                    .insert((uid.clone(), n.clone()), Instant::now());
             }
         }
         let results = future::join_all(now.iter().map(|node| {
@@ -1017,7 +1055,8 @@ async fn update_status(ds: &DaemonSet, status: DaemonSetStatus, ctx: &Ctx) -> Re
     if current == status {
         return Ok(());
     }
-    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ds.namespace().unwrap_or_default());
+    let api: Api<DaemonSet> =
+        Api::namespaced(ctx.client.clone(), &ds.namespace().unwrap_or_default());
     let mut updated = ds.clone();
     let conditions = ds.status.as_ref().and_then(|s| s.conditions.clone());
     updated.status = Some(DaemonSetStatus {
@@ -1041,8 +1080,10 @@ mod tests {
     use serde_json::json;
 
     fn node(name: &str, labels: serde_json::Value, taints: serde_json::Value) -> Node {
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}}))
-            .unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}}),
+        )
+        .unwrap()
     }
 
     fn spec(v: serde_json::Value) -> PodSpec {
@@ -1054,22 +1095,55 @@ mod tests {
     #[test]
     fn eligibility() {
         let plain = node("n1", json!({"disk": "ssd"}), json!([]));
-        let tainted = node("n2", json!({}), json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]));
-        let evicting = node("n3", json!({}), json!([{"key": "dedicated", "value": "db", "effect": "NoExecute"}]));
-        let not_ready = node("n4", json!({}), json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"},
-            {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]));
-        let net = node("n5", json!({}), json!([{"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}]));
-        let tolerate_db = json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db"}]});
+        let tainted = node(
+            "n2",
+            json!({}),
+            json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+        );
+        let evicting = node(
+            "n3",
+            json!({}),
+            json!([{"key": "dedicated", "value": "db", "effect": "NoExecute"}]),
+        );
+        let not_ready = node(
+            "n4",
+            json!({}),
+            json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"},
+            {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]),
+        );
+        let net = node(
+            "n5",
+            json!({}),
+            json!([{"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}]),
+        );
+        let tolerate_db =
+            json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db"}]});
         // (node, pod spec, (should run, should continue running))
         let cases = [
             (&plain, json!({}), (true, true)),
-            (&plain, json!({"nodeSelector": {"disk": "ssd"}}), (true, true)),
-            (&plain, json!({"nodeSelector": {"disk": "hdd"}}), (false, false)),
+            (
+                &plain,
+                json!({"nodeSelector": {"disk": "ssd"}}),
+                (true, true),
+            ),
+            (
+                &plain,
+                json!({"nodeSelector": {"disk": "hdd"}}),
+                (false, false),
+            ),
             (&plain, json!({"nodeName": "other"}), (false, false)),
-            (&plain, json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
-                {"nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}]}}}}), (true, true)),
-            (&plain, json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
-                {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]}]}}}}), (false, false)),
+            (
+                &plain,
+                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}]}}}}),
+                (true, true),
+            ),
+            (
+                &plain,
+                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]}]}}}}),
+                (false, false),
+            ),
             (&tainted, json!({}), (false, true)),
             (&tainted, tolerate_db.clone(), (true, true)),
             (&evicting, json!({}), (false, false)),
@@ -1085,15 +1159,24 @@ mod tests {
 
     #[test]
     fn pinning_and_tolerations() {
-        let mut s = spec(json!({"tolerations": [{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute", "operator": "Exists", "tolerationSeconds": 5}]}));
+        let mut s = spec(
+            json!({"tolerations": [{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute", "operator": "Exists", "tolerationSeconds": 5}]}),
+        );
         add_daemon_tolerations(&mut s);
         let t = s.tolerations.as_ref().unwrap();
         assert_eq!(t.len(), 6);
-        assert!(t.iter().all(|t| t.toleration_seconds.is_none()), "seconds are dropped");
+        assert!(
+            t.iter().all(|t| t.toleration_seconds.is_none()),
+            "seconds are dropped"
+        );
         pin_to_node(&mut s, "n7");
-        let pod = Pod { spec: Some(s), ..Pod::default() };
+        let pod = Pod {
+            spec: Some(s),
+            ..Pod::default()
+        };
         assert_eq!(target_node(&pod).as_deref(), Some("n7"));
-        let bound: Pod = serde_json::from_value(json!({"spec": {"nodeName": "n8", "containers": []}})).unwrap();
+        let bound: Pod =
+            serde_json::from_value(json!({"spec": {"nodeName": "n8", "containers": []}})).unwrap();
         assert_eq!(target_node(&bound).as_deref(), Some("n8"));
     }
 
@@ -1115,12 +1198,68 @@ mod tests {
         let t2 = "2025-01-01T01:00:00Z";
         let mut plan = Plan::default();
         plan_node("a", (true, true), &[], false, "h", 1, 0, now, &mut plan);
-        plan_node("b", (false, false), &[pod("b1", "h", t1, true, "Running")], false, "h", 1, 0, now, &mut plan);
-        plan_node("c", (true, true), &[pod("c2", "h", t2, true, "Running"), pod("c1", "h", t1, true, "Running")], false, "h", 1, 0, now, &mut plan);
-        plan_node("d", (true, true), &[pod("d1", "h", t1, false, "Failed")], false, "h", 1, 0, now, &mut plan);
-        plan_node("e", (false, true), &[pod("e1", "h", t1, true, "Running")], false, "h", 1, 0, now, &mut plan);
+        plan_node(
+            "b",
+            (false, false),
+            &[pod("b1", "h", t1, true, "Running")],
+            false,
+            "h",
+            1,
+            0,
+            now,
+            &mut plan,
+        );
+        plan_node(
+            "c",
+            (true, true),
+            &[
+                pod("c2", "h", t2, true, "Running"),
+                pod("c1", "h", t1, true, "Running"),
+            ],
+            false,
+            "h",
+            1,
+            0,
+            now,
+            &mut plan,
+        );
+        plan_node(
+            "d",
+            (true, true),
+            &[pod("d1", "h", t1, false, "Failed")],
+            false,
+            "h",
+            1,
+            0,
+            now,
+            &mut plan,
+        );
+        plan_node(
+            "e",
+            (false, true),
+            &[pod("e1", "h", t1, true, "Running")],
+            false,
+            "h",
+            1,
+            0,
+            now,
+            &mut plan,
+        );
         // Surge: a new unavailable pod next to an available old one is fine.
-        plan_node("f", (true, true), &[pod("f-old", "old", t1, true, "Running"), pod("f-new", "h", t2, false, "Running")], true, "h", 1, 0, now, &mut plan);
+        plan_node(
+            "f",
+            (true, true),
+            &[
+                pod("f-old", "old", t1, true, "Running"),
+                pod("f-new", "h", t2, false, "Running"),
+            ],
+            true,
+            "h",
+            1,
+            0,
+            now,
+            &mut plan,
+        );
         assert_eq!(plan.create_on, ["a"]);
         assert_eq!(plan.delete, ["b1", "c2", "d1"]);
         assert_eq!(plan.failed, [("d1".to_string(), "d".to_string())]);
@@ -1133,7 +1272,10 @@ mod tests {
         let nodes: BTreeMap<String, Vec<Arc<Pod>>> = [
             ("n1".to_string(), vec![pod("p1", "old", t, true, "Running")]),
             ("n2".to_string(), vec![pod("p2", "old", t, true, "Running")]),
-            ("n3".to_string(), vec![pod("p3", "old", t, false, "Pending")]),
+            (
+                "n3".to_string(),
+                vec![pod("p3", "old", t, false, "Pending")],
+            ),
             ("n4".to_string(), vec![pod("p4", "new", t, true, "Running")]),
         ]
         .into();

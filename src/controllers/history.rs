@@ -201,7 +201,11 @@ pub(crate) async fn create(
     mut rev: ControllerRevision,
     collision_count: &mut i32,
 ) -> Result<ControllerRevision, kube::Error> {
-    let data = rev.data.as_ref().map(|d| d.0.clone()).unwrap_or(Value::Null);
+    let data = rev
+        .data
+        .as_ref()
+        .map(|d| d.0.clone())
+        .unwrap_or(Value::Null);
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -241,8 +245,12 @@ pub(crate) async fn set_revision_number(
     revision: i64,
 ) -> Result<ControllerRevision, kube::Error> {
     let patch = json!({"revision": revision});
-    api.patch(&rev.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
+    api.patch(
+        &rev.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
 }
 
 /// The names of the revisions to delete so that at most `limit` old ones remain, sparing
@@ -304,7 +312,10 @@ mod tests {
             assert_eq!(hash_data(x, cx) == hash_data(y, cy), eq, "case {i}");
         }
         let h = hash_data(&a, Some(0));
-        assert!(!h.is_empty() && h.bytes().all(|c| SAFE_ALPHABET.contains(&c)), "{h}");
+        assert!(
+            !h.is_empty() && h.bytes().all(|c| SAFE_ALPHABET.contains(&c)),
+            "{h}"
+        );
         // Key order, nulls and empty maps do not change the hash.
         let reordered = json!({"spec": {"template": {"spec": {"containers": [{"image": "busybox:1", "name": "c"}]},
             "metadata": {"labels": {"app": "web"}, "annotations": {}}, "$patch": "replace"}}});

@@ -86,7 +86,10 @@ pub fn volume_dir(base: &std::path::Path, uid: &str, ns: &str, claim: &str) -> P
 pub async fn run(client: Client, base: PathBuf, shutdown: CancellationToken) {
     let classes: Api<StorageClass> = Api::all(client.clone());
     for attempt in 0..30 {
-        match classes.create(&PostParams::default(), &storage_class()).await {
+        match classes
+            .create(&PostParams::default(), &storage_class())
+            .await
+        {
             Ok(_) => {
                 tracing::info!(class = CLASS_NAME, "created the local-path StorageClass");
                 break;
@@ -136,7 +139,9 @@ pub async fn run(client: Client, base: PathBuf, shutdown: CancellationToken) {
         ctx.clone(),
         pvc_store,
         claims
-            .map(|r| Ok::<ReconcileRequest<PersistentVolumeClaim>, std::convert::Infallible>(r.into()))
+            .map(|r| {
+                Ok::<ReconcileRequest<PersistentVolumeClaim>, std::convert::Infallible>(r.into())
+            })
             .take_until(async move { stop.cancelled().await }),
         controller::Config::default(),
     )
@@ -164,7 +169,12 @@ pub async fn run(client: Client, base: PathBuf, shutdown: CancellationToken) {
 }
 
 /// The PV for `claim` on `node` (upstream provisioner's volume, hostPath flavour).
-fn volume_for(claim: &PersistentVolumeClaim, class: &StorageClass, node: &str, base: &std::path::Path) -> PersistentVolume {
+fn volume_for(
+    claim: &PersistentVolumeClaim,
+    class: &StorageClass,
+    node: &str,
+    base: &std::path::Path,
+) -> PersistentVolume {
     let ns = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
     let uid = claim.uid().unwrap_or_default();
@@ -206,13 +216,18 @@ async fn reconcile_claim(c: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
         .await
         .map_err(|_| Error::CacheGone)?;
     let ann = c.annotations();
-    let asked = ann.get(STORAGE_PROVISIONER).or_else(|| ann.get(BETA_STORAGE_PROVISIONER));
+    let asked = ann
+        .get(STORAGE_PROVISIONER)
+        .or_else(|| ann.get(BETA_STORAGE_PROVISIONER));
     let unbound = c
         .spec
         .as_ref()
         .and_then(|s| s.volume_name.as_deref())
         .is_none_or(str::is_empty);
-    if asked.map(String::as_str) != Some(PROVISIONER) || !unbound || c.metadata.deletion_timestamp.is_some() {
+    if asked.map(String::as_str) != Some(PROVISIONER)
+        || !unbound
+        || c.metadata.deletion_timestamp.is_some()
+    {
         return Ok(Action::await_change());
     }
     let class_name = c
@@ -305,19 +320,44 @@ mod tests {
         }))
         .unwrap();
         let class = storage_class();
-        assert_eq!(class.volume_binding_mode.as_deref(), Some("WaitForFirstConsumer"));
+        assert_eq!(
+            class.volume_binding_mode.as_deref(),
+            Some("WaitForFirstConsumer")
+        );
         assert_eq!(class.annotations()[DEFAULT_CLASS], "true");
-        let pv = volume_for(&claim, &class, "node1", std::path::Path::new("/var/lib/kaji/storage"));
+        let pv = volume_for(
+            &claim,
+            &class,
+            "node1",
+            std::path::Path::new("/var/lib/kaji/storage"),
+        );
         assert_eq!(pv.name_any(), "pvc-abc");
         let spec = pv.spec.unwrap();
         let hp = spec.host_path.unwrap();
         assert_eq!(hp.path, "/var/lib/kaji/storage/pvc-abc_ns_data-web-0");
         assert_eq!(hp.type_.as_deref(), Some("DirectoryOrCreate"));
-        assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Delete")
+        );
         assert_eq!(spec.capacity.unwrap()["storage"].0, "1Gi");
         let r = spec.claim_ref.unwrap();
-        assert_eq!((r.name.as_deref(), r.uid.as_deref()), (Some("data-web-0"), Some("abc")));
-        let terms = spec.node_affinity.unwrap().required.unwrap().node_selector_terms;
-        assert_eq!(terms[0].match_expressions.as_ref().unwrap()[0].values.as_ref().unwrap(), &["node1"]);
+        assert_eq!(
+            (r.name.as_deref(), r.uid.as_deref()),
+            (Some("data-web-0"), Some("abc"))
+        );
+        let terms = spec
+            .node_affinity
+            .unwrap()
+            .required
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(
+            terms[0].match_expressions.as_ref().unwrap()[0]
+                .values
+                .as_ref()
+                .unwrap(),
+            &["node1"]
+        );
     }
 }

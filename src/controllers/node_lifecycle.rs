@@ -23,6 +23,7 @@
 //! Depends on: `controllers::replicaset::events`, kube-rs. Must not depend on: the store.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -356,15 +357,30 @@ impl Controller {
         self.first_seen.retain(|(n, _, _), _| names.contains(n));
         self.evicted
             .retain(|_, at| now.duration_since(*at).unsigned_abs() < EVICTED_MEMORY);
+        let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+        for pod in self.pods.state() {
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let Some(n) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                by_node.entry(n).or_default().push(pod);
+            }
+        }
         for node in nodes {
             let name = node.name_any();
-            if let Err(err) = self.sync_node(&node, now).await {
+            let pods = by_node.remove(&name).unwrap_or_default();
+            if let Err(err) = self.sync_node(&node, &pods, now).await {
                 tracing::warn!(%err, node = %name, "node lifecycle");
             }
         }
     }
 
-    async fn sync_node(&mut self, node: &Node, now: Timestamp) -> Result<(), Error> {
+    async fn sync_node(
+        &mut self,
+        node: &Node,
+        pods: &[Arc<Pod>],
+        now: Timestamp,
+    ) -> Result<(), Error> {
         let name = node.name_any();
         let lease_renew = self
             .leases
@@ -439,23 +455,14 @@ impl Controller {
         if !unknown && taints.is_empty() {
             return Ok(());
         }
-        let pods: Vec<_> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
-                    && p.metadata.deletion_timestamp.is_none()
-            })
-            .collect();
         for pod in pods {
             if unknown {
-                if let Err(err) = self.mark_not_ready(&pod, now).await {
+                if let Err(err) = self.mark_not_ready(pod, now).await {
                     tracing::warn!(%err, pod = %pod.name_any(), "marking pod not ready");
                 }
             }
             if !taints.is_empty() {
-                if let Err(err) = self.maybe_evict(&name, &pod, &taints, now).await {
+                if let Err(err) = self.maybe_evict(&name, pod, &taints, now).await {
                     tracing::warn!(%err, pod = %pod.name_any(), "taint eviction");
                 }
             }

@@ -28,9 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, future, stream};
-use k8s_openapi::api::core::v1::{
-    Node, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, ReconcileRequest};
@@ -137,7 +135,11 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
                 // A new default class or binding mode: every unbound claim may move.
                 Ok(Touched::Class) => {
                     for c in all_claims.state() {
-                        if c.spec.as_ref().and_then(|s| s.volume_name.as_ref()).is_none() {
+                        if c.spec
+                            .as_ref()
+                            .and_then(|s| s.volume_name.as_ref())
+                            .is_none()
+                        {
                             let _ = pvc_tx.unbounded_send(ObjectRef::from_obj(&*c));
                         }
                     }
@@ -165,7 +167,9 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         ctx.clone(),
         pvc_store,
         pvc_rx
-            .map(|r| Ok::<ReconcileRequest<PersistentVolumeClaim>, std::convert::Infallible>(r.into()))
+            .map(|r| {
+                Ok::<ReconcileRequest<PersistentVolumeClaim>, std::convert::Infallible>(r.into())
+            })
             .take_until(async move { stop.cancelled().await }),
         controller::Config::default(),
     )
@@ -269,7 +273,9 @@ fn prebound_to(v: &PersistentVolume, c: &PersistentVolumeClaim) -> bool {
         .is_some_and(|r| {
             r.name.as_deref() == c.metadata.name.as_deref()
                 && r.namespace.as_deref() == c.metadata.namespace.as_deref()
-                && r.uid.as_deref().is_none_or(|u| u.is_empty() || Some(u) == c.metadata.uid.as_deref())
+                && r.uid
+                    .as_deref()
+                    .is_none_or(|u| u.is_empty() || Some(u) == c.metadata.uid.as_deref())
         })
 }
 
@@ -283,7 +289,12 @@ fn admits_node(v: &PersistentVolume, node: Option<&Node>) -> bool {
     else {
         return true;
     };
-    node.is_some_and(|n| required.node_selector_terms.iter().any(|t| term_matches(t, n)))
+    node.is_some_and(|n| {
+        required
+            .node_selector_terms
+            .iter()
+            .any(|t| term_matches(t, n))
+    })
 }
 
 /// Whether an unclaimed volume satisfies the claim (upstream's `findMatchingVolume`
@@ -306,12 +317,7 @@ fn fits(v: &PersistentVolume, c: &PersistentVolumeClaim) -> bool {
         return false;
     }
     let modes = vs.access_modes.clone().unwrap_or_default();
-    if !cs
-        .access_modes
-        .iter()
-        .flatten()
-        .all(|m| modes.contains(m))
-    {
+    if !cs.access_modes.iter().flatten().all(|m| modes.contains(m)) {
         return false;
     }
     let mode = |m: Option<&String>| m.map_or("Filesystem", String::as_str).to_string();
@@ -409,9 +415,7 @@ async fn sync_claim(c: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action, Erro
                 .as_ref()
                 .is_some_and(|s| s.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer"));
             let selected = c.annotations().get(SELECTED_NODE).cloned();
-            let node = selected
-                .as_ref()
-                .map(|n| ctx.nodes.get(&ObjectRef::new(n)));
+            let node = selected.as_ref().map(|n| ctx.nodes.get(&ObjectRef::new(n)));
             let candidate = if wait_for_consumer && selected.is_none() {
                 volumes.iter().find(|v| prebound_to(v, c)).cloned()
             } else {
@@ -448,9 +452,13 @@ async fn sync_claim(c: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action, Erro
                 }
                 _ => {
                     let msg = if claim_class(c).is_empty() {
-                        "no persistent volumes available for this claim and no storage class is set".to_string()
+                        "no persistent volumes available for this claim and no storage class is set"
+                            .to_string()
                     } else if class.is_none() {
-                        format!("storageclass.storage.k8s.io \"{}\" not found", claim_class(c))
+                        format!(
+                            "storageclass.storage.k8s.io \"{}\" not found",
+                            claim_class(c)
+                        )
                     } else {
                         "no persistent volumes available for this claim".to_string()
                     };
@@ -512,7 +520,11 @@ async fn set_claim_phase(c: &PersistentVolumeClaim, phase: &str, ctx: &Ctx) -> R
         Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
     let patch = json!({"status": {"phase": phase}});
     match api
-        .patch_status(&c.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(
+            &c.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(_) => Ok(()),
@@ -578,7 +590,8 @@ async fn bind(c: &PersistentVolumeClaim, v: &PersistentVolume, ctx: &Ctx) -> Res
         || status.capacity.as_ref() != Some(&capacity)
         || status.access_modes.as_ref() != Some(&modes)
     {
-        let patch = json!({"status": {"phase": "Bound", "capacity": capacity, "accessModes": modes}});
+        let patch =
+            json!({"status": {"phase": "Bound", "capacity": capacity, "accessModes": modes}});
         pvc_api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
@@ -602,7 +615,11 @@ async fn set_volume_phase(v: &PersistentVolume, phase: &str, ctx: &Ctx) -> Resul
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let patch = json!({"status": {"phase": phase}});
     match api
-        .patch_status(&v.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(
+            &v.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(_) => Ok(()),
@@ -665,8 +682,12 @@ async fn sync_volume(v: &PersistentVolume, ctx: &Ctx) -> Result<Action, Error> {
         if elsewhere && v.annotations().contains_key(BOUND_BY_CONTROLLER) {
             let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
             let patch = json!({"spec": {"claimRef": null}, "metadata": {"annotations": {BOUND_BY_CONTROLLER: null}}});
-            api.patch(&v.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+            api.patch(
+                &v.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
             phase = "Available";
         } else {
             // The claim side finishes the binding.
@@ -688,7 +709,12 @@ async fn sync_volume(v: &PersistentVolume, ctx: &Ctx) -> Result<Action, Error> {
 mod tests {
     use super::*;
 
-    fn pv(name: &str, size: &str, class: &str, claim: Option<(&str, &str)>) -> Arc<PersistentVolume> {
+    fn pv(
+        name: &str,
+        size: &str,
+        class: &str,
+        claim: Option<(&str, &str)>,
+    ) -> Arc<PersistentVolume> {
         let mut v = json!({"metadata": {"name": name},
             "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"], "storageClassName": class,
                      "hostPath": {"path": "/x"}},
@@ -740,10 +766,22 @@ mod tests {
         let cases = [
             (pv("v", "1Gi", "fast", None), None, "Available"),
             (pv("v", "1Gi", "fast", Some(("a", ""))), None, "Available"),
-            (pv("v", "1Gi", "fast", Some(("a", "u-a"))), Some(&bound), "Bound"),
-            (pv("v", "1Gi", "fast", Some(("a", "u-a"))), Some(&c), "Pending"),
+            (
+                pv("v", "1Gi", "fast", Some(("a", "u-a"))),
+                Some(&bound),
+                "Bound",
+            ),
+            (
+                pv("v", "1Gi", "fast", Some(("a", "u-a"))),
+                Some(&c),
+                "Pending",
+            ),
             (pv("v", "1Gi", "fast", Some(("a", "u-a"))), None, "Released"),
-            (pv("v", "1Gi", "fast", Some(("a", "old-uid"))), Some(&bound), "Released"),
+            (
+                pv("v", "1Gi", "fast", Some(("a", "old-uid"))),
+                Some(&bound),
+                "Released",
+            ),
         ];
         for (i, (v, claim, want)) in cases.into_iter().enumerate() {
             assert_eq!(volume_phase(&v, claim), want, "case {i}");

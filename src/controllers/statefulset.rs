@@ -39,8 +39,7 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, StatefulSet, StatefulSetSpec, StatefulSetStatus,
 };
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec,
-    Volume,
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -56,7 +55,9 @@ use super::daemonset::scaled_value;
 use super::history::{self, CONTROLLER_REVISION_HASH};
 use super::replicaset::events::{EventType, Recorder};
 use super::replicaset::ownership::{Claim, adopt, controller_ref, decide, release};
-use super::replicaset::pods::{available_at, controller_of, is_available, is_ready, pod_from_template};
+use super::replicaset::pods::{
+    available_at, controller_of, is_available, is_ready, pod_from_template,
+};
 use super::replicaset::{error_message, is_not_found, labels_json};
 use crate::api::selector::LabelSelector;
 
@@ -338,8 +339,8 @@ fn plan(
             .skip(rules.partition)
             .filter_map(|(_, p)| p.as_ref())
     };
-    let mut unavailable = replicas.len().saturating_sub(rules.partition)
-        - in_range().filter(|p| ok(p)).count();
+    let mut unavailable =
+        replicas.len().saturating_sub(rules.partition) - in_range().filter(|p| ok(p)).count();
     for p in in_range().collect::<Vec<_>>().into_iter().rev() {
         if revision_of(p) == rules.update_revision || terminating(p) {
             continue;
@@ -393,7 +394,15 @@ fn claim_owner_refs(
 async fn revisions(
     set: &StatefulSet,
     ctx: &Ctx,
-) -> Result<(ControllerRevision, ControllerRevision, Vec<Arc<ControllerRevision>>, i32), Error> {
+) -> Result<
+    (
+        ControllerRevision,
+        ControllerRevision,
+        Vec<Arc<ControllerRevision>>,
+        i32,
+    ),
+    Error,
+> {
     let ns = set.namespace().unwrap_or_default();
     let uid = set.uid().unwrap_or_default();
     let spec = spec_of(set);
@@ -408,7 +417,11 @@ async fn revisions(
     let next = history::next_revision(&revs);
     let equal: Vec<&Arc<ControllerRevision>> = revs
         .iter()
-        .filter(|r| r.data.as_ref().is_some_and(|d| history::same_data(&d.0, &data)))
+        .filter(|r| {
+            r.data
+                .as_ref()
+                .is_some_and(|d| history::same_data(&d.0, &data))
+        })
         .collect();
     let update = match equal.last() {
         Some(r) if r.revision < next - 1 => history::set_revision_number(&api, r, next).await?,
@@ -420,7 +433,8 @@ async fn revisions(
                 .as_ref()
                 .and_then(|m| m.labels.clone())
                 .unwrap_or_default();
-            let rev = history::new_revision(&set.metadata, controller_ref(set), &labels, data, next);
+            let rev =
+                history::new_revision(&set.metadata, controller_ref(set), &labels, data, next);
             history::create(&api, &set.name_any(), rev, &mut collision).await?
         }
     };
@@ -452,7 +466,12 @@ async fn sync(set: &StatefulSet, ctx: &Ctx) -> Result<Action, Error> {
     let (current, update, revs, collision) = revisions(set, ctx).await?;
     let pods = claim_pods(set, &selector, ctx).await?;
     let replicas = usize::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
-    let start = spec.ordinals.as_ref().and_then(|o| o.start).unwrap_or(0).max(0);
+    let start = spec
+        .ordinals
+        .as_ref()
+        .and_then(|o| o.start)
+        .unwrap_or(0)
+        .max(0);
     let mut slots: Vec<(i32, Option<Arc<Pod>>)> = (0..replicas)
         .map(|i| (start + i32::try_from(i).unwrap_or(i32::MAX), None))
         .collect();
@@ -469,13 +488,20 @@ async fn sync(set: &StatefulSet, ctx: &Ctx) -> Result<Action, Error> {
     condemned.sort_by_key(|p| std::cmp::Reverse(ordinal_of(&name, &p.name_any())));
 
     let strategy = spec.update_strategy.clone().unwrap_or_default();
-    let rolling = strategy.type_.as_deref().is_none_or(|t| t == "RollingUpdate");
+    let rolling = strategy
+        .type_
+        .as_deref()
+        .is_none_or(|t| t == "RollingUpdate");
     let ru = strategy.rolling_update.clone().unwrap_or_default();
     let partition = usize::try_from(ru.partition.unwrap_or(0).max(0)).unwrap_or(0);
     let total = i32::try_from(replicas).unwrap_or(i32::MAX);
-    let max_unavailable = scaled_value(&ru.max_unavailable.unwrap_or(IntOrString::Int(1)), total, false)
-        .unwrap_or(1)
-        .max(1);
+    let max_unavailable = scaled_value(
+        &ru.max_unavailable.unwrap_or(IntOrString::Int(1)),
+        total,
+        false,
+    )
+    .unwrap_or(1)
+    .max(1);
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let rules = Rules {
         monotonic: spec.pod_management_policy.as_deref() != Some("Parallel"),
@@ -505,9 +531,13 @@ async fn sync(set: &StatefulSet, ctx: &Ctx) -> Result<Action, Error> {
     for step in &steps {
         let res = match step {
             Step::Create(ordinal) => {
-                let use_current = rolling && usize::try_from(ordinal - start).unwrap_or(0) < partition;
+                let use_current =
+                    rolling && usize::try_from(ordinal - start).unwrap_or(0) < partition;
                 let (template, revision) = if use_current {
-                    (history::template_of(&current).unwrap_or_else(|| spec.template.clone()), &current)
+                    (
+                        history::template_of(&current).unwrap_or_else(|| spec.template.clone()),
+                        &current,
+                    )
                 } else {
                     (spec.template.clone(), &update)
                 };
@@ -660,7 +690,10 @@ fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<(String, PersistentVolumeC
             let template_name = t.metadata.name.clone().unwrap_or_default();
             let mut claim = t;
             claim.metadata = ObjectMeta {
-                name: Some(format!("{template_name}-{}", pod_name(&set.name_any(), ordinal))),
+                name: Some(format!(
+                    "{template_name}-{}",
+                    pod_name(&set.name_any(), ordinal)
+                )),
                 namespace: set.namespace(),
                 labels: Some({
                     let mut l = claim.metadata.labels.clone().unwrap_or_default();
@@ -708,9 +741,7 @@ async fn ensure_claims(
     let podname = pod_name(&set.name_any(), ordinal);
     for (_, mut claim) in claims_for(set, ordinal) {
         let claim_name = claim.name_any();
-        let existing = ctx
-            .claims
-            .get(&ObjectRef::new(&claim_name).within(&ns));
+        let existing = ctx.claims.get(&ObjectRef::new(&claim_name).within(&ns));
         match existing {
             Some(c) => {
                 if c.metadata.deletion_timestamp.is_some() {
@@ -778,7 +809,12 @@ async fn ensure_claims(
 fn stateful_pod(set: &StatefulSet, ordinal: i32, template: &PodTemplateSpec, hash: &str) -> Pod {
     let spec = spec_of(set);
     let name = pod_name(&set.name_any(), ordinal);
-    let mut pod = pod_from_template(template, &set.namespace().unwrap_or_default(), "", controller_ref(set));
+    let mut pod = pod_from_template(
+        template,
+        &set.namespace().unwrap_or_default(),
+        "",
+        controller_ref(set),
+    );
     pod.metadata.generate_name = None;
     pod.metadata.name = Some(name.clone());
     let labels = pod.metadata.labels.get_or_insert_with(BTreeMap::new);
@@ -827,7 +863,10 @@ async fn create_pod(
                 set,
                 EventType::Normal,
                 "SuccessfulCreate",
-                format!("create Pod {name} in StatefulSet {} successful", set.name_any()),
+                format!(
+                    "create Pod {name} in StatefulSet {} successful",
+                    set.name_any()
+                ),
             );
             Ok(())
         }
@@ -866,7 +905,10 @@ async fn delete_pod(set: &StatefulSet, name: &str, uid: &str, ctx: &Ctx) -> Resu
                 set,
                 EventType::Normal,
                 "SuccessfulDelete",
-                format!("delete Pod {name} in StatefulSet {} successful", set.name_any()),
+                format!(
+                    "delete Pod {name} in StatefulSet {} successful",
+                    set.name_any()
+                ),
             );
             Ok(())
         }
@@ -888,7 +930,11 @@ async fn delete_pod(set: &StatefulSet, name: &str, uid: &str, ctx: &Ctx) -> Resu
     }
 }
 
-async fn update_status(set: &StatefulSet, status: StatefulSetStatus, ctx: &Ctx) -> Result<(), Error> {
+async fn update_status(
+    set: &StatefulSet,
+    status: StatefulSetStatus,
+    ctx: &Ctx,
+) -> Result<(), Error> {
     let mut current = set.status.clone().unwrap_or_default();
     let conditions = current.conditions.take();
     let norm = |mut s: StatefulSetStatus| {
@@ -986,38 +1032,127 @@ mod tests {
         let ready = |n: &str| Some(pod(n, "new", "ready"));
         // (name, rules, replica slots, condemned, expected steps)
         let cases: Vec<(&str, Rules, Vec<Option<Arc<Pod>>>, Vec<Arc<Pod>>, Vec<&str>)> = vec![
-            ("ordered: first pod", rules(true, true, 0, 1), vec![None, None, None], vec![], vec!["create 0"]),
-            ("ordered: waits for web-0", rules(true, true, 0, 1),
-                vec![Some(pod("w-0", "new", "running")), None, None], vec![], vec![]),
-            ("ordered: next once ready", rules(true, true, 0, 1), vec![ready("w-0"), None, None], vec![], vec!["create 1"]),
-            ("parallel: all at once", rules(false, true, 0, 1), vec![None, Some(pod("w-1", "new", "pending")), None], vec![],
-                vec!["create 0", "create 2"]),
-            ("failed pod is replaced", rules(true, true, 0, 1), vec![Some(pod("w-0", "new", "failed")), None], vec![],
-                vec!["delete w-0"]),
-            ("scale down: highest first, one at a time", rules(true, true, 0, 1), vec![ready("w-0")],
-                vec![pod("w-2", "new", "ready"), pod("w-1", "new", "ready")], vec!["delete w-2"]),
-            ("scale down: waits for termination", rules(true, true, 0, 1), vec![ready("w-0")],
-                vec![pod("w-2", "new", "terminating"), pod("w-1", "new", "ready")], vec![]),
-            ("scale down: not while a replica is unhealthy", rules(true, true, 0, 1), vec![Some(pod("w-0", "new", "running"))],
-                vec![pod("w-1", "new", "ready")], vec![]),
-            ("scale down: unhealthy condemned pod goes first", rules(true, true, 0, 1), vec![ready("w-0")],
-                vec![pod("w-2", "new", "running"), pod("w-1", "new", "ready")], vec!["delete w-2"]),
-            ("parallel scale down", rules(false, true, 0, 1), vec![ready("w-0")],
-                vec![pod("w-2", "new", "ready"), pod("w-1", "new", "running")], vec!["delete w-2", "delete w-1"]),
-            ("rolling update: highest ordinal first", rules(true, true, 0, 1),
-                vec![Some(pod("w-0", "old", "ready")), Some(pod("w-1", "old", "ready")), Some(pod("w-2", "old", "ready"))],
-                vec![], vec!["delete w-2"]),
-            ("rolling update: waits for the updated pod", rules(true, true, 0, 1),
-                vec![Some(pod("w-0", "old", "ready")), Some(pod("w-1", "old", "ready")), Some(pod("w-2", "new", "running"))],
-                vec![], vec![]),
-            ("rolling update: partition", rules(true, true, 2, 1),
-                vec![Some(pod("w-0", "old", "ready")), Some(pod("w-1", "old", "ready")), Some(pod("w-2", "new", "ready"))],
-                vec![], vec![]),
-            ("rolling update: maxUnavailable 2", rules(false, true, 0, 2),
-                vec![Some(pod("w-0", "old", "ready")), Some(pod("w-1", "old", "ready")), Some(pod("w-2", "old", "ready"))],
-                vec![], vec!["delete w-2", "delete w-1"]),
-            ("OnDelete leaves old pods", rules(true, false, 0, 1),
-                vec![Some(pod("w-0", "old", "ready"))], vec![], vec![]),
+            (
+                "ordered: first pod",
+                rules(true, true, 0, 1),
+                vec![None, None, None],
+                vec![],
+                vec!["create 0"],
+            ),
+            (
+                "ordered: waits for web-0",
+                rules(true, true, 0, 1),
+                vec![Some(pod("w-0", "new", "running")), None, None],
+                vec![],
+                vec![],
+            ),
+            (
+                "ordered: next once ready",
+                rules(true, true, 0, 1),
+                vec![ready("w-0"), None, None],
+                vec![],
+                vec!["create 1"],
+            ),
+            (
+                "parallel: all at once",
+                rules(false, true, 0, 1),
+                vec![None, Some(pod("w-1", "new", "pending")), None],
+                vec![],
+                vec!["create 0", "create 2"],
+            ),
+            (
+                "failed pod is replaced",
+                rules(true, true, 0, 1),
+                vec![Some(pod("w-0", "new", "failed")), None],
+                vec![],
+                vec!["delete w-0"],
+            ),
+            (
+                "scale down: highest first, one at a time",
+                rules(true, true, 0, 1),
+                vec![ready("w-0")],
+                vec![pod("w-2", "new", "ready"), pod("w-1", "new", "ready")],
+                vec!["delete w-2"],
+            ),
+            (
+                "scale down: waits for termination",
+                rules(true, true, 0, 1),
+                vec![ready("w-0")],
+                vec![pod("w-2", "new", "terminating"), pod("w-1", "new", "ready")],
+                vec![],
+            ),
+            (
+                "scale down: not while a replica is unhealthy",
+                rules(true, true, 0, 1),
+                vec![Some(pod("w-0", "new", "running"))],
+                vec![pod("w-1", "new", "ready")],
+                vec![],
+            ),
+            (
+                "scale down: unhealthy condemned pod goes first",
+                rules(true, true, 0, 1),
+                vec![ready("w-0")],
+                vec![pod("w-2", "new", "running"), pod("w-1", "new", "ready")],
+                vec!["delete w-2"],
+            ),
+            (
+                "parallel scale down",
+                rules(false, true, 0, 1),
+                vec![ready("w-0")],
+                vec![pod("w-2", "new", "ready"), pod("w-1", "new", "running")],
+                vec!["delete w-2", "delete w-1"],
+            ),
+            (
+                "rolling update: highest ordinal first",
+                rules(true, true, 0, 1),
+                vec![
+                    Some(pod("w-0", "old", "ready")),
+                    Some(pod("w-1", "old", "ready")),
+                    Some(pod("w-2", "old", "ready")),
+                ],
+                vec![],
+                vec!["delete w-2"],
+            ),
+            (
+                "rolling update: waits for the updated pod",
+                rules(true, true, 0, 1),
+                vec![
+                    Some(pod("w-0", "old", "ready")),
+                    Some(pod("w-1", "old", "ready")),
+                    Some(pod("w-2", "new", "running")),
+                ],
+                vec![],
+                vec![],
+            ),
+            (
+                "rolling update: partition",
+                rules(true, true, 2, 1),
+                vec![
+                    Some(pod("w-0", "old", "ready")),
+                    Some(pod("w-1", "old", "ready")),
+                    Some(pod("w-2", "new", "ready")),
+                ],
+                vec![],
+                vec![],
+            ),
+            (
+                "rolling update: maxUnavailable 2",
+                rules(false, true, 0, 2),
+                vec![
+                    Some(pod("w-0", "old", "ready")),
+                    Some(pod("w-1", "old", "ready")),
+                    Some(pod("w-2", "old", "ready")),
+                ],
+                vec![],
+                vec!["delete w-2", "delete w-1"],
+            ),
+            (
+                "OnDelete leaves old pods",
+                rules(true, false, 0, 1),
+                vec![Some(pod("w-0", "old", "ready"))],
+                vec![],
+                vec![],
+            ),
         ];
         for (what, r, s, c, want) in cases {
             assert_eq!(show(&plan(&r, &slots(s), &c, now)), want, "{what}");
@@ -1057,7 +1192,10 @@ mod tests {
         let vols = spec.volumes.unwrap();
         assert_eq!(vols.len(), 2);
         let data = vols.iter().find(|v| v.name == "data").unwrap();
-        assert_eq!(data.persistent_volume_claim.as_ref().unwrap().claim_name, "data-web-1");
+        assert_eq!(
+            data.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "data-web-1"
+        );
         let claims = claims_for(&set, 1);
         assert_eq!(claims[0].1.name_any(), "data-web-1");
         assert_eq!(claims[0].1.labels()["app"], "web");

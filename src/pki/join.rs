@@ -193,7 +193,8 @@ mod tests {
         let full = Token::full(CA, "s3cret");
         assert!(full.starts_with("K10"));
         assert!(full.ends_with("::server:s3cret"));
-        let cases: &[(&str, Result<(Option<&str>, &str), TokenError>)] = &[
+        type Want<'a> = Result<(Option<&'a str>, &'a str), TokenError>;
+        let cases: &[(&str, Want)] = &[
             ("abc", Ok((None, "abc"))),
             ("  abc\n", Ok((None, "abc"))),
             ("", Err(TokenError::Empty)),

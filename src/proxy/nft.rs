@@ -441,6 +441,8 @@ pub struct Installed {
     pub chains: HashMap<String, u64>,
     /// Affinity sets.
     pub sets: BTreeSet<String>,
+    /// Elements of the fixed maps and sets; `None` when unknown (they are then refilled).
+    pub elements: Option<BTreeMap<&'static str, BTreeSet<String>>>,
 }
 
 fn chain_hash(c: &Chain) -> u64 {
@@ -462,6 +464,9 @@ pub fn script(rs: &Ruleset, installed: &Installed) -> (String, Installed) {
         let _ = writeln!(s, "add {def}");
     }
     for (name, timeout) in &rs.affinity_sets {
+        if installed.sets.contains(name) {
+            continue;
+        }
         let _ = writeln!(
             s,
             "add set ip {TABLE} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}"
@@ -470,6 +475,11 @@ pub fn script(rs: &Ruleset, installed: &Installed) -> (String, Installed) {
     let mut next = Installed::default();
     let mut changed = Vec::new();
     for (name, chain) in &rs.chains {
+        let h = chain_hash(chain);
+        next.chains.insert(name.clone(), h);
+        if installed.chains.get(name) == Some(&h) {
+            continue;
+        }
         match chain.hook {
             Some(hook) => {
                 let _ = writeln!(s, "add chain ip {TABLE} {name} {{ {hook} }}");
@@ -478,11 +488,7 @@ pub fn script(rs: &Ruleset, installed: &Installed) -> (String, Installed) {
                 let _ = writeln!(s, "add chain ip {TABLE} {name}");
             }
         }
-        let h = chain_hash(chain);
-        if installed.chains.get(name) != Some(&h) {
-            changed.push((name, chain));
-        }
-        next.chains.insert(name.clone(), h);
+        changed.push((name, chain));
     }
     for (name, chain) in &changed {
         let _ = writeln!(s, "flush chain ip {TABLE} {name}");
@@ -490,13 +496,48 @@ pub fn script(rs: &Ruleset, installed: &Installed) -> (String, Installed) {
             let _ = writeln!(s, "add rule ip {TABLE} {name} {r}");
         }
     }
+    let mut elements = BTreeMap::new();
     for (name, _) in MAPS {
-        let kind = if *name == "cluster-ips" { "set" } else { "map" };
-        let _ = writeln!(s, "flush {kind} ip {TABLE} {name}");
-        if let Some(els) = rs.elements.get(name).filter(|e| !e.is_empty()) {
-            let _ = writeln!(s, "add element ip {TABLE} {name} {{ {} }}", els.join(", "));
+        let want: BTreeSet<String> = rs
+            .elements
+            .get(name)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let have = installed.elements.as_ref().and_then(|e| e.get(name));
+        let added: Vec<&str> = match have {
+            Some(have) => {
+                // Delete by key; a changed verdict is a delete and an add.
+                let removed: Vec<&str> = have
+                    .difference(&want)
+                    .map(|e| e.split(" : ").next().unwrap_or(e))
+                    .collect();
+                if !removed.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "delete element ip {TABLE} {name} {{ {} }}",
+                        removed.join(", ")
+                    );
+                }
+                want.difference(have).map(String::as_str).collect()
+            }
+            None => {
+                let kind = if *name == "cluster-ips" { "set" } else { "map" };
+                let _ = writeln!(s, "flush {kind} ip {TABLE} {name}");
+                want.iter().map(String::as_str).collect()
+            }
+        };
+        if !added.is_empty() {
+            let _ = writeln!(
+                s,
+                "add element ip {TABLE} {name} {{ {} }}",
+                added.join(", ")
+            );
         }
+        elements.insert(*name, want);
     }
+    next.elements = Some(elements);
     // Stale objects go last: everything referencing them was rewritten above.
     let mut stale: Vec<&String> = installed
         .chains
@@ -801,11 +842,30 @@ mod tests {
         let rules_in_s1 = s1.lines().filter(|l| l.starts_with("add rule")).count();
         assert_eq!(rules_in_s1, first.rule_count());
 
-        // Same state again: no rule rewritten, maps refilled.
+        assert!(s1.contains("flush map ip kaji service-ips"));
+        assert!(s1.contains("add element ip kaji service-ips { 10.43.0.5 . tcp . 80"));
+
+        // Same state again: nothing but the table.
         let (s2, inst2) = script(&first, &inst);
-        assert_eq!(s2.lines().filter(|l| l.starts_with("add rule")).count(), 0);
-        assert!(s2.contains("flush map ip kaji service-ips"));
-        assert!(s2.contains("add element ip kaji service-ips { 10.43.0.5 . tcp . 80"));
+        assert_eq!(
+            s2.lines()
+                .filter(|l| !l.starts_with("add table")
+                    && !l.starts_with("add map")
+                    && !l.starts_with("add set"))
+                .count(),
+            0,
+            "{s2}"
+        );
+
+        // A verdict change: the element is replaced by key.
+        let mut gone = p.clone();
+        gone.cluster_endpoints.clear();
+        let (s5, _) = script(&render(&[gone], &settings()), &inst2);
+        assert!(
+            s5.contains("delete element ip kaji service-ips { 10.43.0.5 . tcp . 80 }"),
+            "{s5}"
+        );
+        assert!(s5.contains("add element ip kaji no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain }"), "{s5}");
 
         // One endpoint gone: its chain is deleted after the balancing chain is rewritten.
         p.cluster_endpoints.pop();

@@ -74,9 +74,14 @@ pub async fn resolve(client: &kube::Client, pod: &Value) -> Result<PodVolumes, S
             None => {
                 let class = spec.storage_class_name.unwrap_or_default();
                 let delayed = !class.is_empty()
-                    && classes.get_opt(&class).await.ok().flatten().is_some_and(|c| {
-                        c.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
-                    });
+                    && classes
+                        .get_opt(&class)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|c| {
+                            c.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
+                        });
                 if delayed {
                     out.delayed.push(name.to_string());
                 } else {
@@ -94,9 +99,10 @@ pub async fn resolve(client: &kube::Client, pod: &Value) -> Result<PodVolumes, S
 /// Whether `node` satisfies every bound volume's node affinity.
 pub fn fits(volumes: &PodVolumes, node: &Value) -> Result<(), super::plugins::Reason> {
     let ok = volumes.node_terms.iter().all(|terms| {
-        terms
-            .as_array()
-            .is_some_and(|ts| ts.iter().any(|t| super::plugins::node_selector_term_matches(t, node)))
+        terms.as_array().is_some_and(|ts| {
+            ts.iter()
+                .any(|t| super::plugins::node_selector_term_matches(t, node))
+        })
     });
     if ok {
         Ok(())

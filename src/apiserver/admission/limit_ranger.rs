@@ -16,7 +16,9 @@
 use serde_json::{Map, Value, json};
 
 use super::{Attributes, Operation, aggregate, forbidden, is_main};
-use crate::api::quota::{Quantity, ResourceList, pod_limits, pod_requests, resource_list};
+use crate::api::quota::{
+    Quantity, ResourceList, pod_limits, pod_qos_class, pod_requests, resource_list,
+};
 use crate::api::resources::lookup;
 use crate::api::status::Status;
 use crate::apiserver::registry::{ListOptions, Registry};
@@ -124,6 +126,10 @@ fn merge_defaults(pod: &mut Value, requests: &Map<String, Value>, limits: &Map<S
     }
     if notes.is_empty() {
         return;
+    }
+    // Defaulting computed the QoS class before these resources existed.
+    if pod["status"].is_object() {
+        pod["status"]["qosClass"] = json!(pod_qos_class(pod));
     }
     if !pod["metadata"]["annotations"].is_object() {
         pod["metadata"]["annotations"] = json!({});

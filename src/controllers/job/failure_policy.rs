@@ -66,9 +66,9 @@ pub(crate) fn matches(policy: Option<&PodFailurePolicy>, pod: &Pod) -> Match {
                 .unwrap_or_default()
                 .iter()
                 .find(|c| {
-                    patterns.iter().any(|p| {
-                        p.type_ == c.type_ && p.status == c.status
-                    })
+                    patterns
+                        .iter()
+                        .any(|p| p.type_ == c.type_ && p.status == c.status)
                 })
                 .map(|c| {
                     format!(

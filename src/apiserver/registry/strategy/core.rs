@@ -261,9 +261,84 @@ pub fn validate_service_update(new: &Value, old: &Value) -> Vec<Cause> {
     causes
 }
 
+/// `dropTypeDependentFields`: when an update changes the type so that a field no longer
+/// applies and the update left the field as it was, the field is cleared (so
+/// `kubectl patch -p '{"spec":{"type":"ClusterIP"}}'` on a NodePort Service works).
+fn drop_type_dependent_fields(new: &mut Value, old: &Value) {
+    let ty = |v: &Value| match s_at(v, &["spec", "type"]) {
+        "" => "ClusterIP".to_string(),
+        t => t.to_string(),
+    };
+    let (nt, ot) = (ty(new), ty(old));
+    let needs_ip = |t: &str| t != "ExternalName";
+    let needs_np = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    let externally = |t: &str, v: &Value| needs_np(t) || !arr(&v["spec"], "externalIPs").is_empty();
+    let new_external = externally(&nt, new);
+    let old_external = externally(&ot, old);
+    let same = |new: &Value, key: &str| new["spec"].get(key) == old["spec"].get(key);
+    let same_node_ports = {
+        let np = |v: &Value| -> Vec<Option<i64>> {
+            arr(&v["spec"], "ports")
+                .iter()
+                .map(|p| i(p, "nodePort"))
+                .collect()
+        };
+        np(new) == np(old)
+    };
+    let mut clear: Vec<&str> = Vec::new();
+    if needs_ip(&ot) && !needs_ip(&nt) {
+        for key in [
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "internalTrafficPolicy",
+        ] {
+            if same(new, key) {
+                clear.push(key);
+            }
+        }
+    }
+    let old_hc = ot == "LoadBalancer" && s_at(old, &["spec", "externalTrafficPolicy"]) == "Local";
+    let new_hc = nt == "LoadBalancer" && s_at(new, &["spec", "externalTrafficPolicy"]) == "Local";
+    if old_hc && !new_hc && same(new, "healthCheckNodePort") {
+        clear.push("healthCheckNodePort");
+    }
+    if old_external && !new_external && same(new, "externalTrafficPolicy") {
+        clear.push("externalTrafficPolicy");
+    }
+    if ot == "LoadBalancer" && nt != "LoadBalancer" {
+        for key in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
+            if same(new, key) {
+                clear.push(key);
+            }
+        }
+    }
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for key in clear {
+        spec.remove(key);
+    }
+    if needs_np(&ot) && !needs_np(&nt) && same_node_ports {
+        for p in spec
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(m) = p.as_object_mut() {
+                m.remove("nodePort");
+            }
+        }
+    }
+}
+
 /// `patchAllocatedValues`: an update that omits the allocated cluster IPs, node ports or
-/// health-check node port keeps the old ones (so `kubectl replace` works).
+/// health-check node port keeps the old ones (so `kubectl replace` works); fields the new
+/// type has no use for are dropped ([`drop_type_dependent_fields`]).
 pub fn prepare_service_update(new: &mut Value, old: &Value) {
+    drop_type_dependent_fields(new, old);
     let needs_cluster_ip = |v: &Value| s_at(v, &["spec", "type"]) != "ExternalName";
     let needs_node_port = |v: &Value| {
         let t = s_at(v, &["spec", "type"]);
@@ -1085,6 +1160,24 @@ mod tests {
         assert_eq!(replaced["spec"]["clusterIPs"], json!(["10.43.0.5"]));
         assert_eq!(replaced["spec"]["ports"][0]["nodePort"], 30080);
         assert!(validate_service_update(&replaced, &old).is_empty());
+
+        // NodePort → ClusterIP by patch: the untouched node ports and policy go.
+        let old = json!({"spec": {"type": "NodePort", "clusterIP": "10.43.0.5", "externalTrafficPolicy": "Cluster",
+            "ports": [{"port": 80, "nodePort": 30080}]}});
+        let mut patched = old.clone();
+        patched["spec"]["type"] = json!("ClusterIP");
+        prepare_service_update(&mut patched, &old);
+        assert!(patched["spec"]["ports"][0].get("nodePort").is_none());
+        assert!(patched["spec"].get("externalTrafficPolicy").is_none());
+        assert_eq!(patched["spec"]["clusterIP"], "10.43.0.5");
+        assert!(validate_service(&patched).is_empty());
+        // ... to ExternalName: the cluster IP goes too.
+        let mut en = old.clone();
+        en["spec"]["type"] = json!("ExternalName");
+        en["spec"]["externalName"] = json!("example.com");
+        prepare_service_update(&mut en, &old);
+        assert!(en["spec"].get("clusterIP").is_none());
+        assert!(validate_service(&en).is_empty(), "{:?}", validate_service(&en));
     }
 
     #[test]

@@ -21,9 +21,10 @@ use crate::api::validation::{
 // ---------------------------------------------------------------------------------------
 // Defaulting.
 
-/// Defaults a whole Pod (`SetDefaults_Pod` plus the pod-only admission defaults users see
-/// in `kubectl get pod -o yaml`: priority, preemptionPolicy, the default service account
-/// and the not-ready/unreachable tolerations) and fills `status.phase` / `status.qosClass`.
+/// Defaults a whole Pod (`SetDefaults_Pod` plus the default service account name) and
+/// fills `status.phase` / `status.qosClass`. Priority, preemptionPolicy and the
+/// not-ready/unreachable tolerations come from the admission plugins (`admission::priority`,
+/// `admission::default_tolerations`), which run after defaulting, as upstream.
 pub fn default_pod(pod: &mut Value) {
     let Some(spec) = child(pod, "spec") else {
         return;
@@ -50,47 +51,10 @@ pub fn default_pod(pod: &mut Value) {
     }
     default_str(spec, "serviceAccountName", "default");
     default_str(spec, "serviceAccount", "default");
-    default_ptr(spec, "priority", json!(0));
-    default_ptr(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
-    default_tolerations(spec);
     let qos = qos_class(spec);
     if let Some(status) = child(pod, "status") {
         default_str(status, "phase", "Pending");
         default_str(status, "qosClass", qos);
-    }
-}
-
-/// The DefaultTolerationSeconds admission plugin: tolerate not-ready and unreachable
-/// nodes for 300 seconds unless the pod already says otherwise.
-fn default_tolerations(spec: &mut Value) {
-    let existing: Vec<Value> = arr(spec, "tolerations").to_vec();
-    let has = |key: &str| {
-        existing.iter().any(|t| {
-            let effect = s(t, "effect");
-            (effect.is_empty() || effect == "NoExecute")
-                && (s(t, "key") == key || (s(t, "key").is_empty() && s(t, "operator") == "Exists"))
-        })
-    };
-    let mut add = Vec::new();
-    for key in [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-    ] {
-        if !has(key) {
-            add.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
-        }
-    }
-    if add.is_empty() {
-        return;
-    }
-    if let Some(m) = spec.as_object_mut() {
-        let list = m.entry("tolerations").or_insert(Value::Array(Vec::new()));
-        if !list.is_array() {
-            *list = Value::Array(Vec::new());
-        }
-        if let Some(a) = list.as_array_mut() {
-            a.extend(add);
-        }
     }
 }
 
@@ -814,11 +778,12 @@ mod tests {
         assert_eq!(spec["terminationGracePeriodSeconds"], 30);
         assert_eq!(spec["securityContext"], json!({}));
         assert_eq!(spec["enableServiceLinks"], true);
-        assert_eq!(spec["priority"], 0);
-        assert_eq!(spec["preemptionPolicy"], "PreemptLowerPriority");
+        // Set by admission (Priority, DefaultTolerationSeconds), not by defaulting.
+        assert!(spec.get("priority").is_none());
+        assert!(spec.get("preemptionPolicy").is_none());
         assert_eq!(spec["serviceAccountName"], "default");
         assert_eq!(spec["serviceAccount"], "default");
-        assert_eq!(spec["tolerations"].as_array().map(Vec::len), Some(2));
+        assert!(spec.get("tolerations").is_none());
         let c = &spec["containers"];
         assert_eq!(c[0]["imagePullPolicy"], "Always");
         assert_eq!(c[1]["imagePullPolicy"], "IfNotPresent");

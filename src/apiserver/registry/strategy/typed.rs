@@ -87,11 +87,31 @@ typed_kinds! {
     ("apiextensions.k8s.io", "v1", "CustomResourceDefinition") => apiext::CustomResourceDefinition,
     ("authentication.k8s.io", "v1", "TokenReview") => k::authentication::v1::TokenReview,
     ("authentication.k8s.io", "v1", "SelfSubjectReview") => k::authentication::v1::SelfSubjectReview,
+    // Served for kubectl 1.27 through the v1 type (see SAME_SHAPE).
+    ("authentication.k8s.io", "v1beta1", "SelfSubjectReview") => k::authentication::v1::SelfSubjectReview,
+    ("authentication.k8s.io", "v1alpha1", "SelfSubjectReview") => k::authentication::v1::SelfSubjectReview,
     ("authorization.k8s.io", "v1", "LocalSubjectAccessReview") => k::authorization::v1::LocalSubjectAccessReview,
     ("authorization.k8s.io", "v1", "SelfSubjectAccessReview") => k::authorization::v1::SelfSubjectAccessReview,
     ("authorization.k8s.io", "v1", "SelfSubjectRulesReview") => k::authorization::v1::SelfSubjectRulesReview,
     ("authorization.k8s.io", "v1", "SubjectAccessReview") => k::authorization::v1::SubjectAccessReview,
 }
+
+/// Served versions decoded through another version's type: (group, version, kind, the
+/// version whose type they share).
+const SAME_SHAPE: &[(&str, &str, &str, &str)] = &[
+    (
+        "authentication.k8s.io",
+        "v1beta1",
+        "SelfSubjectReview",
+        "v1",
+    ),
+    (
+        "authentication.k8s.io",
+        "v1alpha1",
+        "SelfSubjectReview",
+        "v1",
+    ),
+];
 
 /// Decodes `obj` as the typed object for `(group, version, kind)` and re-encodes it.
 /// Err carries an upstream-like decoding message; `Ok(None)` means no typed schema.
@@ -101,10 +121,31 @@ pub fn typed_roundtrip_gvk(
     kind: &str,
     obj: &Value,
 ) -> Result<Option<TypedCheck>, String> {
-    let Some(result) = roundtrip_kind(group, version, kind, obj) else {
+    // Versions with the shape of another version decode through its type and keep
+    // their own apiVersion.
+    let alias = SAME_SHAPE
+        .iter()
+        .find(|(g, v, k, _)| (*g, *v, *k) == (group, version, kind))
+        .map(|(_, _, _, typed)| *typed);
+    let result = match alias {
+        Some(typed) => {
+            let mut input = obj.clone();
+            if input.get("apiVersion").is_some() {
+                input["apiVersion"] = Value::String(format!("{group}/{typed}"));
+            }
+            roundtrip_kind(group, typed, kind, &input)
+        }
+        None => roundtrip_kind(group, version, kind, obj),
+    };
+    let Some(result) = result else {
         return Ok(None);
     };
-    let normalized = result?;
+    let mut normalized = result?;
+    if alias.is_some()
+        && let (Some(av), Some(m)) = (obj.get("apiVersion"), normalized.as_object_mut())
+    {
+        m.insert("apiVersion".into(), av.clone());
+    }
     let mut unknown_fields = Vec::new();
     let mut path = String::new();
     find_unknown(obj, &normalized, &mut path, &mut unknown_fields);
