@@ -314,7 +314,7 @@ fn cluster_dns() {
         let out = dig(&server, &["web.default.svc.cluster.local"]);
         (status(&out) == "NXDOMAIN")
             .then_some(())
-            .ok_or_else(|| out)
+            .ok_or(out)
     });
 
     // From inside a pod: the short name of a Service through the search path.

@@ -241,7 +241,16 @@ spec:
         .map(|m| m.len())
         .unwrap_or(0);
     assert!(size < 20 << 20, "current log is {size} bytes");
-    let tail = ok(server.kubectl(&["logs", "logger", "--tail=3"]));
+    // Right after a rotation the new file may still be empty (as upstream, only the
+    // current file is read): ask again until the logger has written to it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tail = loop {
+        let tail = ok(server.kubectl(&["logs", "logger", "--tail=3"]));
+        if tail.lines().count() >= 3 || Instant::now() > deadline {
+            break tail;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let lines: Vec<&str> = tail.lines().collect();
     assert_eq!(lines.len(), 3, "{tail}");
     assert!(

@@ -112,21 +112,7 @@ impl Drop for Agent {
         self.stop();
         let data = self.data_dir();
         pkill_dir(&data);
-        // Containers outlive their killed shims: find them by their root filesystem,
-        // which is mounted under the agent's data dir.
         let prefix = data.display().to_string();
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for e in entries.flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                if let Ok(root) = std::fs::read_link(e.path().join("root")) {
-                    if root.display().to_string().starts_with(&prefix) {
-                        signal(pid, "KILL");
-                    }
-                }
-            }
-        }
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
             let mut points: Vec<&str> = mounts
                 .lines()
@@ -141,12 +127,32 @@ impl Drop for Agent {
     }
 }
 
+/// SIGKILLs everything a node with data dir `dir` runs: containerd and its shims (the dir
+/// is on their command line) and the containers (their root filesystem is an overlay
+/// whose layers live under the dir), as if the machine died.
 fn pkill_dir(dir: &Path) {
-    let _ = Command::new("pkill")
-        .arg("-KILL")
-        .arg("-f")
-        .arg(dir.display().to_string())
-        .status();
+    let prefix = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let on_cmdline = String::from_utf8_lossy(&cmdline).contains(&prefix);
+        let rootfs_under_dir = std::fs::read_to_string(e.path().join("mountinfo"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/"))
+            .is_some_and(|l| l.contains(&prefix));
+        if on_cmdline || rootfs_under_dir {
+            signal(pid, "KILL");
+        }
+    }
 }
 
 /// Runs `kaji agent` expecting it to give up (wrong token), with a time limit.

@@ -196,12 +196,12 @@ impl fmt::Display for Quantity {
         }
         let sign = if self.nanos < 0 { "-" } else { "" };
         let abs = self.nanos.unsigned_abs();
-        let whole = abs % (NANO as u128) == 0;
+        let whole = abs.is_multiple_of(NANO as u128);
         if self.format == Format::BinarySI && whole && abs / (NANO as u128) >= 1024 {
             let mut n = abs / (NANO as u128);
             let mut i = 0;
             const SUFFIX: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
-            while i < 6 && n % 1024 == 0 {
+            while i < 6 && n.is_multiple_of(1024) {
                 n /= 1024;
                 i += 1;
             }
@@ -210,7 +210,7 @@ impl fmt::Display for Quantity {
         // Decimal: exponent (of 10, relative to nano) a multiple of 3.
         let mut n = abs;
         let mut exp: i32 = -9;
-        while exp < 18 && n % 1000 == 0 {
+        while exp < 18 && n.is_multiple_of(1000) {
             n /= 1000;
             exp += 3;
         }
@@ -861,10 +861,10 @@ pub fn calculate_usage(
         .collect();
     let scopes = quota_scopes(quota);
     for obj in objects {
-        if !scopes.is_empty()
-            && !((group, plural) == ("", "pods")
-                && scopes.iter().all(|s| pod_matches_scope(obj, s)))
-        {
+        let in_scope = scopes.is_empty()
+            || ((group, plural) == ("", "pods")
+                && scopes.iter().all(|s| pod_matches_scope(obj, s)));
+        if !in_scope {
             continue;
         }
         used = add(&used, &mask(&usage(group, plural, obj, now), names.iter()));

@@ -175,8 +175,11 @@ pub(crate) fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
 /// pod relabelled out of a Service still requeues it).
 #[derive(Default)]
 pub(crate) struct PodIndex {
-    last: Mutex<HashMap<(String, String), Vec<ObjectRef<Service>>>>,
+    last: Mutex<HashMap<PodKey, Vec<ObjectRef<Service>>>>,
 }
+
+/// (namespace, name) of a pod.
+type PodKey = (String, String);
 
 impl PodIndex {
     pub(crate) fn services_for(

@@ -381,12 +381,12 @@ mod tests {
         // 80/443 belong to the ingress controller.
         let web = lb("web", "2024-01-01T00:00:00Z", &[(80, "TCP")]);
         assert!(
-            conflict(&web, &[web.clone()], &Settings::with_ingress())
+            conflict(&web, std::slice::from_ref(&web), &Settings::with_ingress())
                 .unwrap()
                 .2
                 .contains("ingress")
         );
-        assert_eq!(conflict(&web, &[web.clone()], &none), None);
+        assert_eq!(conflict(&web, std::slice::from_ref(&web), &none), None);
     }
 
     #[test]
