@@ -1,5 +1,8 @@
 //! `make bench`: API server throughput and latency over HTTPS against raw sled, measured in
-//! the same run, plus start-to-ready time, idle memory and binary size.
+//! the same run (create, get, list, strategic merge patch, JSON merge patch, server-side
+//! apply), the memory cost of managedFields (stored bytes and server RSS per object for
+//! client-side create vs server-side apply), plus start-to-ready time, idle memory and
+//! binary size.
 //!
 //! Every figure that depends on the machine is reported with a baseline from the same run
 //! (raw sled flushed writes), because these machines are noisy.
@@ -10,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use serde_json::json;
 
 const PHASE: Duration = Duration::from_secs(3);
 
@@ -231,7 +237,62 @@ async fn main() {
             }
         })
         .await;
-        for (op, st) in [("create", &creates), ("get", &gets), ("list(100)", &lists)] {
+        // Writes that change an existing object (each client its own `c{c}-0`).
+        let a = api.clone();
+        let smp = run_phase(clients, move |c, i| {
+            let a = a.clone();
+            async move {
+                let p = json!({"data": {"n": format!("s{i}")}});
+                a.patch(
+                    &format!("c{c}-0"),
+                    &PatchParams::default(),
+                    &Patch::Strategic(p),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+        let a = api.clone();
+        let merge = run_phase(clients, move |c, i| {
+            let a = a.clone();
+            async move {
+                let p = json!({"data": {"n": format!("m{i}")}});
+                a.patch(
+                    &format!("c{c}-0"),
+                    &PatchParams::default(),
+                    &Patch::Merge(p),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+        let a = api.clone();
+        let ssa = run_phase(clients, move |c, i| {
+            let a = a.clone();
+            async move {
+                let p = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("c{c}-0")},
+                    "data": {"n": format!("a{i}"), "payload": "x".repeat(200)}});
+                a.patch(
+                    &format!("c{c}-0"),
+                    &PatchParams::apply("bench").force(),
+                    &Patch::Apply(p),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+        for (op, st) in [
+            ("create", &creates),
+            ("get", &gets),
+            ("list(100)", &lists),
+            ("patch smp", &smp),
+            ("patch mrg", &merge),
+            ("apply", &ssa),
+        ] {
             println!(
                 "{:>7} | {:>9} | {:>12.0} | {:>10.0} | {:>7.2}ms | {:>7.2}ms | {:>9.3}x",
                 clients,
@@ -244,6 +305,8 @@ async fn main() {
             );
         }
     }
+
+    managed_fields_cost(&client, pid).await;
 
     // Watch delivery latency: from sending a create to receiving its ADDED event.
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
@@ -299,4 +362,114 @@ async fn main() {
         },
         binary as f64 / 1048576.0
     );
+}
+
+/// How many objects each managedFields measurement writes.
+const MF_OBJECTS: usize = 2000;
+
+fn cm_json(name: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"app": "bench"}},
+           "data": {"payload": "x".repeat(200), "mode": "fast"}})
+}
+
+fn deploy_json(name: &str) -> serde_json::Value {
+    // Paused: the deployment controller leaves it alone (no ReplicaSets to skew RSS).
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"replicas": 1, "paused": true, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{
+                "name": "web", "image": "nginx:1.25",
+                "ports": [{"containerPort": 80, "name": "http"}],
+                "env": [{"name": "MODE", "value": "prod"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}}}})
+}
+
+/// Writes `MF_OBJECTS` objects of one kind into a fresh namespace, by create or by
+/// server-side apply, and reports stored JSON bytes per object with and without
+/// `managedFields` and the server's RSS growth per object.
+async fn managed_fields_batch(client: &kube::Client, pid: u32, kind: &str, apply: bool) {
+    let (group_version, plural, make): (&str, &str, fn(&str) -> serde_json::Value) = match kind {
+        "ConfigMap" => ("v1", "configmaps", cm_json),
+        _ => ("apps/v1", "deployments", deploy_json),
+    };
+    let ns = format!("mf-{}-{}", plural, if apply { "apply" } else { "create" });
+    let nsapi: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let mut n = k8s_openapi::api::core::v1::Namespace::default();
+    n.metadata.name = Some(ns.clone());
+    nsapi.create(&PostParams::default(), &n).await.unwrap();
+    let (group, version) = group_version.split_once('/').unwrap_or(("", group_version));
+    let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+    let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, plural);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss0 = rss_kib(pid);
+    let start = Instant::now();
+    futures::stream::iter(0..MF_OBJECTS)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("o{i}");
+                let obj: DynamicObject = serde_json::from_value(make(&name)).unwrap();
+                if apply {
+                    api.patch(
+                        &name,
+                        &PatchParams::apply("bench-apply"),
+                        &Patch::Apply(&obj),
+                    )
+                    .await
+                    .unwrap();
+                } else {
+                    api.create(&PostParams::default(), &obj).await.unwrap();
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let rate = MF_OBJECTS as f64 / start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss1 = rss_kib(pid);
+    let list = api.list(&ListParams::default()).await.unwrap();
+    let (mut with, mut without) = (0usize, 0usize);
+    for o in &list.items {
+        let mut v = serde_json::to_value(o).unwrap();
+        with += serde_json::to_vec(&v).unwrap().len();
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("managedFields");
+        }
+        without += serde_json::to_vec(&v).unwrap().len();
+    }
+    let count = list.items.len().max(1);
+    println!(
+        "{:>10} | {:>6} | {:>8.0} | {:>14} | {:>17} | {:>13} | {:>14.0}",
+        kind,
+        if apply { "apply" } else { "create" },
+        rate,
+        with / count,
+        without / count,
+        (with - without) / count,
+        (rss1.saturating_sub(rss0) * 1024) as f64 / count as f64,
+    );
+}
+
+async fn managed_fields_cost(client: &kube::Client, pid: u32) {
+    println!();
+    println!(
+        "managedFields cost ({MF_OBJECTS} objects per row, 16 clients; bytes = stored JSON per object)"
+    );
+    println!(
+        "{:>10} | {:>6} | {:>8} | {:>14} | {:>17} | {:>13} | {:>14}",
+        "kind",
+        "write",
+        "objs/s",
+        "bytes (all)",
+        "bytes (no mgdFld)",
+        "mgdFld bytes",
+        "RSS bytes/obj"
+    );
+    for kind in ["ConfigMap", "Deployment"] {
+        for apply in [false, true] {
+            managed_fields_batch(client, pid, kind, apply).await;
+        }
+    }
 }

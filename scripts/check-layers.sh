@@ -10,7 +10,7 @@ check() { # dir pattern message
     fail=1
   fi
 }
-for d in src/controllers src/client src/scheduler src/agent src/proxy src/dns src/ingress src/deploy; do
+for d in src/controllers src/client src/scheduler src/agent src/proxy src/netpol src/dns src/ingress src/deploy; do
   check "$d" 'crate::(store|apiserver)' "$d must reach the API through client/, never store/ or apiserver/"
 done
 check src/store 'crate::(api|apiserver|pki|client|controllers|cmd)' "store/ knows keys and bytes only"

@@ -7,7 +7,7 @@
 //! | L0 | [`config`], [`api`] | flags and config file; Kubernetes vocabulary without IO |
 //! | L1 | [`store`], [`pki`], [`client`] | versioned KV store; certificates; API clients |
 //! | L2 | [`apiserver`] | the only user of the store |
-//! | L2 | [`controllers`], [`scheduler`], [`agent`], [`proxy`], [`dns`], [`ingress`] | API clients only |
+//! | L2 | [`controllers`], [`scheduler`], [`agent`], [`proxy`], [`netpol`], [`dns`], [`ingress`] | API clients only |
 //! | L3 | [`cmd`] | wires the roles together |
 //!
 //! See docs/ARCHITECTURE.md for the full picture.
@@ -22,6 +22,7 @@ pub mod controllers;
 pub mod dns;
 pub mod ingress;
 pub mod pki;
+pub mod netpol;
 pub mod proxy;
 pub mod scheduler;
 pub mod store;

@@ -6,9 +6,9 @@
 //! rejection without endpoints, endpoint removal, and a restart of kaji that neither
 //! duplicates rules nor interrupts the service.
 //!
-//! Endpoints are published as EndpointSlices written by the test from the pods' status
-//! (selector-less Services), so the tests exercise the proxy independently of the
-//! EndpointSlice controller.
+//! Services select their pods (the EndpointSlice controller publishes the endpoints),
+//! except the externalTrafficPolicy case, whose selector-less Service gets a hand-written
+//! slice with an endpoint on another (imaginary) node.
 
 mod common;
 
@@ -66,7 +66,7 @@ fn is_running(p: &Value) -> bool {
         && p["status"]["podIP"].is_string()
 }
 
-/// A selector-less Service.
+/// A Service (selector-less unless `spec` has one).
 fn service(server: &Server, name: &str, spec: Value) {
     let mut spec = spec;
     if spec.get("ports").is_none() {
@@ -210,15 +210,13 @@ fn services_balance_reject_nodeport_local_hairpin_affinity() {
     }
     let unready = wait_pod(&server, "web-unready", 60, "Running", is_running);
     assert!(!is_ready(&unready));
-    let all = ["web-0", "web-1", "web-2", "web-unready"];
 
     service(
         &server,
         "web",
-        json!({"type": "NodePort", "clusterIP": "10.43.100.10",
+        json!({"type": "NodePort", "clusterIP": "10.43.100.10", "selector": {"app": "web"},
                "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}),
     );
-    publish(&server, "web", &all, &[]);
 
     // ClusterIP: every ready endpoint gets a fair share, the unready one nothing.
     let url = "http://10.43.100.10/";
@@ -303,10 +301,9 @@ fn services_balance_reject_nodeport_local_hairpin_affinity() {
     service(
         &server,
         "sticky",
-        json!({"clusterIP": "10.43.100.12", "sessionAffinity": "ClientIP",
+        json!({"clusterIP": "10.43.100.12", "sessionAffinity": "ClientIP", "selector": {"app": "web"},
                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}),
     );
-    publish(&server, "sticky", &all, &[]);
     let url_sticky = "http://10.43.100.12/";
     eventually("sticky answers", 30, || {
         let b = requests(&server, true, url_sticky, 1);
@@ -318,7 +315,11 @@ fn services_balance_reject_nodeport_local_hairpin_affinity() {
 
     // No endpoints: refused at once (not a timeout); an unallocated service address is
     // dropped.
-    service(&server, "empty", json!({"clusterIP": "10.43.100.13"}));
+    service(
+        &server,
+        "empty",
+        json!({"clusterIP": "10.43.100.13", "selector": {"app": "nothing"}}),
+    );
     eventually("empty service rejects", 30, || {
         let (code, took) = curl_exit(&server, "http://10.43.100.13/", "3");
         (code == 7 && took < Duration::from_secs(2))
@@ -328,8 +329,8 @@ fn services_balance_reject_nodeport_local_hairpin_affinity() {
     let (code, _) = curl_exit(&server, "http://10.43.100.200/", "1");
     assert_eq!(code, 28, "unallocated cluster IP times out");
 
-    // An endpoint removed from the slice stops getting new connections quickly.
-    publish(&server, "web", &["web-0", "web-1"], &[]);
+    // A pod leaving the Service stops getting new connections quickly.
+    ok(server.kubectl(&["label", "pod", "web-2", "app=other", "--overwrite"]));
     let took = eventually("web-2 drained", 10, || {
         let b = count(&requests(&server, true, url, 30));
         (b.values().sum::<usize>() == 30 && !b.contains_key("web-2"))
@@ -356,10 +357,9 @@ fn restart_keeps_rules_and_traffic() {
     service(
         &server,
         "web",
-        json!({"type": "NodePort", "clusterIP": "10.43.100.10",
+        json!({"type": "NodePort", "clusterIP": "10.43.100.10", "selector": {"app": "web"},
                "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}),
     );
-    publish(&server, "web", &["web-0"], &[]);
     let url = "http://10.43.100.10/";
     eventually("service answers", 30, || {
         let b = requests(&server, true, url, 1);
@@ -392,7 +392,6 @@ fn restart_keeps_rules_and_traffic() {
     // Changes after the restart still apply (the new process owns the table).
     web_pod(&server, "web-1", true);
     wait_pod(&server, "web-1", 120, "Ready", is_ready);
-    publish(&server, "web", &["web-0", "web-1"], &[]);
     eventually("new endpoint used", 20, || {
         let b = count(&requests(&server, true, url, 30));
         (b.contains_key("web-1") && b.contains_key("web-0"))

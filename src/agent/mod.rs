@@ -15,6 +15,7 @@ pub mod images;
 pub mod logs;
 pub mod network;
 pub mod node;
+pub mod pleg;
 pub mod pod_workers;
 pub mod probes;
 pub mod pull_secrets;
@@ -364,6 +365,16 @@ pub async fn run(
         .await
         .map_err(|e| Error::Config(format!("service proxy: {e}")))?;
         components.push(proxy);
+    }
+    if cfg.network_policy {
+        let netpol = crate::netpol::start(
+            clients.proxy.clone(),
+            crate::netpol::Config::from_agent(&cfg),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| Error::Config(format!("network policy: {e}")))?;
+        components.push(netpol);
     }
     components.push(tokio::spawn(stats::run_sampler(
         stats::Sampler::new(&cfg.node_name, &cfg.data_dir, stats::Cgroups::host()),

@@ -1,6 +1,9 @@
 //! Pod workers: one task per pod bound to this node, each running a level-triggered
 //! `sync_pod` — compare the desired spec with what the runtime reports, act, report
-//! status, and come back (on a change to the pod, or after a short resync period).
+//! status, and sleep until woken: by a change to the pod's spec or metadata (API watch;
+//! the echo of our own status patches does not wake), by the PLEG (`super::pleg`) when
+//! the pod's sandbox or containers changed in the runtime, by a probe result, by a
+//! back-off timer running out, or by the long jittered resync (the safety net).
 //!
 //! `sync_pod` ensures the sandbox (with its network namespace), runs init containers in
 //! order, then the app containers; restarts exited containers per `restartPolicy` with
@@ -23,12 +26,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::cri::{self as crilib, Cri};
 use super::events::{self, Kind};
+use super::pleg::Pleg;
 use super::probes::Probes;
 use super::{AgentConfig, Error, env, resources, volumes};
 
-/// How often a pod is re-synced without changes (the kubelet's PLEG relist is 1 s; its
-/// resync 10 s).
-const RESYNC: Duration = Duration::from_secs(2);
+/// The safety-net resync of a pod nobody woke: 60 s plus up to 30 s of jitter (so that
+/// pods created together do not resync together). Runtime changes arrive through the PLEG.
+fn resync() -> Duration {
+    Duration::from_millis(60_000 + rand::random_range(0..30_000u64))
+}
 /// Initial and maximum restart back-off.
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -42,6 +48,7 @@ struct Ctx {
     cfg: Arc<AgentConfig>,
     cri: Cri,
     probes: Arc<Probes>,
+    pleg: Arc<Pleg>,
 }
 
 /// Per-pod memory of a worker.
@@ -73,7 +80,9 @@ pub async fn run(
         cfg: cfg.clone(),
         cri,
         probes: Probes::new(client.clone(), &cfg.node_name, cfg.node_ip),
+        pleg: Pleg::new(),
     });
+    tokio::spawn(ctx.pleg.clone().run(ctx.cri.clone(), shutdown.clone()));
     let pods: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let mut stream = watcher(pods, wc).boxed();
@@ -145,7 +154,16 @@ async fn dispatch(
 ) {
     let mut map = workers.lock().await;
     if let Some(tx) = map.get(uid) {
-        let _ = tx.send(pod);
+        // Always keep the newest pod, but only wake the worker when something it acts on
+        // changed (not for the echo of its own status patch).
+        tx.send_if_modified(|cur| {
+            let wake = match (cur.as_ref(), pod.as_ref()) {
+                (Some(old), Some(new)) => significant_change(old, new),
+                _ => true,
+            };
+            *cur = pod;
+            wake
+        });
         return;
     }
     if pod.is_none() {
@@ -175,18 +193,21 @@ async fn worker(
 ) {
     let mut state = PodState::default();
     let probed = ctx.probes.changes(&uid);
+    let relisted = ctx.pleg.changes(&uid);
     loop {
         let pod = rx.borrow_and_update().clone();
         let next = match pod {
             None => {
                 teardown(&ctx, &uid, None, 0).await;
                 ctx.probes.forget_pod(&uid);
+                ctx.pleg.forget(&uid);
                 return;
             }
             Some(pod) => match sync_pod(&ctx, &pod, &mut state).await {
                 Ok(Some(d)) => d,
                 Ok(None) => {
                     ctx.probes.forget_pod(&uid);
+                    ctx.pleg.forget(&uid);
                     return;
                 }
                 Err(err) => {
@@ -199,9 +220,33 @@ async fn worker(
             _ = shutdown.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
             _ = probed.notified() => {}
+            _ = relisted.notified() => {}
             _ = tokio::time::sleep(next) => {}
         }
     }
+}
+
+/// Whether a newer copy of a pod differs from the old one in anything a sync acts on:
+/// everything but the resourceVersion, the managed fields and the status the worker
+/// writes itself (the phase and, with readiness gates, the conditions still count).
+fn significant_change(old: &Value, new: &Value) -> bool {
+    fn relevant(pod: &Value) -> Value {
+        let mut p = pod.clone();
+        if let Some(m) = p["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+            m.remove("managedFields");
+        }
+        let gated = pod["spec"]["readinessGates"]
+            .as_array()
+            .is_some_and(|g| !g.is_empty());
+        p["status"] = if gated {
+            json!({"phase": pod["status"]["phase"], "conditions": pod["status"]["conditions"]})
+        } else {
+            json!({"phase": pod["status"]["phase"]})
+        };
+        p
+    }
+    relevant(old) != relevant(new)
 }
 
 fn pod_name(pod: &Value) -> String {
@@ -408,7 +453,8 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
     }
 
     let mut observed = observe(ctx, &uid, Some(&sandbox_id)).await?;
-    let mut next = RESYNC;
+    // Runtime changes wake the worker through the PLEG; this is only the safety net.
+    let mut next = resync();
     let mut pod_failed = false;
 
     // Init containers, in order; each must succeed before the next starts.
@@ -434,7 +480,6 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
             Some((cri::ContainerState::ContainerRunning, _, _))
             | Some((cri::ContainerState::ContainerCreated, _, _)) => {
                 initialized = false;
-                next = Duration::from_millis(500);
                 break;
             }
             Some((cri::ContainerState::ContainerExited, _, s)) => {
@@ -475,7 +520,6 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
                     pod_ip.as_deref(),
                 )
                 .await?;
-                next = Duration::from_millis(500);
                 break;
             }
         }
@@ -503,7 +547,6 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
                         pod_ip.as_deref(),
                     )
                     .await?;
-                    next = next.min(Duration::from_millis(500));
                 }
                 Some(s) => match state_of(&s) {
                     cri::ContainerState::ContainerRunning => {

@@ -135,7 +135,11 @@ impl Ruleset {
 
     /// Rules in the per-pod chains.
     pub fn rule_count(&self) -> usize {
-        self.ingress.values().chain(self.egress.values()).map(Vec::len).sum()
+        self.ingress
+            .values()
+            .chain(self.egress.values())
+            .map(Vec::len)
+            .sum()
     }
 }
 
@@ -167,8 +171,7 @@ fn policy_types(p: &NetworkPolicy) -> (bool, bool) {
 
 fn selects(p: &NetworkPolicy, pod: &PodInfo) -> bool {
     p.metadata.namespace.as_deref() == Some(pod.namespace.as_str())
-        && p
-            .spec
+        && p.spec
             .as_ref()
             .is_some_and(|s| selector(Some(&s.pod_selector)).matches(Some(&pod.labels)))
 }
@@ -324,26 +327,28 @@ fn pod_chain(
         };
         let ns = p.metadata.namespace.as_deref().unwrap_or_default();
         // Each rule: (peers, ports).
-        let entries: Vec<(Option<&Vec<NetworkPolicyPeer>>, Option<&Vec<NetworkPolicyPort>>)> =
-            match dir {
-                Direction::Ingress if ing => {
-                    isolated = true;
-                    spec.ingress
-                        .iter()
-                        .flatten()
-                        .map(|r| (r.from.as_ref(), r.ports.as_ref()))
-                        .collect()
-                }
-                Direction::Egress if eg => {
-                    isolated = true;
-                    spec.egress
-                        .iter()
-                        .flatten()
-                        .map(|r| (r.to.as_ref(), r.ports.as_ref()))
-                        .collect()
-                }
-                _ => continue,
-            };
+        let entries: Vec<(
+            Option<&Vec<NetworkPolicyPeer>>,
+            Option<&Vec<NetworkPolicyPort>>,
+        )> = match dir {
+            Direction::Ingress if ing => {
+                isolated = true;
+                spec.ingress
+                    .iter()
+                    .flatten()
+                    .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+                    .collect()
+            }
+            Direction::Egress if eg => {
+                isolated = true;
+                spec.egress
+                    .iter()
+                    .flatten()
+                    .map(|r| (r.to.as_ref(), r.ports.as_ref()))
+                    .collect()
+            }
+            _ => continue,
+        };
         for (peers, ports) in entries {
             // `None` in `resolved` stands for "any peer".
             let resolved: Vec<Option<Peer>> = match peers.filter(|v| !v.is_empty()) {
@@ -491,9 +496,21 @@ mod tests {
     fn cluster() -> (Vec<PodInfo>, Namespaces) {
         let pods = vec![
             pod("default", "web", "10.42.0.2", json!({"app": "web"}), true),
-            pod("default", "front", "10.42.0.3", json!({"role": "frontend"}), true),
+            pod(
+                "default",
+                "front",
+                "10.42.0.3",
+                json!({"role": "frontend"}),
+                true,
+            ),
             pod("default", "other", "10.42.1.4", json!({}), false),
-            pod("prod", "front", "10.42.1.5", json!({"role": "frontend"}), false),
+            pod(
+                "prod",
+                "front",
+                "10.42.1.5",
+                json!({"role": "frontend"}),
+                false,
+            ),
         ];
         let mut ns = Namespaces::new();
         ns.insert("default".into(), Map::new());
@@ -557,7 +574,10 @@ mod tests {
                 "ipBlock with except and host bits",
                 json!({"podSelector": {"matchLabels": {"app": "web"}},
                        "ingress": [{"from": [{"ipBlock": {"cidr": "10.42.1.9/16", "except": ["10.42.1.0/24"]}}]}]}),
-                Some(vec!["ip saddr 10.42.0.0/16 ip saddr != 10.42.1.0/24 accept", "drop"]),
+                Some(vec![
+                    "ip saddr 10.42.0.0/16 ip saddr != 10.42.1.0/24 accept",
+                    "drop",
+                ]),
                 None,
             ),
             (
@@ -592,7 +612,10 @@ mod tests {
                        "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}],
                                    "ports": [{"port": "http"}]}]}),
                 None,
-                Some(vec!["ip daddr 10.42.0.2 meta l4proto tcp th dport 8080 return", "drop"]),
+                Some(vec![
+                    "ip daddr 10.42.0.2 meta l4proto tcp th dport 8080 return",
+                    "drop",
+                ]),
             ),
             (
                 "peer selecting nothing allows nothing",
@@ -606,10 +629,24 @@ mod tests {
         for (name, spec, ingress, egress) in cases {
             let rs = compile(&[policy("default", spec)], &pods, &ns);
             let want = |v: Option<Vec<&str>>| v.map(|v| v.iter().map(|s| s.to_string()).collect());
-            assert_eq!(rs.ingress.get(&web).cloned(), want(ingress), "{name}: ingress");
-            assert_eq!(rs.egress.get(&front).cloned(), want(egress), "{name}: egress");
+            assert_eq!(
+                rs.ingress.get(&web).cloned(),
+                want(ingress),
+                "{name}: ingress"
+            );
+            assert_eq!(
+                rs.egress.get(&front).cloned(),
+                want(egress),
+                "{name}: egress"
+            );
             // Remote pods are never targets here.
-            assert!(rs.ingress.keys().chain(rs.egress.keys()).all(|ip| ip.octets()[2] == 0), "{name}");
+            assert!(
+                rs.ingress
+                    .keys()
+                    .chain(rs.egress.keys())
+                    .all(|ip| ip.octets()[2] == 0),
+                "{name}"
+            );
         }
     }
 
@@ -618,14 +655,23 @@ mod tests {
         let (pods, ns) = cluster();
         let rs = compile(&[policy("prod", json!({"podSelector": {}}))], &pods, &ns);
         assert!(rs.is_empty());
-        assert_eq!(script(&rs), format!("add table inet {TABLE}\ndelete table inet {TABLE}\n"));
+        assert_eq!(
+            script(&rs),
+            format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
+        );
     }
 
     #[test]
     fn union_of_policies_and_script_shape() {
         let (pods, ns) = cluster();
-        let p1 = policy("default", json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": 80}]}]}));
-        let p2 = policy("default", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}, {"ports": [{"port": 81}]}]}));
+        let p1 = policy(
+            "default",
+            json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": 80}]}]}),
+        );
+        let p2 = policy(
+            "default",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}, {"ports": [{"port": 81}]}]}),
+        );
         let rs = compile(&[p1, p2], &pods, &ns);
         let web: Ipv4Addr = "10.42.0.2".parse().unwrap();
         assert_eq!(
@@ -650,11 +696,17 @@ mod tests {
         let (pods, ns) = cluster();
         let rs = compile(
             &[
-                policy("default", json!({"podSelector": {"matchLabels": {"app": "web"}},
+                policy(
+                    "default",
+                    json!({"podSelector": {"matchLabels": {"app": "web"}},
                     "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
                                           {"podSelector": {}}],
-                                 "ports": [{"port": 80}, {"port": 9000, "endPort": 9100, "protocol": "UDP"}, {"protocol": "SCTP"}]}]})),
-                policy("default", json!({"podSelector": {"matchLabels": {"role": "frontend"}}, "egress": [{}]})),
+                                 "ports": [{"port": 80}, {"port": 9000, "endPort": 9100, "protocol": "UDP"}, {"protocol": "SCTP"}]}]}),
+                ),
+                policy(
+                    "default",
+                    json!({"podSelector": {"matchLabels": {"role": "frontend"}}, "egress": [{}]}),
+                ),
             ],
             &pods,
             &ns,
@@ -669,7 +721,13 @@ mod tests {
             return;
         };
         use tokio::io::AsyncWriteExt;
-        child.stdin.take().unwrap().write_all(s.as_bytes()).await.unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(s.as_bytes())
+            .await
+            .unwrap();
         let out = child.wait_with_output().await.unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("Operation not permitted") {

@@ -580,6 +580,17 @@ pub fn cluster_roles() -> Vec<RoleSpec> {
         ),
         // kaji's node-local components (not upstream roles).
         role(
+            "system:kaji-network-policy",
+            vec![
+                r(&["list", "watch"], &[""], &["pods", "namespaces"]),
+                r(
+                    &["list", "watch"],
+                    &["networking.k8s.io"],
+                    &["networkpolicies"],
+                ),
+            ],
+        ),
+        role(
             "system:kaji-dns",
             vec![
                 r(
@@ -705,6 +716,11 @@ pub fn cluster_role_bindings() -> Vec<BindingSpec> {
         b(
             "system:node-proxier",
             "system:node-proxier",
+            vec![Subject::user("system:kube-proxy")],
+        ),
+        b(
+            "system:kaji-network-policy",
+            "system:kaji-network-policy",
             vec![Subject::user("system:kube-proxy")],
         ),
         b(
