@@ -329,8 +329,8 @@ fn services_balance_reject_nodeport_local_hairpin_affinity() {
     let (code, _) = curl_exit(&server, "http://10.43.100.200/", "1");
     assert_eq!(code, 28, "unallocated cluster IP times out");
 
-    // A pod leaving the Service stops getting new connections quickly.
-    ok(server.kubectl(&["label", "pod", "web-2", "app=other", "--overwrite"]));
+    // A pod being deleted (terminating: not ready) stops getting new connections quickly.
+    ok(server.kubectl(&["delete", "pod", "web-2", "--wait=false"]));
     let took = eventually("web-2 drained", 10, || {
         let b = count(&requests(&server, true, url, 30));
         (b.values().sum::<usize>() == 30 && !b.contains_key("web-2"))

@@ -171,9 +171,13 @@ fn policy_types(p: &NetworkPolicy) -> (bool, bool) {
 
 fn selects(p: &NetworkPolicy, pod: &PodInfo) -> bool {
     p.metadata.namespace.as_deref() == Some(pod.namespace.as_str())
-        && p.spec
-            .as_ref()
-            .is_some_and(|s| selector(Some(&s.pod_selector)).matches(Some(&pod.labels)))
+        && p.spec.as_ref().is_some_and(|s| {
+            // An absent podSelector (optional since 1.31) selects every pod.
+            s.pod_selector
+                .as_ref()
+                .map_or_else(LabelSelector::everything, |x| selector(Some(x)))
+                .matches(Some(&pod.labels))
+        })
 }
 
 /// An IPv4 CIDR with its host bits cleared, as nft wants it.

@@ -497,7 +497,29 @@ pub fn validate_statefulset(obj: &Value) -> Vec<Cause> {
         word: "statefulset",
         stop_when_missing: false,
     };
-    validate_selector_and_template(spec, &rules, &mut causes);
+    // The template's volumes together with one per volumeClaimTemplate, which the
+    // controller adds to each pod (so mounts of claim volumes are not "Not found").
+    let mut with_claims = spec.clone();
+    let claims: Vec<Value> = arr(spec, "volumeClaimTemplates")
+        .iter()
+        .filter_map(|c| get(c, &["metadata", "name"]).and_then(Value::as_str))
+        .map(|n| json!({"name": n, "persistentVolumeClaim": {"claimName": n}}))
+        .collect();
+    if let Some(pod_spec) = with_claims
+        .get_mut("template")
+        .and_then(|t| t.get_mut("spec"))
+        .and_then(Value::as_object_mut)
+        && !claims.is_empty()
+    {
+        let vols = pod_spec
+            .entry("volumes")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(v) = vols.as_array_mut() {
+            v.retain(|x| !claims.iter().any(|c| c["name"] == x["name"]));
+            v.extend(claims);
+        }
+    }
+    validate_selector_and_template(&with_claims, &rules, &mut causes);
     causes.extend(validate_template_restart_always(
         template_of(spec),
         "spec.template",
