@@ -138,9 +138,7 @@ fn daemon_pods_follow_nodes_and_roll() {
     assert_eq!(st["observedGeneration"], ds["metadata"]["generation"]);
     let table = ok(server.kubectl(&["get", "ds", "agent"]));
     assert!(
-        table.starts_with("NAME")
-            && table.contains("DESIRED")
-            && table.contains("NODE SELECTOR"),
+        table.starts_with("NAME") && table.contains("DESIRED") && table.contains("NODE SELECTOR"),
         "{table}"
     );
 
@@ -225,17 +223,39 @@ status:
     std::thread::sleep(Duration::from_secs(2));
     let agent_nodes: Vec<String> = live_pods(&server, "agent")
         .iter()
-        .map(|p| p["spec"]["nodeName"].as_str().unwrap_or("<unbound>").to_string())
+        .map(|p| {
+            p["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or("<unbound>")
+                .to_string()
+        })
         .collect();
-    assert_eq!(agent_nodes.len(), 2, "real node + fake-ssd, none on the tainted node: {agent_nodes:?}");
+    assert_eq!(
+        agent_nodes.len(),
+        2,
+        "real node + fake-ssd, none on the tainted node: {agent_nodes:?}"
+    );
     assert!(!agent_nodes.contains(&"fake-tainted".to_string()));
     let ssd_nodes: Vec<String> = live_pods(&server, "ssd")
         .iter()
-        .map(|p| p["spec"]["nodeName"].as_str().unwrap_or("<unbound>").to_string())
+        .map(|p| {
+            p["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or("<unbound>")
+                .to_string()
+        })
         .collect();
-    assert_eq!(ssd_nodes, ["fake-ssd"], "the nodeSelector excludes the real node");
+    assert_eq!(
+        ssd_nodes,
+        ["fake-ssd"],
+        "the nodeSelector excludes the real node"
+    );
     let ds = json_of(&server, &["get", "ds", "agent"]);
-    assert_eq!(ds["status"]["desiredNumberScheduled"], 2, "{}", ds["status"]);
+    assert_eq!(
+        ds["status"]["desiredNumberScheduled"], 2,
+        "{}",
+        ds["status"]
+    );
 
     // Removing the label makes the pod misscheduled: it is deleted.
     ok(server.kubectl(&["label", "node", "fake-ssd", "disk-"]));
@@ -247,7 +267,12 @@ status:
             Err(format!("{} pods", pods.len()))
         }
     });
-    let events = ok(server.kubectl(&["get", "events", "--field-selector", "involvedObject.name=ssd"]));
+    let events = ok(server.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=ssd",
+    ]));
     assert!(
         events.contains("SuccessfulCreate") && events.contains("SuccessfulDelete"),
         "{events}"

@@ -78,11 +78,19 @@ fn pod_ip(server: &Server, ns: &str, name: &str) -> String {
     }
 }
 
-/// Whether `ns/pod` gets the web page from `ip:port` (a new connection, 2 s timeout).
-fn reaches(server: &Server, ns: &str, pod: &str, ip: &str, port: u16) -> bool {
+/// Whether `ns/pod` gets the web page from `ip:port` (a new connection, 3 s timeout; busybox 1.35's `wget -T` crashes),
+/// with what kubectl printed.
+fn reaches(server: &Server, ns: &str, pod: &str, ip: &str, port: u16) -> (bool, String) {
     let url = format!("http://{ip}:{port}/");
-    let out = server.kubectl(&["-n", ns, "exec", pod, "--", "wget", "-qO-", "-T", "2", &url]);
-    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("hello-web")
+    let out = server.kubectl(&[
+        "-n", ns, "exec", pod, "--", "timeout", "3", "wget", "-q", "-O", "-", &url,
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && text.contains("hello-web"), text)
 }
 
 /// Waits until every `(namespace, pod, expected)` sees its expectation towards the web
@@ -90,17 +98,18 @@ fn reaches(server: &Server, ns: &str, pod: &str, ip: &str, port: u16) -> bool {
 fn expect(server: &Server, what: &str, ip: &str, port: u16, cases: &[(&str, &str, bool)]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got: Vec<bool> = cases
+        let outs: Vec<(bool, String)> = cases
             .iter()
             .map(|(ns, pod, _)| reaches(server, ns, pod, ip, port))
             .collect();
+        let got: Vec<bool> = outs.iter().map(|o| o.0).collect();
         let want: Vec<bool> = cases.iter().map(|c| c.2).collect();
         if got == want {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: got {got:?}, want {want:?} for {cases:?}\n{}\n{}",
+            "{what}: got {got:?}, want {want:?} for {cases:?}\n{outs:?}\n{}\n{}",
             table(server).unwrap_or_default(),
             server.log()
         );

@@ -33,9 +33,10 @@ fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>
 }
 
 fn ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 /// The set's pods by name.
@@ -45,11 +46,25 @@ fn pods(server: &Server) -> BTreeMap<String, Value> {
         .cloned()
         .unwrap_or_default()
         .into_iter()
-        .map(|p| (p["metadata"]["name"].as_str().unwrap_or_default().to_string(), p))
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p,
+            )
+        })
         .collect()
 }
 
 fn statefulset(marker: &str, replicas: u32, partition: u32) -> String {
+    // kubectl reports any set partition (even 0) as a partitioned roll out.
+    let strategy = if partition == 0 {
+        "{type: RollingUpdate}".to_string()
+    } else {
+        format!("{{type: RollingUpdate, rollingUpdate: {{partition: {partition}}}}}")
+    };
     format!(
         r#"
 apiVersion: v1
@@ -67,7 +82,7 @@ spec:
   serviceName: web
   replicas: {replicas}
   selector: {{matchLabels: {{app: web}}}}
-  updateStrategy: {{type: RollingUpdate, rollingUpdate: {{partition: {partition}}}}}
+  updateStrategy: {strategy}
   template:
     metadata: {{labels: {{app: web}}}}
     spec:
@@ -153,7 +168,10 @@ fn ordered_pods_with_stable_storage() {
         if n == 3 {
             Ok(())
         } else {
-            Err(format!("{n} ready of {:?}", snapshot.keys().collect::<Vec<_>>()))
+            Err(format!(
+                "{n} ready of {:?}",
+                snapshot.keys().collect::<Vec<_>>()
+            ))
         }
     });
     assert_eq!(order, ["web-0", "web-1", "web-2"]);
@@ -164,8 +182,14 @@ fn ordered_pods_with_stable_storage() {
     let web1 = &pods(&server)["web-1"];
     assert_eq!(web1["spec"]["hostname"], "web-1");
     assert_eq!(web1["spec"]["subdomain"], "web");
-    assert_eq!(web1["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"], "web-1");
-    assert_eq!(web1["metadata"]["labels"]["apps.kubernetes.io/pod-index"], "1");
+    assert_eq!(
+        web1["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"],
+        "web-1"
+    );
+    assert_eq!(
+        web1["metadata"]["labels"]["apps.kubernetes.io/pod-index"],
+        "1"
+    );
 
     // A claim per pod, bound to a local-path volume on the node.
     let data_dir = server.data_dir();
@@ -173,9 +197,15 @@ fn ordered_pods_with_stable_storage() {
         let pvc = json_of(&server, &["get", "pvc", &format!("data-web-{i}")]);
         assert_eq!(pvc["status"]["phase"], "Bound", "{}", pvc);
         assert_eq!(pvc["spec"]["storageClassName"], "local-path");
-        assert_eq!(pvc["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"], "yes");
+        assert_eq!(
+            pvc["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"],
+            "yes"
+        );
         let pv_name = pvc["spec"]["volumeName"].as_str().unwrap().to_string();
-        assert_eq!(pv_name, format!("pvc-{}", pvc["metadata"]["uid"].as_str().unwrap()));
+        assert_eq!(
+            pv_name,
+            format!("pvc-{}", pvc["metadata"]["uid"].as_str().unwrap())
+        );
         let pv = json_of(&server, &["get", "pv", &pv_name]);
         assert_eq!(pv["status"]["phase"], "Bound");
         assert_eq!(pv["spec"]["claimRef"]["name"], format!("data-web-{i}"));
@@ -192,10 +222,20 @@ fn ordered_pods_with_stable_storage() {
         "{table}"
     );
     let table = ok(server.kubectl(&["get", "pv"]));
-    assert!(table.contains("default/data-web-1") && table.contains("Delete"), "{table}");
+    assert!(
+        table.contains("default/data-web-1") && table.contains("Delete"),
+        "{table}"
+    );
 
     // Data written through web-1 survives the pod.
-    ok(server.kubectl(&["exec", "web-1", "--", "sh", "-c", "echo persisted > /data/file"]));
+    ok(server.kubectl(&[
+        "exec",
+        "web-1",
+        "--",
+        "sh",
+        "-c",
+        "echo persisted > /data/file",
+    ]));
     let old_uid = web1["metadata"]["uid"].clone();
     ok(server.kubectl(&["delete", "pod", "web-1", "--wait=false"]));
     wait_until("web-1 to come back", 120, || {
@@ -213,8 +253,14 @@ fn ordered_pods_with_stable_storage() {
     let out = rollout_status(&server);
     assert!(out.contains("partitioned roll out complete"), "{out}");
     let sts = json_of(&server, &["get", "sts", "web"]);
-    let update = sts["status"]["updateRevision"].as_str().unwrap().to_string();
-    let current = sts["status"]["currentRevision"].as_str().unwrap().to_string();
+    let update = sts["status"]["updateRevision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let current = sts["status"]["currentRevision"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(update, current);
     let snapshot = pods(&server);
     assert!(update.ends_with(&revision(&snapshot["web-2"])), "{update}");
@@ -250,7 +296,12 @@ fn ordered_pods_with_stable_storage() {
     for i in 0..3 {
         assert!(claims.contains(&format!("data-web-{i}")), "{claims}");
     }
-    let events = ok(server.kubectl(&["get", "events", "--field-selector", "involvedObject.name=web"]));
+    let events = ok(server.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web",
+    ]));
     assert!(
         events.contains("create Pod web-0 in StatefulSet web successful")
             && events.contains("create Claim data-web-0 Pod web-0 in StatefulSet web success")

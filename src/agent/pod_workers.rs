@@ -35,6 +35,9 @@ use super::{AgentConfig, Error, env, resources, volumes};
 fn resync() -> Duration {
     Duration::from_millis(60_000 + rand::random_range(0..30_000u64))
 }
+/// Retry period of a pod whose last sync failed or that waits for something outside the
+/// runtime (a missing ConfigMap, an image pull back-off).
+const RETRY: Duration = Duration::from_secs(2);
 /// Initial and maximum restart back-off.
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -212,7 +215,7 @@ async fn worker(
                 }
                 Err(err) => {
                     tracing::warn!(pod = %pod_name(&pod), %err, "sync_pod failed");
-                    Duration::from_secs(2)
+                    RETRY
                 }
             },
         };
@@ -607,6 +610,11 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
                 },
             }
         }
+    }
+    // A container that could not be created (missing config, image pull back-off ...)
+    // is retried on the short period: what it waits for is no runtime change.
+    if !st.overrides.is_empty() {
+        next = next.min(RETRY);
     }
     observed = observe(ctx, &uid, Some(&sandbox_id))
         .await

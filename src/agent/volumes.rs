@@ -11,9 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::Api;
 use serde_json::{Value, json};
 
@@ -271,8 +269,12 @@ pub async fn sweep_local_storage(client: &kube::Client, data_dir: &Path) {
             Ok(None) => {
                 let path = entry.path();
                 match std::fs::remove_dir_all(&path) {
-                    Ok(()) => tracing::info!(dir = %path.display(), "removed the directory of a deleted local-path volume"),
-                    Err(err) => tracing::warn!(%err, dir = %path.display(), "removing a local-path volume directory"),
+                    Ok(()) => {
+                        tracing::info!(dir = %path.display(), "removed the directory of a deleted local-path volume")
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, dir = %path.display(), "removing a local-path volume directory")
+                    }
                 }
             }
             Ok(Some(_)) => {}

@@ -282,7 +282,11 @@ pub struct ServerArgs {
     pub node_monitor_grace_period: std::time::Duration,
     /// Number of terminated pods that can exist before the pod garbage collector starts
     /// deleting them (0 or less: never).
-    #[arg(long, env = "KAJI_TERMINATED_POD_GC_THRESHOLD", default_value_t = 12500)]
+    #[arg(
+        long,
+        env = "KAJI_TERMINATED_POD_GC_THRESHOLD",
+        default_value_t = 12500
+    )]
     pub terminated_pod_gc_threshold: i32,
     /// Seconds pods tolerate the node.kubernetes.io/not-ready:NoExecute taint unless they say otherwise.
     #[arg(

@@ -497,19 +497,33 @@ struct Plan {
     failed: Vec<(String, String)>,
 }
 
+/// What the manage step needs to know about the DaemonSet's current revision.
+#[derive(Debug, Clone, Copy)]
+struct Revision<'a> {
+    /// Whether rolling updates surge (two pods may share a node).
+    surge: bool,
+    hash: &'a str,
+    generation: i64,
+    min_ready: i32,
+    now: jiff::Timestamp,
+}
+
 /// The manage step for one node (upstream's `podsShouldBeOnNode`): `pods` are the DS's
 /// pods targeting the node.
 fn plan_node(
     node: &str,
     (should_run, should_continue): (bool, bool),
     pods: &[Arc<Pod>],
-    surge: bool,
-    hash: &str,
-    generation: i64,
-    min_ready: i32,
-    now: jiff::Timestamp,
+    cx: &Revision<'_>,
     plan: &mut Plan,
 ) {
+    let Revision {
+        surge,
+        hash,
+        generation,
+        min_ready,
+        now,
+    } = *cx;
     if should_run && pods.is_empty() {
         plan.create_on.push(node.to_string());
         return;
@@ -744,9 +758,14 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, Error> {
     let mut plan = Plan::default();
     for (n, d) in &decisions {
         let on_node = node_pods.get(n).cloned().unwrap_or_default();
-        plan_node(
-            n, *d, &on_node, surge, &hash, generation, min_ready, now, &mut plan,
-        );
+        let cx = Revision {
+            surge,
+            hash: &hash,
+            generation,
+            min_ready,
+            now,
+        };
+        plan_node(n, *d, &on_node, &cx, &mut plan);
     }
     plan.delete.extend(orphaned);
     let mut next_check: Option<Duration> = None;
@@ -1197,69 +1216,39 @@ mod tests {
         let t1 = "2025-01-01T00:00:00Z";
         let t2 = "2025-01-01T01:00:00Z";
         let mut plan = Plan::default();
-        plan_node("a", (true, true), &[], false, "h", 1, 0, now, &mut plan);
+        let cx = |surge| Revision {
+            surge,
+            hash: "h",
+            generation: 1,
+            min_ready: 0,
+            now,
+        };
+        let running = |n, h, t| pod(n, h, t, true, "Running");
+        plan_node("a", (true, true), &[], &cx(false), &mut plan);
         plan_node(
             "b",
             (false, false),
-            &[pod("b1", "h", t1, true, "Running")],
-            false,
-            "h",
-            1,
-            0,
-            now,
+            &[running("b1", "h", t1)],
+            &cx(false),
             &mut plan,
         );
-        plan_node(
-            "c",
-            (true, true),
-            &[
-                pod("c2", "h", t2, true, "Running"),
-                pod("c1", "h", t1, true, "Running"),
-            ],
-            false,
-            "h",
-            1,
-            0,
-            now,
-            &mut plan,
-        );
-        plan_node(
-            "d",
-            (true, true),
-            &[pod("d1", "h", t1, false, "Failed")],
-            false,
-            "h",
-            1,
-            0,
-            now,
-            &mut plan,
-        );
+        let two = [running("c2", "h", t2), running("c1", "h", t1)];
+        plan_node("c", (true, true), &two, &cx(false), &mut plan);
+        let failed = [pod("d1", "h", t1, false, "Failed")];
+        plan_node("d", (true, true), &failed, &cx(false), &mut plan);
         plan_node(
             "e",
             (false, true),
-            &[pod("e1", "h", t1, true, "Running")],
-            false,
-            "h",
-            1,
-            0,
-            now,
+            &[running("e1", "h", t1)],
+            &cx(false),
             &mut plan,
         );
         // Surge: a new unavailable pod next to an available old one is fine.
-        plan_node(
-            "f",
-            (true, true),
-            &[
-                pod("f-old", "old", t1, true, "Running"),
-                pod("f-new", "h", t2, false, "Running"),
-            ],
-            true,
-            "h",
-            1,
-            0,
-            now,
-            &mut plan,
-        );
+        let surging = [
+            running("f-old", "old", t1),
+            pod("f-new", "h", t2, false, "Running"),
+        ];
+        plan_node("f", (true, true), &surging, &cx(true), &mut plan);
         assert_eq!(plan.create_on, ["a"]);
         assert_eq!(plan.delete, ["b1", "c2", "d1"]);
         assert_eq!(plan.failed, [("d1".to_string(), "d".to_string())]);

@@ -461,24 +461,20 @@ pub(crate) fn plan(svc: &Service, pods: &[Arc<Pod>], existing: &[EndpointSlice])
                 plan.update.push(next);
             }
         }
-        {
-            for eps in rest
-                .chunks(MAX_ENDPOINTS_PER_SLICE)
-                .map(<[Endpoint]>::to_vec)
-            {
-                plan.create.push(EndpointSlice {
-                    metadata: ObjectMeta {
-                        generate_name: Some(format!("{}-", svc.name_any())),
-                        namespace: svc.namespace(),
-                        labels: Some(labels.clone()),
-                        owner_references: Some(vec![owner.clone()]),
-                        ..ObjectMeta::default()
-                    },
-                    address_type: "IPv4".into(),
-                    endpoints: eps,
-                    ports: (!ports.is_empty()).then(|| ports.clone()),
-                });
-            }
+        // The rest go into new slices.
+        for eps in rest.chunks(MAX_ENDPOINTS_PER_SLICE) {
+            plan.create.push(EndpointSlice {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{}-", svc.name_any())),
+                    namespace: svc.namespace(),
+                    labels: Some(labels.clone()),
+                    owner_references: Some(vec![owner.clone()]),
+                    ..ObjectMeta::default()
+                },
+                address_type: "IPv4".into(),
+                endpoints: eps.to_vec(),
+                ports: (!ports.is_empty()).then(|| ports.clone()),
+            });
         }
     }
     for (i, s) in existing.iter().enumerate() {

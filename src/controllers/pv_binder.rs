@@ -108,8 +108,8 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         let (pvc_tx, pv_tx) = (pvc_tx.clone(), pv_tx.clone());
         let events = stream::select(
             stream::select(
-                pvc_events.map(|e| e.map(Touched::Claim)),
-                pv_events.map(|e| e.map(Touched::Volume)),
+                pvc_events.map(|e| e.map(|c| Touched::Claim(Box::new(c)))),
+                pv_events.map(|e| e.map(|v| Touched::Volume(Box::new(v)))),
             ),
             stream::select(
                 sc_events.map(|e| e.map(|_| Touched::Class)),
@@ -119,13 +119,13 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         events.for_each(move |e| {
             match e {
                 Ok(Touched::Claim(c)) => {
-                    let _ = pvc_tx.unbounded_send(ObjectRef::from_obj(&c));
+                    let _ = pvc_tx.unbounded_send(ObjectRef::from_obj(&*c));
                     if let Some(v) = c.spec.as_ref().and_then(|s| s.volume_name.clone()) {
                         let _ = pv_tx.unbounded_send(ObjectRef::new(&v));
                     }
                 }
                 Ok(Touched::Volume(v)) => {
-                    let _ = pv_tx.unbounded_send(ObjectRef::from_obj(&v));
+                    let _ = pv_tx.unbounded_send(ObjectRef::from_obj(&*v));
                     if let Some(r) = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
                         let name = r.name.clone().unwrap_or_default();
                         let ns = r.namespace.clone().unwrap_or_default();
@@ -195,8 +195,8 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
 }
 
 enum Touched {
-    Claim(PersistentVolumeClaim),
-    Volume(PersistentVolume),
+    Claim(Box<PersistentVolumeClaim>),
+    Volume(Box<PersistentVolume>),
     Class,
 }
 

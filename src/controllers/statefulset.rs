@@ -1031,7 +1031,14 @@ mod tests {
         let now: jiff::Timestamp = "2025-01-02T00:00:00Z".parse().unwrap();
         let ready = |n: &str| Some(pod(n, "new", "ready"));
         // (name, rules, replica slots, condemned, expected steps)
-        let cases: Vec<(&str, Rules, Vec<Option<Arc<Pod>>>, Vec<Arc<Pod>>, Vec<&str>)> = vec![
+        type Case = (
+            &'static str,
+            Rules,
+            Vec<Option<Arc<Pod>>>,
+            Vec<Arc<Pod>>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "ordered: first pod",
                 rules(true, true, 0, 1),

@@ -97,7 +97,7 @@ pub async fn ensure_ingress_class(client: kube::Client) -> Result<(), Error> {
         },
         "spec": {"controller": CONTROLLER_NAME},
     }))
-    .map_err(|e| kube::Error::SerdeError(e))?;
+    .map_err(kube::Error::SerdeError)?;
     match api.create(&PostParams::default(), &class).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),

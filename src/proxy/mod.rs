@@ -163,11 +163,24 @@ pub async fn start(
     Ok((proxy, handle))
 }
 
-/// Removes everything the proxy installed (the `ip kaji` table).
+/// Removes everything the proxy installed: the `ip kaji` table and the service-network
+/// route device, if it made one.
 pub async fn cleanup() -> Result<(), Error> {
     nft::check_binary().await?;
     nft::delete_table().await?;
     tracing::info!("removed nftables table ip {}", nft::TABLE);
+    let removed = tokio::process::Command::new("ip")
+        .args(["link", "del", SERVICE_LINK])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if removed {
+        tracing::info!(
+            dev = SERVICE_LINK,
+            "removed the service network route device"
+        );
+    }
     Ok(())
 }
 

@@ -732,7 +732,7 @@ pub fn validate_job(obj: &Value) -> Vec<Cause> {
     validate_job_spec(obj.get("spec").unwrap_or(&Value::Null), "spec", false)
 }
 
-/// `ValidateCronJobCreate` (without the time zone rules).
+/// `ValidateCronJobCreate`.
 pub fn validate_cronjob(obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     let name = s_at(obj, &["metadata", "name"]);
@@ -764,6 +764,20 @@ pub fn validate_cronjob(obj: &Value) -> Vec<Cause> {
         "failedJobsHistoryLimit",
     ] {
         causes.extend(validate_nonnegative(spec.get(key), &format!("spec.{key}")));
+    }
+    if let Some(tz) = spec.get("timeZone").and_then(Value::as_str) {
+        let detail = if tz.is_empty() {
+            Some("timeZone must be nil or non-empty string".to_string())
+        } else if tz.eq_ignore_ascii_case("local") {
+            Some("timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones".to_string())
+        } else if tz != "UTC" && jiff::tz::TimeZone::get(tz).is_err() {
+            Some(format!("unknown time zone {tz}"))
+        } else {
+            None
+        };
+        if let Some(d) = detail {
+            causes.push(invalid_str("spec.timeZone", tz, &d));
+        }
     }
     let jt = spec.get("jobTemplate").unwrap_or(&Value::Null);
     causes.extend(crate::api::validation::validate_labels(
@@ -1072,6 +1086,13 @@ mod tests {
         let mut bad_strategy = deployment();
         bad_strategy["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "0%"}});
 
+        // Mounts of volumeClaimTemplates are valid in a StatefulSet (the controller adds
+        // the volumes), not elsewhere.
+        let mut claim_mount = deployment();
+        claim_mount["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": "data", "mountPath": "/data"}]);
+        claim_mount["spec"]["volumeClaimTemplates"] =
+            json!([{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]);
         let cases: Vec<(&str, Value, Vec<&str>)> = vec![
             ("deploy", deployment(), vec![]),
             (
@@ -1110,6 +1131,12 @@ mod tests {
                 ],
             ),
             ("sts", deployment(), vec![]),
+            ("sts", claim_mount.clone(), vec![]),
+            (
+                "ds",
+                claim_mount,
+                vec!["spec.template.spec.containers[0].volumeMounts[0].name FieldValueNotFound"],
+            ),
             (
                 "sts",
                 empty_sel.clone(),
@@ -1237,6 +1264,22 @@ mod tests {
             "{:?}",
             validate_cronjob(&cj)
         );
+    }
+
+    #[test]
+    fn cronjob_time_zones() {
+        let cj = |tz: &str| {
+            json!({"metadata": {"name": "c"}, "spec": {"schedule": "* * * * *", "timeZone": tz,
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}}})
+        };
+        for ok in ["Europe/Berlin", "America/New_York", "UTC", "Etc/UTC"] {
+            assert!(validate_cronjob(&cj(ok)).is_empty(), "{ok}");
+        }
+        for bad in ["", "Local", "Mars/Olympus"] {
+            let c = validate_cronjob(&cj(bad));
+            assert_eq!(c.len(), 1, "{bad}: {c:?}");
+            assert_eq!(c[0].field, "spec.timeZone");
+        }
     }
 
     #[test]
