@@ -83,7 +83,7 @@ spec:
         - -c
         - |
           mkdir -p /www/cgi-bin
-          printf '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "frontend $(hostname) backend $(wget -qO- -T 2 http://backend:6379/)"\n' > /www/cgi-bin/index.cgi
+          printf '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "frontend $(hostname) backend $(wget -qO- http://backend:6379/)"\n' > /www/cgi-bin/index.cgi
           chmod +x /www/cgi-bin/index.cgi
           echo ok > /www/healthz
           exec httpd -f -p 8080 -h /www
@@ -208,8 +208,6 @@ fn guestbook() {
                 "--",
                 "wget",
                 "-qO-",
-                "-T",
-                "2",
                 "http://backend.default.svc.cluster.local:6379/",
             ]);
             match common::stdout(&out).trim() {
@@ -223,7 +221,7 @@ fn guestbook() {
             "--",
             "sh",
             "-c",
-            "wget -qO- -T 2 http://$BACKEND_SERVICE_HOST:$BACKEND_SERVICE_PORT/",
+            "wget -qO- http://$BACKEND_SERVICE_HOST:$BACKEND_SERVICE_PORT/",
         ]));
         assert_eq!(out.trim(), backend_name);
     }

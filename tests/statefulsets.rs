@@ -296,6 +296,30 @@ fn ordered_pods_with_stable_storage() {
     for i in 0..3 {
         assert!(claims.contains(&format!("data-web-{i}")), "{claims}");
     }
+    // Deleting a claim releases its volume; the provisioner deletes it (policy Delete) and
+    // the node agent removes its directory.
+    let pvc = json_of(&server, &["get", "pvc", "data-web-2"]);
+    let pv_name = pvc["spec"]["volumeName"].as_str().unwrap().to_string();
+    let pv = json_of(&server, &["get", "pv", &pv_name]);
+    let dir = std::path::PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap());
+    assert!(dir.is_dir(), "{}", dir.display());
+    ok(server.kubectl(&["delete", "pvc", "data-web-2"]));
+    wait_until("the released volume to be deleted", 60, || {
+        let out = server.kubectl(&["get", "pv", &pv_name]);
+        if out.status.success() {
+            Err(stdout(&out))
+        } else {
+            Ok(())
+        }
+    });
+    wait_until("the volume directory to be removed", 90, || {
+        if dir.exists() {
+            Err(dir.display().to_string())
+        } else {
+            Ok(())
+        }
+    });
+
     let events = ok(server.kubectl(&[
         "get",
         "events",
