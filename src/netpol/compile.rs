@@ -310,6 +310,12 @@ fn join(parts: &[&str], verdict: &str) -> String {
     s.join(" ")
 }
 
+/// One rule of a policy: its peers and ports (`None`: any).
+type RuleRef<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
+
 /// The rules of one pod's chain for `dir`, or `None` if no policy isolates it that way.
 fn pod_chain(
     dir: Direction,
@@ -331,10 +337,7 @@ fn pod_chain(
         };
         let ns = p.metadata.namespace.as_deref().unwrap_or_default();
         // Each rule: (peers, ports).
-        let entries: Vec<(
-            Option<&Vec<NetworkPolicyPeer>>,
-            Option<&Vec<NetworkPolicyPort>>,
-        )> = match dir {
+        let entries: Vec<RuleRef> = match dir {
             Direction::Ingress if ing => {
                 isolated = true;
                 spec.ingress
@@ -530,7 +533,13 @@ mod tests {
         let web = "10.42.0.2".parse::<Ipv4Addr>().unwrap();
         let front = "10.42.0.3".parse::<Ipv4Addr>().unwrap();
         // (case, policy spec, expected ingress of web, expected egress of front)
-        let cases: Vec<(&str, Value, Option<Vec<&str>>, Option<Vec<&str>>)> = vec![
+        type Case = (
+            &'static str,
+            Value,
+            Option<Vec<&'static str>>,
+            Option<Vec<&'static str>>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "no policy selects: nothing isolated",
                 json!({"podSelector": {"matchLabels": {"app": "nothing"}}}),
