@@ -25,11 +25,37 @@ fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>
         match f() {
             Ok(v) => return v,
             Err(last) if Instant::now() > deadline => {
-                panic!("timed out waiting for {what}; last seen: {last}")
+                panic!(
+                    "timed out waiting for {what}; last seen: {last}\n{}",
+                    DIAG.with(|d| d.borrow().clone())
+                )
             }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+thread_local! {
+    /// What a timeout prints besides the last value (the cluster's state).
+    static DIAG: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Records the cluster's state for a timeout message.
+fn diagnose(server: &Server) {
+    let mut out = String::new();
+    for args in [
+        &["get", "pods,pvc,pv", "-o", "wide"][..],
+        &["describe", "pods"][..],
+        &["get", "events"][..],
+    ] {
+        let o = server.kubectl(args);
+        out += &stdout(&o);
+        out += &stderr(&o);
+    }
+    let log = server.log();
+    let tail: Vec<&str> = log.lines().rev().take(80).collect();
+    out += &tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+    DIAG.with(|d| *d.borrow_mut() = out);
 }
 
 fn ready(pod: &Value) -> bool {
@@ -146,6 +172,7 @@ fn ordered_pods_with_stable_storage() {
     apply(&server, &statefulset("v1", 3, 0));
     // Ordered creation: a pod appears only once its predecessor is Running and Ready.
     let mut order: Vec<String> = Vec::new();
+    let started = Instant::now();
     wait_until("three ready pods", 300, || {
         let snapshot = pods(&server);
         for (name, _) in snapshot.iter() {
@@ -168,6 +195,9 @@ fn ordered_pods_with_stable_storage() {
         if n == 3 {
             Ok(())
         } else {
+            if Instant::now() > started + Duration::from_secs(280) {
+                diagnose(&server);
+            }
             Err(format!(
                 "{n} ready of {:?}",
                 snapshot.keys().collect::<Vec<_>>()
