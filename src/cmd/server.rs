@@ -16,6 +16,9 @@ use crate::store::{SledStore, Store};
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Installed first: a SIGTERM during start-up must shut down cleanly, not kill.
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server_dir = args.data_dir.join("server");
     std::fs::create_dir_all(&server_dir)
@@ -237,8 +240,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, url = %local, "kaji server is ready");
 
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
