@@ -190,9 +190,10 @@ impl Renderer {
     }
 }
 
-/// The file offset where the last `n` complete lines (a line being a run of partial
-/// chunks ended by a full one) begin; the end of the file for `n == 0`.
-async fn tail_offset(path: &Path, n: u64) -> Result<u64, Error> {
+/// The file offsets where the last `n` complete lines (a line being a run of partial
+/// chunks ended by a full one) begin and where they end; the start is the end of the
+/// file for `n == 0`.
+async fn tail_offset(path: &Path, n: u64) -> Result<(u64, u64), Error> {
     let io = |source| Error::Io {
         path: path.display().to_string(),
         source,
@@ -223,11 +224,12 @@ async fn tail_offset(path: &Path, n: u64) -> Result<u64, Error> {
             }
         }
     }
-    Ok(if n == 0 {
+    let start = if n == 0 {
         offset
     } else {
         starts.front().copied().unwrap_or(offset)
-    })
+    };
+    Ok((start, offset))
 }
 
 /// Streams the log file at `path` into `tx` per `opts` (`previous` is the caller's
@@ -248,9 +250,14 @@ where
         path: path.display().to_string(),
         source,
     };
-    let start = match opts.tail_lines {
-        Some(n) => tail_offset(path, n).await?,
-        None => 0,
+    // Without follow, a tail ends where the counted lines end: a container writing fast
+    // must not stretch `--tail=N` beyond N lines.
+    let (start, limit) = match opts.tail_lines {
+        Some(n) => {
+            let (start, end) = tail_offset(path, n).await?;
+            (start, (!opts.follow).then_some(end))
+        }
+        None => (0, None),
     };
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
     let mut inode = file.metadata().await.ok().map(|m| m.ino());
@@ -270,7 +277,7 @@ where
         if line.last() == Some(&b'\n') {
             render.line(&line[..line.len() - 1], &mut out);
             line.clear();
-            if render.exhausted() {
+            if render.exhausted() || limit.is_some_and(|end| position >= end) {
                 break;
             }
             if out.len() >= FLUSH_AT && tx.send(out.split().freeze()).await.is_err() {
