@@ -312,9 +312,7 @@ fn cluster_dns() {
     ok(server.kubectl(&["delete", "service", "web"]));
     eventually("web is gone", 10, || {
         let out = dig(&server, &["web.default.svc.cluster.local"]);
-        (status(&out) == "NXDOMAIN")
-            .then_some(())
-            .ok_or(out)
+        (status(&out) == "NXDOMAIN").then_some(()).ok_or(out)
     });
 
     // From inside a pod: the short name of a Service through the search path.

@@ -282,10 +282,7 @@ impl AgentClients {
             crate::client::client_with_cert(url, ca_pem, &pair.cert_pem, &pair.key_pem, user)
         };
         Ok(AgentClients {
-            node: client(
-                &crate::pki::join::node_user(&creds.node_name),
-                &creds.node,
-            )?,
+            node: client(&crate::pki::join::node_user(&creds.node_name), &creds.node)?,
             proxy: client(PROXY_USER, &creds.proxy)?,
             dns: client(DNS_USER, &creds.dns)?,
             ingress: client(INGRESS_USER, &creds.ingress)?,

@@ -1442,8 +1442,8 @@ mod tests {
 
     #[test]
     fn hpa_targets() {
-        let hpa = crate::api::resources::lookup("autoscaling", "v2", "horizontalpodautoscalers")
-            .unwrap();
+        let hpa =
+            crate::api::resources::lookup("autoscaling", "v2", "horizontalpodautoscalers").unwrap();
         let mut obj = json!({"metadata": {"name": "web"}, "spec": {
             "scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 5,
             "metrics": [

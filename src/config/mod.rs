@@ -332,9 +332,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err(err());
     }
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(err)?;
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
         let n: u64 = rest[..digits].parse().map_err(|_| err())?;
         rest = &rest[digits..];
         let unit_len = rest
@@ -394,7 +392,10 @@ pub fn with_config_file(args: Vec<OsString>) -> Result<Vec<OsString>, Error> {
         }
     };
     let injected = if agent {
-        config_file_args_for(&path, AgentCommandArgs::augment_args(clap::Command::new("agent")))?
+        config_file_args_for(
+            &path,
+            AgentCommandArgs::augment_args(clap::Command::new("agent")),
+        )?
     } else {
         config_file_args(&path)?
     };
@@ -576,7 +577,10 @@ mod tests {
         let Command::Server(s) = Cli::parse_from(["kaji", "server"]).command else {
             panic!("server")
         };
-        assert_eq!(s.node_monitor_grace_period, std::time::Duration::from_secs(40));
+        assert_eq!(
+            s.node_monitor_grace_period,
+            std::time::Duration::from_secs(40)
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@ mod endpoints;
 mod endpointslice;
 mod garbage_collector;
 mod history;
-mod local_path;
 mod hpa;
 mod job;
+mod local_path;
 mod namespace;
 mod node_ipam;
 mod node_lifecycle;
@@ -141,7 +141,11 @@ pub async fn start(
         )));
     }
     if let Some(base) = &settings.local_storage {
-        tasks.push(tokio::spawn(local_path::run(client, base.clone(), shutdown)));
+        tasks.push(tokio::spawn(local_path::run(
+            client,
+            base.clone(),
+            shutdown,
+        )));
     }
     Ok(Controllers { tasks })
 }

@@ -350,9 +350,8 @@ pub fn schedule_one_with(
             .as_str()
             .unwrap_or("")
             .to_string();
-        let filtered = plugins::filter(pod, info, nodes).and_then(|()| {
-            volume_binding::fits(volumes, &info.node).map_err(|r| vec![r])
-        });
+        let filtered = plugins::filter(pod, info, nodes)
+            .and_then(|()| volume_binding::fits(volumes, &info.node).map_err(|r| vec![r]));
         match filtered {
             Ok(()) => {
                 let s = plugins::score(pod, info);

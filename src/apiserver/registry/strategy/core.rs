@@ -1177,7 +1177,11 @@ mod tests {
         en["spec"]["externalName"] = json!("example.com");
         prepare_service_update(&mut en, &old);
         assert!(en["spec"].get("clusterIP").is_none());
-        assert!(validate_service(&en).is_empty(), "{:?}", validate_service(&en));
+        assert!(
+            validate_service(&en).is_empty(),
+            "{:?}",
+            validate_service(&en)
+        );
     }
 
     #[test]
