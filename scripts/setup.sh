@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kaji's build and tests need. Idempotent; run as root.
 set -euo pipefail
-packages=(curl ca-certificates protobuf-compiler)
+packages=(curl ca-certificates openssl protobuf-compiler)
 # gcc builds the embedded pause program; containerd, runc and the CNI plugins run pods;
 # busybox-static goes into the test images scripts/build-image.sh assembles.
 packages+=(gcc containerd runc containernetworking-plugins busybox-static)
@@ -9,6 +9,8 @@ packages+=(gcc containerd runc containernetworking-plugins busybox-static)
 packages+=(iptables nftables iproute2 kmod conntrack)
 # The DNS tests query the cluster DNS with a real client (dig).
 packages+=(bind9-dnsutils)
+# tests/dns.rs runs a tiny upstream resolver with python3 (any python3 on PATH will do).
+command -v python3 >/dev/null || packages+=(python3-minimal)
 # tests/registry.rs serves images from a local registry, pushed with skopeo.
 packages+=(docker-registry skopeo apache2-utils)
 missing=()
