@@ -76,6 +76,18 @@ struct Key {
     checking_disabled: bool,
 }
 
+impl Key {
+    fn new(query: &Query, flags: Flags) -> Key {
+        Key {
+            name: query.name().to_ascii().to_ascii_lowercase(),
+            qtype: query.query_type(),
+            qclass: query.query_class(),
+            dnssec_ok: flags.dnssec_ok,
+            checking_disabled: flags.checking_disabled,
+        }
+    }
+}
+
 struct Entry {
     message: Message,
     stored: Instant,
@@ -120,13 +132,7 @@ impl Forwarder {
 
     /// The upstream answer to `query` (from the cache if fresh), with TTLs counting down.
     pub async fn resolve(&self, query: &Query, flags: Flags) -> Result<Message, Error> {
-        let key = Key {
-            name: query.name().to_ascii().to_ascii_lowercase(),
-            qtype: query.query_type(),
-            qclass: query.query_class(),
-            dnssec_ok: flags.dnssec_ok,
-            checking_disabled: flags.checking_disabled,
-        };
+        let key = Key::new(query, flags);
         if let Some(hit) = self.cached(&key) {
             return Ok(hit);
         }
@@ -144,6 +150,11 @@ impl Forwarder {
             }
         }
         Err(last)
+    }
+
+    /// The cached answer to `query`, if fresh (no IO).
+    pub fn cached_answer(&self, query: &Query, flags: Flags) -> Option<Message> {
+        self.cached(&Key::new(query, flags))
     }
 
     fn cached(&self, key: &Key) -> Option<Message> {

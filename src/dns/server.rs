@@ -130,6 +130,21 @@ impl Dns {
                 m.additionals = local.additionals;
                 Step::Done(encode(&request, m, transport))
             }
+            Outcome::Forward => {
+                // A fresh cached answer is served right here, without a task.
+                match self.forwarder.cached_answer(query, flags_of(&request)) {
+                    Some(up) => {
+                        let mut m = response_to(&request);
+                        fill_from_upstream(&mut m, up);
+                        Step::Done(encode(&request, m, transport))
+                    }
+                    None => Step::Async(Box::new(Pending {
+                        request,
+                        outcome: Outcome::Forward,
+                        transport,
+                    })),
+                }
+            }
             outcome => Step::Async(Box::new(Pending {
                 request,
                 outcome,
@@ -141,11 +156,7 @@ impl Dns {
     async fn handle_forward(&self, p: Pending) -> Option<Vec<u8>> {
         let request = &p.request;
         let query = request.queries.first()?;
-        let flags = Flags {
-            recursion_desired: request.metadata.recursion_desired,
-            checking_disabled: request.metadata.checking_disabled,
-            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
-        };
+        let flags = flags_of(request);
         let mut m = response_to(request);
         match p.outcome {
             Outcome::Local(local) => {
@@ -168,14 +179,7 @@ impl Dns {
                 }
             }
             _ => match self.forwarder.resolve(query, flags).await {
-                Ok(up) => {
-                    m.metadata.response_code = up.metadata.response_code;
-                    m.metadata.authoritative = up.metadata.authoritative;
-                    m.metadata.authentic_data = up.metadata.authentic_data;
-                    m.answers = up.answers;
-                    m.authorities = up.authorities;
-                    m.additionals = up.additionals;
-                }
+                Ok(up) => fill_from_upstream(&mut m, up),
                 Err(e) => {
                     tracing::debug!(name = %query.name(), error = %e, "forwarding failed");
                     m.metadata.response_code = ResponseCode::ServFail;
@@ -190,6 +194,25 @@ impl Dns {
         m.metadata.response_code = rcode;
         encode(request, m, t)
     }
+}
+
+/// The flags of `request` that shape the upstream query.
+fn flags_of(request: &Message) -> Flags {
+    Flags {
+        recursion_desired: request.metadata.recursion_desired,
+        checking_disabled: request.metadata.checking_disabled,
+        dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+    }
+}
+
+/// Copies an upstream answer into the response to the client.
+fn fill_from_upstream(m: &mut Message, up: Message) {
+    m.metadata.response_code = up.metadata.response_code;
+    m.metadata.authoritative = up.metadata.authoritative;
+    m.metadata.authentic_data = up.metadata.authentic_data;
+    m.answers = up.answers;
+    m.authorities = up.authorities;
+    m.additionals = up.additionals;
 }
 
 /// An empty response echoing the request's ID, question, RD flag (and EDNS).
