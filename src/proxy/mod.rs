@@ -328,6 +328,7 @@ async fn run(client: kube::Client, cfg: Config, proxy: Proxy, shutdown: Cancella
     let settings = nft::Settings {
         cluster_cidr: cfg.cluster_cidr.clone(),
         service_cidr: cfg.service_cidr.clone(),
+        local_ips: cfg.skip_ips.clone(),
     };
     let mut installed: Option<nft::Installed> = None;
     let mut last_ports: Vec<model::ServicePort> = Vec::new();

@@ -47,6 +47,9 @@ pub struct Settings {
     pub cluster_cidr: String,
     /// The service network (`--service-cidr`): unallocated addresses in it are dropped.
     pub service_cidr: String,
+    /// Service addresses answered on the node itself (the node-local cluster DNS), never
+    /// dropped as unallocated.
+    pub local_ips: Vec<std::net::Ipv4Addr>,
 }
 
 /// One chain: an optional base-chain spec and its rules.
@@ -255,10 +258,19 @@ pub fn render(ports: &[ServicePort], settings: &Settings) -> Ruleset {
         vec![
             "ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\""
                 .into(),
-            format!(
-                "ip daddr {} drop comment \"Drop traffic to unallocated ClusterIPs\"",
-                settings.service_cidr
-            ),
+            if settings.local_ips.is_empty() {
+                format!(
+                    "ip daddr {} drop comment \"Drop traffic to unallocated ClusterIPs\"",
+                    settings.service_cidr
+                )
+            } else {
+                let local: Vec<String> = settings.local_ips.iter().map(|ip| ip.to_string()).collect();
+                format!(
+                    "ip daddr != {{ {} }} ip daddr {} drop comment \"Drop traffic to unallocated ClusterIPs\"",
+                    local.join(", "),
+                    settings.service_cidr
+                )
+            },
         ],
     );
     add(&mut rs, "reject-chain", vec!["reject".into()]);
@@ -659,6 +671,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
+            local_ips: vec![],
             cluster_cidr: "10.42.0.0/16".into(),
             service_cidr: "10.43.0.0/16".into(),
         }
