@@ -622,7 +622,15 @@ pub fn allocate(
         let allocate_new = should_allocate_node_ports(svc);
         let mut by_port: HashMap<i64, i64> = HashMap::new();
         let n = svc["spec"]["ports"].as_array().map_or(0, Vec::len);
-        for i in 0..n {
+        // Requested ports are reserved before any is picked at random, so a random pick
+        // never takes a port the same Service asks for further down its list.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| {
+            svc["spec"]["ports"][i]["nodePort"]
+                .as_i64()
+                .is_none_or(|n| n == 0)
+        });
+        for i in order {
             let p = &svc["spec"]["ports"][i];
             let requested = p["nodePort"].as_i64().filter(|n| *n != 0);
             let port = p["port"].as_i64().unwrap_or(0);
@@ -892,7 +900,7 @@ mod tests {
         let a = alloc("10.43.0.0/16", "30000-30100");
         let mut np = svc(
             "u1",
-            json!({"type": "NodePort", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}, {"name": "web", "port": 80, "nodePort": 30080}]}),
+            json!({"type": "NodePort", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}, {"name": "web", "port": 80, "nodePort": 30004}]}),
         );
         allocate(Some(&a), services(), &mut np, None, false)
             .unwrap()
@@ -902,20 +910,20 @@ mod tests {
             p[0]["nodePort"], p[1]["nodePort"],
             "same port, two protocols"
         );
-        assert_eq!(p[2]["nodePort"], 30080);
+        assert_eq!(p[2]["nodePort"], 30004);
         let auto = p[0]["nodePort"].as_i64().unwrap();
         assert!((30000..=30100).contains(&auto));
 
         let mut clash = svc(
             "u2",
-            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30004}]}),
         );
         let err = allocate(Some(&a), services(), &mut clash, None, false)
             .err()
             .unwrap();
         assert_eq!(
             err.message,
-            "Service \"s-u2\" is invalid: spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
+            "Service \"s-u2\" is invalid: spec.ports[0].nodePort: Invalid value: 30004: provided port is already allocated"
         );
         let mut out = svc(
             "u3",
@@ -947,7 +955,7 @@ mod tests {
         let txn = allocate(Some(&a), services(), &mut new, Some(&old), false).unwrap();
         let mut again = svc(
             "u5",
-            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30004}]}),
         );
         assert!(
             allocate(Some(&a), services(), &mut again, None, true).is_err(),
@@ -961,17 +969,34 @@ mod tests {
         // Update changing one node port: new reserved, old released.
         let old = again.clone();
         let mut new = old.clone();
-        new["spec"]["ports"][0]["nodePort"] = json!(30090);
+        new["spec"]["ports"][0]["nodePort"] = json!(30009);
         allocate(Some(&a), services(), &mut new, Some(&old), false)
             .unwrap()
             .commit();
         let mut reuse = svc(
             "u6",
-            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30004}]}),
         );
         allocate(Some(&a), services(), &mut reuse, None, false)
             .unwrap()
             .commit();
+    }
+
+    #[test]
+    fn requested_node_ports_are_reserved_before_random_ones() {
+        // 17 ports: the dynamic band is the single port 30016, which the second
+        // port asks for; the first must fall back to the static band.
+        let a = alloc("10.43.0.0/16", "30000-30016");
+        let mut s = svc(
+            "u1",
+            json!({"type": "NodePort", "ports": [{"name": "a", "port": 53}, {"name": "b", "port": 80, "nodePort": 30016}]}),
+        );
+        allocate(Some(&a), services(), &mut s, None, false)
+            .unwrap()
+            .commit();
+        assert_eq!(s["spec"]["ports"][1]["nodePort"], 30016);
+        let first = s["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        assert!((30000..30016).contains(&first), "{first}");
     }
 
     #[test]
