@@ -329,6 +329,13 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The temp dir goes with the server: show the end of its log with the failure.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(150)..].join("\n");
+            eprintln!("--- last lines of the kaji server log ---\n{tail}\n--- end of log ---");
+        }
         if self.agent && self.child.is_some() {
             // Containers outlive kaji by design (restart safety): remove the pods first.
             let _ = self.kubectl(&[
