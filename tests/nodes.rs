@@ -155,15 +155,16 @@ fn pkill_dir(dir: &Path) {
     }
 }
 
-/// Runs `kaji agent` expecting it to give up (wrong token), with a time limit.
-fn agent_fails(server: &Server, token: &str) -> Output {
+/// Runs `kaji agent` as node `node` from a fresh data dir, expecting it to give up (wrong
+/// token, or a node name taken by another machine), with a time limit.
+fn agent_fails(server: &Server, token: &str, node: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(kaji_bin())
         .arg("agent")
         .arg(format!("--server=https://127.0.0.1:{}", server.port))
         .arg(format!("--token={token}"))
         .arg(format!("--data-dir={}", dir.path().display()))
-        .arg("--node-name=intruder")
+        .arg(format!("--node-name={node}"))
         .arg("--kubelet-port=0")
         .env_remove("KAJI_CONFIG_FILE")
         .stdout(Stdio::piped())
@@ -278,12 +279,16 @@ fn agent_joins_runs_pods_and_unreachable_nodes_are_evicted() {
         .unwrap();
 
     // Wrong tokens are refused with a clear error; no node shows up.
-    let out = agent_fails(&server, &format!("K10{hash}::server:wrong"));
+    let out = agent_fails(&server, &format!("K10{hash}::server:wrong"), "intruder");
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("refused the join token"), "{err}");
     assert!(err.contains("invalid join token"), "{err}");
-    let out = agent_fails(&server, &format!("K10{}::server:{secret}", "0".repeat(64)));
+    let out = agent_fails(
+        &server,
+        &format!("K10{}::server:{secret}", "0".repeat(64)),
+        "intruder",
+    );
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("does not match the join token's CA hash"),
@@ -315,11 +320,43 @@ fn agent_joins_runs_pods_and_unreachable_nodes_are_evicted() {
         "a joined node is a worker"
     );
     let creds = agent.data_dir().join("agent/credentials.json");
-    {
+    let password = agent.data_dir().join("agent/node-password");
+    for file in [&creds, &password] {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "credentials are private");
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is private", file.display());
     }
+
+    // The node's password is recorded (hashed) on the server; another machine with the
+    // token cannot take node2's name, nor the server's own node's.
+    let secret = get_json(
+        &server,
+        &["secret", "-n", "kube-system", "node2.node-password.kaji"],
+    )
+    .expect("node2's password secret");
+    assert_eq!(secret["type"], "kaji.io/node-password");
+    let plain = std::fs::read_to_string(&password).unwrap();
+    assert!(
+        !secret.to_string().contains(plain.trim()),
+        "only a hash is stored"
+    );
+    let server_node = get_json(&server, &["nodes"]).unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+        .find(|n| n != "node2")
+        .expect("the server's node");
+    for name in ["node2", server_node.as_str()] {
+        let out = agent_fails(&server, &token, name);
+        assert!(!out.status.success(), "{name}");
+        let err = stderr(&out);
+        assert!(err.contains("node password rejected"), "{name}: {err}");
+    }
+    assert_eq!(
+        ready_status(&get_json(&server, &["node", "node2"]).unwrap()),
+        "True"
+    );
 
     // A pod for node2 runs there; its logs come through node2's kubelet API.
     import_into(&agent, &server);

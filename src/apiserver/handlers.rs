@@ -92,9 +92,12 @@ impl Query {
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.as_str())
     }
+    /// A boolean parameter as upstream converts query strings: present and not one of
+    /// `0`, `f`, `false` (any case). Clients differ: Python's sends `watch=True`.
     fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true") | Some("1") | Some(""))
-            && self.0.iter().any(|(key, _)| key == k)
+        self.get(k).is_some_and(|v| {
+            !(v == "0" || v.eq_ignore_ascii_case("f") || v.eq_ignore_ascii_case("false"))
+        })
     }
 }
 
@@ -339,7 +342,7 @@ async fn serve_inner(
         }
         "/version" => return json_response(200, &discovery::version()),
         p if super::join::is_join_path(p) => {
-            return super::join::serve(state.join.as_ref(), req).await;
+            return super::join::serve(state.join.as_ref(), &state.registry, req).await;
         }
         _ => {}
     }
@@ -1053,7 +1056,7 @@ async fn watch(
         None => registry::list_prefix(sri, ns),
     };
     let bookmarks = q.flag("allowWatchBookmarks");
-    let send_initial = q.get("sendInitialEvents") == Some("true");
+    let send_initial = q.flag("sendInitialEvents");
     let timeout = q
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
@@ -1243,6 +1246,17 @@ mod tests {
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert!(q.flag("watch"));
         assert!(!q.flag("allowWatchBookmarks"));
+        for (v, want) in [
+            ("True", true),
+            ("true", true),
+            ("", true),
+            ("FALSE", false),
+            ("0", false),
+            ("f", false),
+        ] {
+            let q = Query::parse(Some(&format!("watch={v}")));
+            assert_eq!(q.flag("watch"), want, "{v:?}");
+        }
         assert_eq!(Query::parse(Some("x=%zz%4")).get("x"), Some("%zz%4"));
     }
 

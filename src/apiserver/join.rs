@@ -10,7 +10,16 @@
 //!   `system:kaji-dns`, `system:kaji-ingress`), the CA bundle and the cluster settings the
 //!   node must share with the server (see [`crate::pki::join`]).
 //!
-//! Depends on: `pki`, `api::status`. Must not depend on: the store or the registry.
+//! Node passwords: the request carries the node's password. The server keeps a salted hash
+//! of it in the Secret `kube-system/<node>.node-password.kaji` (type
+//! `kaji.io/node-password`), written on the node's first join. A later request for the same
+//! name with another password is refused (403) while the Node object exists, so a token
+//! holder cannot take over a running node's identity; once the Node is deleted the name is
+//! free again and the new password replaces the old. A name the server's own node (or any
+//! node registered without joining) uses cannot be joined at all.
+//!
+//! Depends on: `pki`, `api::status`, the [`Registry`] (for the password Secrets and Nodes).
+//! Must not depend on: the store.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -18,13 +27,27 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use serde_json::{Value, json};
+
 use super::handlers::{Body, status_response};
+use super::registry::{Registry, Update, WriteOptions};
+use crate::api::resources::lookup;
 use crate::api::status::Status;
 use crate::pki;
 use crate::pki::join::{self as proto, CertPair, ClusterSettings, NodeCredentials, Token};
 
 /// Largest accepted credentials request body.
 const MAX_BODY: usize = 64 * 1024;
+
+/// Where node password Secrets live.
+pub const NODE_PASSWORD_NAMESPACE: &str = "kube-system";
+/// The type of node password Secrets.
+pub const NODE_PASSWORD_TYPE: &str = "kaji.io/node-password";
+
+/// The name of the Secret holding `node`'s password hash.
+pub fn node_password_secret(node: &str) -> String {
+    format!("{node}.node-password.kaji")
+}
 
 /// What the join endpoints need from the server.
 #[derive(Clone)]
@@ -53,7 +76,11 @@ pub fn is_join_path(path: &str) -> bool {
 }
 
 /// Serves a join endpoint; `None` config (joining disabled) answers 404.
-pub async fn serve(cfg: Option<&JoinConfig>, req: Request<Incoming>) -> Response<Body> {
+pub async fn serve(
+    cfg: Option<&JoinConfig>,
+    registry: &Registry,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let Some(cfg) = cfg else {
         return status_response(&Status::not_found_path());
     };
@@ -62,10 +89,12 @@ pub async fn serve(cfg: Option<&JoinConfig>, req: Request<Incoming>) -> Response
         (&Method::GET | &Method::HEAD, proto::CACERTS_PATH) => {
             text(StatusCode::OK, cfg.ca_cert_pem.clone())
         }
-        (&Method::POST, proto::NODE_CREDENTIALS_PATH) => match credentials(cfg, req).await {
-            Ok(r) => r,
-            Err(s) => status_response(&s),
-        },
+        (&Method::POST, proto::NODE_CREDENTIALS_PATH) => {
+            match credentials(cfg, registry, req).await {
+                Ok(r) => r,
+                Err(s) => status_response(&s),
+            }
+        }
         (_, proto::CACERTS_PATH | proto::NODE_CREDENTIALS_PATH) => {
             status_response(&Status::method_not_allowed(
                 "the server does not allow this method on the requested resource",
@@ -119,7 +148,11 @@ pub fn authorize(cfg: &JoinConfig, headers: &HeaderMap) -> Result<(), Status> {
     }
 }
 
-async fn credentials(cfg: &JoinConfig, req: Request<Incoming>) -> Result<Response<Body>, Status> {
+async fn credentials(
+    cfg: &JoinConfig,
+    registry: &Registry,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Status> {
     if let Err(s) = authorize(cfg, req.headers()) {
         tracing::warn!("refused node credentials: {}", s.message);
         return Err(s);
@@ -139,6 +172,12 @@ async fn credentials(cfg: &JoinConfig, req: Request<Incoming>) -> Result<Respons
             problems.join("; ")
         )));
     }
+    let Some(password) = request.node_password.as_deref().filter(|p| !p.is_empty()) else {
+        return Err(Status::bad_request(
+            "invalid credentials request: nodePassword is required",
+        ));
+    };
+    check_node_password(registry, &request.node_name, password).await?;
     let cfg = cfg.clone();
     let creds = tokio::task::spawn_blocking(move || issue(&cfg, &request.node_name))
         .await
@@ -152,6 +191,103 @@ async fn credentials(cfg: &JoinConfig, req: Request<Incoming>) -> Result<Respons
         http::HeaderValue::from_static("application/json"),
     );
     Ok(r)
+}
+
+fn server_writes() -> WriteOptions {
+    WriteOptions {
+        field_manager: Some("kaji-join".into()),
+        ..WriteOptions::default()
+    }
+}
+
+/// Admits `password` for `node`: records it on the node's first join, accepts it when it
+/// matches, and refuses another while the Node object exists (see the module docs).
+async fn check_node_password(reg: &Registry, node: &str, password: &str) -> Result<(), Status> {
+    let secrets =
+        lookup("", "v1", "secrets").ok_or_else(|| Status::internal("secrets are not served"))?;
+    let nodes =
+        lookup("", "v1", "nodes").ok_or_else(|| Status::internal("nodes are not served"))?;
+    let name = node_password_secret(node);
+    let ns = Some(NODE_PASSWORD_NAMESPACE);
+    let node_exists = match reg.get(nodes, None, node).await {
+        Ok(_) => true,
+        Err(s) if s.code == 404 => false,
+        Err(s) => return Err(s),
+    };
+    let stored = match reg.get(secrets, ns, &name).await {
+        Ok(secret) => Some(secret),
+        Err(s) if s.code == 404 => None,
+        Err(s) => return Err(s),
+    };
+    let stored_hash = stored.as_ref().and_then(stored_password_hash);
+    if stored_hash
+        .as_deref()
+        .is_some_and(|h| proto::verify_node_password(h, password))
+    {
+        return Ok(());
+    }
+    if node_exists {
+        tracing::warn!(node, "refused node credentials: node password mismatch");
+        return Err(Status::new(
+            403,
+            "Forbidden",
+            format!(
+                "node password rejected: node {node:?} is registered and this machine's                  password does not match the one it joined with (another machine may use                  the same name: set a unique --node-name; or delete the Node with                  `kubectl delete node {node}` to free the name)"
+            ),
+        ));
+    }
+    let data = json!({"hash": base64::engine::general_purpose::STANDARD
+        .encode(proto::hash_node_password(password))});
+    let result = match stored {
+        None => {
+            let secret = json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": NODE_PASSWORD_NAMESPACE,
+                    "labels": {"kaji.io/node": node}},
+                "type": NODE_PASSWORD_TYPE,
+                "immutable": false,
+                "data": data,
+            });
+            reg.create(secrets, ns, secret, &server_writes()).await
+        }
+        Some(mut secret) => {
+            // The Node is gone: the name is free and the new password replaces the old.
+            secret["data"] = data;
+            reg.update(
+                secrets,
+                ns,
+                &name,
+                None,
+                Update::Replace(&secret),
+                &server_writes(),
+            )
+            .await
+        }
+    };
+    match result {
+        Ok(_) => {
+            tracing::info!(node, "recorded the node's password");
+            Ok(())
+        }
+        // Another request for the same name won a race: its password stands.
+        Err(s) if s.code == 409 => Err(Status::new(
+            409,
+            "Conflict",
+            format!("node {node:?} is joining from another request at the same time; retry"),
+        )),
+        Err(s) if s.code == 422 => Err(Status::bad_request(format!(
+            "invalid node name {node:?}: {}",
+            s.message
+        ))),
+        Err(s) => Err(s),
+    }
+}
+
+/// The password hash kept in a node password Secret.
+fn stored_password_hash(secret: &Value) -> Option<String> {
+    let b64 = secret["data"]["hash"].as_str()?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(raw).ok()
 }
 
 /// Issues the credentials of node `node_name`.

@@ -4,8 +4,12 @@
 //! Joining: fetch the cluster CA (`GET /v1-kaji/cacerts`), check it against the hash in a
 //! full token (`K10<hash>::server:<secret>`; a bare secret trusts it on first use), then
 //! ask for the node's client certificates and the cluster settings with the secret
-//! (`POST /v1-kaji/node-credentials`). The answer is kept in
-//! `<data-dir>/agent/credentials.json` (0600) and reused on restart.
+//! (`POST /v1-kaji/node-credentials`) with the node's password (`<data-dir>/agent/
+//! node-password`, random, made on first start; the server refuses the node name to a
+//! machine with another password while the Node exists). The answer is kept in
+//! `<data-dir>/agent/credentials.json` (0600) and reused on restart, until the node
+//! certificate comes within `pki::RENEW_BEFORE_DAYS` of expiry: the agent then joins again
+//! with its token and password for fresh certificates.
 
 use std::path::Path;
 use std::time::Duration;
@@ -22,6 +26,8 @@ use crate::pki::join::{self as proto, ClusterSettings, NodeCredentials, Token};
 
 /// Name of the stored credentials file in `<data-dir>/agent/`.
 pub const CREDENTIALS_FILE: &str = "credentials.json";
+/// Name of the node password file in `<data-dir>/agent/`.
+pub const PASSWORD_FILE: &str = "node-password";
 
 /// How long to wait between attempts while the server cannot be reached.
 const RETRY: Duration = Duration::from_secs(2);
@@ -73,6 +79,7 @@ pub async fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = spawn_signal_handler(shutdown.clone())?;
     let creds_path = agent_dir.join(CREDENTIALS_FILE);
+    let password = node_password(&agent_dir.join(PASSWORD_FILE))?;
     let creds = match load_stored(&creds_path, &server, &cfg.node_name, token.as_ref()) {
         Some(c) => {
             tracing::info!(path = %creds_path.display(), "using stored node credentials");
@@ -83,7 +90,7 @@ pub async fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
                 bail!("--token (or KAJI_TOKEN, --token-file) is required to join {server}");
             };
             let creds = tokio::select! {
-                c = join(&server, token, &cfg.node_name) => c?,
+                c = join(&server, token, &cfg.node_name, &password) => c?,
                 _ = shutdown.cancelled() => bail!("interrupted while joining {server}"),
             };
             store(&creds_path, &server, &creds)?;
@@ -174,7 +181,44 @@ fn load_stored(
         tracing::info!(path = %path.display(), "not reusing stored credentials: {reason}");
         return None;
     }
+    if let Some(expiry) = crate::pki::not_after(&stored.credentials.node.cert_pem)
+        && crate::pki::due_for_renewal(expiry)
+    {
+        if token.is_some() {
+            tracing::info!(path = %path.display(), expiry, "the node certificates expire soon: joining again to renew them");
+            return None;
+        }
+        tracing::warn!(
+            path = %path.display(),
+            expiry,
+            "the node certificates expire soon; start the agent with --token to renew them"
+        );
+    }
     Some(stored.credentials)
+}
+
+/// The node's password: read from `path`, or made and stored there (0600) on first use.
+fn node_password(path: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let text = text.trim();
+        if !text.is_empty() {
+            return Ok(text.to_string());
+        }
+    }
+    let password = proto::new_node_password();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(password.as_bytes())?;
+    f.sync_all()?;
+    tracing::info!(path = %path.display(), "made this node's password");
+    Ok(password)
 }
 
 fn store(path: &Path, server: &str, creds: &NodeCredentials) -> anyhow::Result<()> {
@@ -207,10 +251,15 @@ enum JoinError {
 }
 
 /// Joins `server`, retrying while it cannot be reached.
-async fn join(server: &str, token: &Token, node_name: &str) -> anyhow::Result<NodeCredentials> {
+async fn join(
+    server: &str,
+    token: &Token,
+    node_name: &str,
+    password: &str,
+) -> anyhow::Result<NodeCredentials> {
     let mut attempt = 0u32;
     loop {
-        match join_once(server, token, node_name).await {
+        match join_once(server, token, node_name, password).await {
             Ok(c) => return Ok(c),
             Err(JoinError::Fatal(e)) => return Err(e),
             Err(JoinError::Retry(e)) => {
@@ -242,7 +291,8 @@ fn classify(what: &str, err: kube::Error) -> JoinError {
         kube::Error::Api(s) if s.code == 404 => JoinError::Fatal(anyhow::anyhow!(
             "{what}: the server does not serve the join endpoints (is it a kaji server?)"
         )),
-        kube::Error::Api(s) if s.code >= 500 => {
+        // 409: another join for the same name was in flight.
+        kube::Error::Api(s) if s.code >= 500 || s.code == 409 => {
             JoinError::Retry(anyhow::anyhow!("{what}: {}", s.message))
         }
         kube::Error::Api(s) => JoinError::Fatal(anyhow::anyhow!("{what}: {}", s.message)),
@@ -254,6 +304,7 @@ async fn join_once(
     server: &str,
     token: &Token,
     node_name: &str,
+    password: &str,
 ) -> Result<NodeCredentials, JoinError> {
     // 1. The CA bundle, over TLS not yet verified: it is checked against the token.
     let mut insecure = kube_config(server).map_err(JoinError::Fatal)?;
@@ -299,6 +350,7 @@ async fn join_once(
     ));
     let body = serde_json::to_vec(&proto::CredentialsRequest {
         node_name: node_name.to_string(),
+        node_password: Some(password.to_string()),
     })
     .map_err(|e| JoinError::Fatal(e.into()))?;
     let req = http::Request::post(proto::NODE_CREDENTIALS_PATH)
@@ -415,6 +467,18 @@ mod tests {
                 "{server} {node} {token:?}"
             );
         }
+    }
+
+    #[test]
+    fn node_password_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PASSWORD_FILE);
+        let first = node_password(&path).unwrap();
+        assert_eq!(first.len(), 64);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(node_password(&path).unwrap(), first);
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! bundle it downloads (`GET /v1-kaji/cacerts`) before trusting anything the server says.
 //! A bare secret is accepted too; the node then trusts the CA it is first shown.
 //!
+//! A node also proves it is the machine that first joined under its name, as k3s does with
+//! its node password: the agent keeps a random password and sends it with every credentials
+//! request; the server keeps a salted hash of it ([`hash_node_password`]) and refuses the
+//! name to a node with another password while the Node object exists.
+//!
 //! The server side of the protocol lives in `apiserver::join`, the client side in
 //! `cmd::agent`; both speak the types defined here.
 //!
@@ -99,12 +104,7 @@ impl Token {
 
 /// SHA-256 of a CA bundle as lower-case hex.
 pub fn ca_hash(ca_pem: &str) -> String {
-    let digest = Sha256::digest(ca_pem.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    hex(&Sha256::digest(ca_pem.as_bytes()))
 }
 
 /// Compares two secrets without an early exit on the first difference.
@@ -121,6 +121,56 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct CredentialsRequest {
     /// The name the node registers with.
     pub node_name: String,
+    /// The node's password (see the module docs); required by the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_password: Option<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+fn salted_digest(salt: &str, password: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(salt.as_bytes());
+    h.update(b":");
+    h.update(password.as_bytes());
+    hex(&h.finalize())
+}
+
+/// A fresh random node password (32 random bytes, hex).
+pub fn new_node_password() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    hex(&b)
+}
+
+/// The stored form of a node password: `sha256$<salt>$<hex digest of salt:password>`.
+/// Node passwords are random and long, so a salted SHA-256 is enough to keep the stored
+/// form from being replayed; it is not meant to slow down guessing of weak passwords.
+pub fn hash_node_password(password: &str) -> String {
+    use rand::RngCore;
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = hex(&salt);
+    let digest = salted_digest(&salt, password);
+    format!("sha256${salt}${digest}")
+}
+
+/// Whether `password` is the one `stored` was made from (see [`hash_node_password`]).
+pub fn verify_node_password(stored: &str, password: &str) -> bool {
+    let mut parts = stored.splitn(3, '$');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("sha256"), Some(salt), Some(digest)) => {
+            constant_time_eq(salted_digest(salt, password).as_bytes(), digest.as_bytes())
+        }
+        _ => false,
+    }
 }
 
 /// A certificate and its private key (PEM).
@@ -222,6 +272,23 @@ mod tests {
         assert!(t.verifies(CA));
         assert!(!t.verifies(&CA.replace("MIIB", "MIIC")));
         assert!(Token::parse("bare").unwrap().verifies("anything"));
+    }
+
+    #[test]
+    fn node_passwords() {
+        let pw = new_node_password();
+        assert_eq!(pw.len(), 64);
+        assert_ne!(pw, new_node_password());
+        let stored = hash_node_password(&pw);
+        assert!(stored.starts_with("sha256$"));
+        assert!(!stored.contains(&pw));
+        assert!(verify_node_password(&stored, &pw));
+        assert!(!verify_node_password(&stored, "other"));
+        // Each hash has its own salt.
+        assert_ne!(stored, hash_node_password(&pw));
+        for bad in ["", "sha256$", "md5$a$b", "sha256$salt"] {
+            assert!(!verify_node_password(bad, &pw), "{bad:?}");
+        }
     }
 
     #[test]

@@ -229,6 +229,21 @@ pub fn issue_client_cert(
     ca.issue(params, format!("client certificate for {cn}"))
 }
 
+/// When the first certificate in `pem` stops being valid (seconds since the epoch);
+/// `None` if it does not parse.
+pub fn not_after(pem: &str) -> Option<i64> {
+    let der = pem_to_der(pem)?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Whether a certificate expiring at `not_after` (seconds since the epoch) is due for
+/// renewal: it expires within [`RENEW_BEFORE_DAYS`] days, or has expired.
+pub fn due_for_renewal(not_after: i64) -> bool {
+    let renew_at = unix_now().as_secs() + RENEW_BEFORE_DAYS * DAY;
+    u64::try_from(not_after).unwrap_or(0) < renew_at
+}
+
 /// The user (subject CN) and groups (subject O attributes) a client certificate
 /// authenticates as; `None` if it does not parse or has no CN.
 pub fn identity_from_der(der: &[u8]) -> Option<(String, Vec<String>)> {
@@ -399,12 +414,11 @@ fn leaf_reusable(
     };
     let key_matches = KeyPair::from_pem(key_pem)
         .is_ok_and(|k| cert.public_key().subject_public_key.data.as_ref() == k.public_key_raw());
-    let renew_at = unix_now().as_secs() + RENEW_BEFORE_DAYS * DAY;
     let reason = if !key_matches {
         "key does not match"
     } else if !ca.signed(&cert) {
         "not signed by the cluster CA"
-    } else if u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0) < renew_at {
+    } else if due_for_renewal(cert.validity().not_after.timestamp()) {
         "expires soon"
     } else if !fits(&cert) {
         "names changed"
