@@ -13,6 +13,8 @@ packages+=(bind9-dnsutils)
 command -v python3 >/dev/null || packages+=(python3-minimal)
 # tests/registry.rs serves images from a local registry, pushed with skopeo.
 packages+=(docker-registry skopeo apache2-utils)
+# tests/clients.rs drives kaji with the official Python client (run by /usr/bin/python3).
+packages+=(python3-kubernetes)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -11,6 +11,7 @@ pub mod containerd;
 pub mod cri;
 pub mod env;
 pub mod events;
+pub mod eviction;
 pub mod images;
 pub mod logs;
 pub mod network;
@@ -110,6 +111,8 @@ pub struct AgentConfig {
     pub log_rotation: logs::RotationPolicy,
     /// The node's resolv.conf (`--resolv-conf`, see [`crate::dns::node_resolv_conf`]).
     pub resolv_conf: PathBuf,
+    /// Node-pressure eviction (`eviction-*` kubelet args).
+    pub eviction: eviction::EvictionConfig,
 }
 
 impl AgentConfig {
@@ -155,8 +158,10 @@ impl AgentConfig {
             .collect::<Result<Vec<_>, _>>()?;
         let mut max_pods = 110;
         let mut log_rotation = logs::RotationPolicy::default();
+        let mut eviction_args = eviction::EvictionArgs::default();
         for arg in &args.kubelet_arg {
             match arg.split_once('=') {
+                Some((k, v)) if eviction_args.accept(k, v) => {}
                 Some(("max-pods", v)) => {
                     max_pods = v
                         .parse()
@@ -176,11 +181,13 @@ impl AgentConfig {
                 }
                 _ => {
                     return Err(Error::Config(format!(
-                        "--kubelet-arg {arg:?}: unsupported (supported: max-pods, container-log-max-size, container-log-max-files)"
+                        "--kubelet-arg {arg:?}: unsupported (supported: max-pods, container-log-max-size, container-log-max-files, eviction-hard, eviction-soft, eviction-soft-grace-period, eviction-pressure-transition-period, eviction-max-pod-grace-period)"
                     )));
                 }
             }
         }
+        let eviction = eviction::EvictionConfig::from_args(&eviction_args)
+            .map_err(|e| Error::Config(format!("--kubelet-arg: {e}")))?;
         let run_dir = default_run_dir(&data_dir);
         let private_registry = registries::resolve_path(args.private_registry.as_deref());
         if let Some(path) = &private_registry {
@@ -213,6 +220,7 @@ impl AgentConfig {
             service_cidr: "10.43.0.0/16".to_string(),
             log_rotation,
             resolv_conf: crate::dns::node_resolv_conf(args.resolv_conf.as_deref()),
+            eviction,
         })
     }
 }
@@ -318,7 +326,20 @@ pub async fn run(
     let (kubelet_port, kubelet_api) =
         server::start(&cfg, cri.clone(), node_stats.clone(), shutdown.clone()).await?;
     cfg.kubelet_port = kubelet_port;
-    node::register(&client, &cfg).await?;
+    let (evictions, pressure) = eviction::Manager::new(
+        client.clone(),
+        &cfg.node_name,
+        cfg.eviction.clone(),
+        eviction::Sources {
+            node_fs: cfg.data_dir.clone(),
+            image_fs: match &cfg.runtime_endpoint {
+                None => containerd::Paths::new(&cfg.data_dir, &cfg.run_dir).root,
+                Some(_) => PathBuf::from("/var/lib/containerd"),
+            },
+        },
+        node_stats.clone(),
+    );
+    node::register(&client, &cfg, &pressure.borrow().clone()).await?;
     let pod_cidr = node::wait_pod_cidr(&client, &cfg, &shutdown).await?;
     network::write_conflist(
         &containerd::Paths::new(&cfg.data_dir, &cfg.run_dir).cni_conf_dir,
@@ -328,6 +349,7 @@ pub async fn run(
     let heartbeat = tokio::spawn(node::heartbeat(
         client.clone(),
         (*cfg).clone(),
+        pressure,
         shutdown.clone(),
     ));
     // Node-level components beside the pod workers; each runs until `shutdown`.
@@ -379,6 +401,7 @@ pub async fn run(
         node_stats,
         shutdown.clone(),
     )));
+    components.push(tokio::spawn(evictions.run(shutdown.clone())));
     components.push(tokio::spawn(logs::run_rotation(
         cri.clone(),
         cfg.log_rotation,

@@ -1,17 +1,21 @@
 //! The Node object: registration (addresses, capacity and allocatable from the machine,
 //! well-known labels, taints, node info), the Lease in `kube-node-lease` renewed every
 //! 10 s, and the status heartbeat with the Ready/MemoryPressure/DiskPressure/PIDPressure
-//! conditions.
+//! conditions. The pressure conditions come from the eviction manager
+//! (`super::eviction`); status is re-posted at once when they change, and a condition's
+//! `lastTransitionTime` moves only when its status does.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Event, Node};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::eviction::{Condition, Pressure, Signal};
 use super::{AgentConfig, Error};
 
 /// How often the Lease is renewed (upstream kubelet: every 10 s of a 40 s lease).
@@ -123,30 +127,33 @@ fn labels(cfg: &AgentConfig) -> serde_json::Map<String, Value> {
     l
 }
 
-fn conditions(cfg: &AgentConfig) -> Vec<Value> {
+/// The kubelet's four conditions: the pressure conditions from the eviction manager and
+/// Ready. `existing` are the Node's current conditions: a condition keeps its
+/// `lastTransitionTime` unless its status changes.
+pub fn conditions(pressure: &Pressure, existing: &[Value]) -> Vec<Value> {
     let ts = now();
-    let mem_avail = meminfo("MemAvailable");
-    let mem_total = meminfo("MemTotal").max(1);
-    let memory_pressure = mem_avail * 100 / mem_total < 5;
-    // The kubelet's default hard eviction threshold: nodefs.available < 10%.
-    let disk_pressure = super::stats::fs_stats(&cfg.data_dir)
-        .is_some_and(|fs| fs.capacity_bytes > 0 && fs.available_bytes * 10 < fs.capacity_bytes);
-    let pid_pressure = false;
     let cond = |t: &str,
                 status: bool,
                 reason_true: &str,
                 reason_false: &str,
                 msg_true: &str,
                 msg_false: &str| {
-        json!({"type": t, "status": if status { "True" } else { "False" },
-               "lastHeartbeatTime": ts, "lastTransitionTime": ts,
-               "reason": if status { reason_true } else { reason_false },
-               "message": if status { msg_true } else { msg_false }})
+        let status = if status { "True" } else { "False" };
+        let since = existing
+            .iter()
+            .find(|c| c["type"] == t && c["status"] == status)
+            .and_then(|c| c["lastTransitionTime"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| ts.clone());
+        json!({"type": t, "status": status,
+               "lastHeartbeatTime": ts, "lastTransitionTime": since,
+               "reason": if status == "True" { reason_true } else { reason_false },
+               "message": if status == "True" { msg_true } else { msg_false }})
     };
     vec![
         cond(
             "MemoryPressure",
-            memory_pressure,
+            pressure.contains(&Condition::MemoryPressure),
             "KubeletHasInsufficientMemory",
             "KubeletHasSufficientMemory",
             "kubelet has insufficient memory available",
@@ -154,7 +161,7 @@ fn conditions(cfg: &AgentConfig) -> Vec<Value> {
         ),
         cond(
             "DiskPressure",
-            disk_pressure,
+            pressure.contains(&Condition::DiskPressure),
             "KubeletHasDiskPressure",
             "KubeletHasNoDiskPressure",
             "kubelet has disk pressure",
@@ -162,7 +169,7 @@ fn conditions(cfg: &AgentConfig) -> Vec<Value> {
         ),
         cond(
             "PIDPressure",
-            pid_pressure,
+            pressure.contains(&Condition::PidPressure),
             "KubeletHasInsufficientPID",
             "KubeletHasSufficientPID",
             "kubelet has insufficient PID available",
@@ -179,8 +186,46 @@ fn conditions(cfg: &AgentConfig) -> Vec<Value> {
     ]
 }
 
-/// The node's status as the agent observes it.
-pub fn status(cfg: &AgentConfig) -> Value {
+/// The node events the kubelet records when a pressure condition flips
+/// (`NodeHasInsufficientMemory`, `NodeHasSufficientMemory`, ...).
+fn transition_events(old: &[Value], new: &[Value]) -> Vec<&'static str> {
+    const EVENTS: &[(&str, &str, &str)] = &[
+        (
+            "MemoryPressure",
+            "NodeHasInsufficientMemory",
+            "NodeHasSufficientMemory",
+        ),
+        (
+            "DiskPressure",
+            "NodeHasDiskPressure",
+            "NodeHasNoDiskPressure",
+        ),
+        (
+            "PIDPressure",
+            "NodeHasInsufficientPID",
+            "NodeHasSufficientPID",
+        ),
+    ];
+    EVENTS
+        .iter()
+        .filter_map(|(t, on, off)| {
+            let status = |list: &[Value]| {
+                list.iter()
+                    .find(|c| c["type"] == *t)
+                    .and_then(|c| c["status"].as_str().map(str::to_string))
+            };
+            let now = status(new)?;
+            if status(old).as_deref() == Some(now.as_str()) {
+                return None;
+            }
+            Some(if now == "True" { *on } else { *off })
+        })
+        .collect()
+}
+
+/// The node's status as the agent observes it (`existing`: the Node's current
+/// conditions, see [`conditions`]).
+pub fn status(cfg: &AgentConfig, pressure: &Pressure, existing: &[Value]) -> Value {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -194,10 +239,18 @@ pub fn status(cfg: &AgentConfig) -> Value {
         "hugepages-2Mi": "0",
         "hugepages-1Gi": "0",
     });
-    // Reserve a little memory for the system, as the kubelet's eviction threshold does.
+    // Allocatable = capacity − the hard memory.available eviction threshold, as the
+    // kubelet computes it.
+    let mem_reserved = cfg
+        .eviction
+        .thresholds
+        .iter()
+        .find(|t| t.hard && t.signal == Signal::MemoryAvailable)
+        .map(|t| t.quantity(mem_kib * 1024))
+        .unwrap_or(0);
     let allocatable = json!({
         "cpu": cpus.to_string(),
-        "memory": format!("{}Ki", mem_kib.saturating_sub(100 * 1024)),
+        "memory": format!("{}Ki", (mem_kib * 1024).saturating_sub(mem_reserved) / 1024),
         "pods": cfg.max_pods.to_string(),
         "ephemeral-storage": format!("{}", storage * 9 / 10),
         "hugepages-2Mi": "0",
@@ -206,7 +259,7 @@ pub fn status(cfg: &AgentConfig) -> Value {
     json!({
         "capacity": capacity,
         "allocatable": allocatable,
-        "conditions": conditions(cfg),
+        "conditions": conditions(pressure, existing),
         "addresses": [
             {"type": "InternalIP", "address": cfg.node_ip.to_string()},
             {"type": "Hostname", "address": cfg.node_name},
@@ -228,7 +281,11 @@ pub fn status(cfg: &AgentConfig) -> Value {
 }
 
 /// Creates the Node, or takes over an existing one (re-registration after a restart).
-pub async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Error> {
+pub async fn register(
+    client: &kube::Client,
+    cfg: &AgentConfig,
+    pressure: &Pressure,
+) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let taints: Vec<Value> = cfg
         .taints
@@ -250,7 +307,7 @@ pub async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Er
         "metadata": {"name": cfg.node_name, "labels": labels(cfg),
                      "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kaji.io/node-ip": cfg.node_ip.to_string()}},
         "spec": spec,
-        "status": status(cfg),
+        "status": status(cfg, pressure, &[]),
     });
     let obj: Node =
         serde_json::from_value(node.clone()).map_err(|e| Error::Config(e.to_string()))?;
@@ -269,22 +326,76 @@ pub async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Er
         }
         Err(e) => return Err(e.into()),
     }
-    post_status(client, cfg).await?;
+    post_status(client, cfg, pressure).await?;
     renew_lease(client, cfg).await?;
     Ok(())
 }
 
-async fn post_status(client: &kube::Client, cfg: &AgentConfig) -> Result<(), Error> {
+/// Posts the status; conditions other than the kubelet's are kept, and each condition's
+/// `lastTransitionTime` moves only when its status changes.
+async fn post_status(
+    client: &kube::Client,
+    cfg: &AgentConfig,
+    pressure: &Pressure,
+) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let patch = json!({"status": status(cfg)});
+    let node = serde_json::to_value(nodes.get(&cfg.node_name).await?)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let existing: Vec<Value> = node["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut status = status(cfg, pressure, &existing);
+    let ours = status["conditions"].as_array().cloned().unwrap_or_default();
+    let events = transition_events(&existing, &ours);
+    let mut all = ours;
+    all.extend(
+        existing
+            .iter()
+            .filter(|c| !KUBELET_CONDITIONS.contains(&c["type"].as_str().unwrap_or_default()))
+            .cloned(),
+    );
+    status["conditions"] = Value::Array(all);
     nodes
         .patch_status(
             &cfg.node_name,
             &PatchParams::default(),
-            &Patch::Merge(&patch),
+            &Patch::Merge(&json!({"status": status})),
         )
         .await?;
+    for reason in events {
+        node_event(client, &cfg.node_name, reason);
+    }
     Ok(())
+}
+
+/// The condition types the agent owns.
+const KUBELET_CONDITIONS: &[&str] = &["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"];
+
+/// Records `Node <name> status is now: <reason>`, without waiting.
+fn node_event(client: &kube::Client, node: &str, reason: &str) {
+    let now = jiff::Timestamp::now();
+    let ts = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let event = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{node}.{:x}", now.as_nanosecond()), "namespace": "default"},
+        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node},
+        "reason": reason, "message": format!("Node {node} status is now: {reason}"),
+        "type": "Normal",
+        "source": {"component": "kubelet", "host": node},
+        "reportingComponent": "kubelet", "reportingInstance": node,
+        "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
+    });
+    let client = client.clone();
+    tokio::spawn(async move {
+        let Ok(event) = serde_json::from_value::<Event>(event) else {
+            return;
+        };
+        let api: Api<Event> = Api::namespaced(client, "default");
+        if let Err(err) = api.create(&PostParams::default(), &event).await {
+            tracing::debug!(%err, "recording node event");
+        }
+    });
 }
 
 /// Renews (or creates) the node's Lease in `kube-node-lease`.
@@ -319,13 +430,20 @@ pub async fn renew_lease(client: &kube::Client, cfg: &AgentConfig) -> Result<(),
     }
 }
 
-/// Renews the Lease every 10 s and re-posts status every minute, until `shutdown`.
-pub async fn heartbeat(client: kube::Client, cfg: AgentConfig, shutdown: CancellationToken) {
+/// Renews the Lease every 10 s and re-posts status every minute and whenever the
+/// eviction manager's pressure conditions change, until `shutdown`.
+pub async fn heartbeat(
+    client: kube::Client,
+    cfg: AgentConfig,
+    mut pressure: watch::Receiver<Pressure>,
+    shutdown: CancellationToken,
+) {
     let mut lease_tick = tokio::time::interval(LEASE_RENEW);
     let mut status_tick = tokio::time::interval(STATUS_REPORT);
     // After the control plane was unreachable the node may have been marked Unknown:
     // report status at once when the lease goes through again.
     let mut lease_failed = false;
+    let mut pressure_open = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -333,7 +451,8 @@ pub async fn heartbeat(client: kube::Client, cfg: AgentConfig, shutdown: Cancell
                 match renew_lease(&client, &cfg).await {
                     Ok(()) if lease_failed => {
                         lease_failed = false;
-                        if let Err(err) = post_status(&client, &cfg).await {
+                        let p = pressure.borrow().clone();
+                        if let Err(err) = post_status(&client, &cfg, &p).await {
                             tracing::warn!(%err, node = %cfg.node_name, "posting node status");
                         }
                     }
@@ -345,7 +464,20 @@ pub async fn heartbeat(client: kube::Client, cfg: AgentConfig, shutdown: Cancell
                 }
             }
             _ = status_tick.tick() => {
-                if let Err(err) = post_status(&client, &cfg).await {
+                let p = pressure.borrow().clone();
+                if let Err(err) = post_status(&client, &cfg, &p).await {
+                    tracing::warn!(%err, node = %cfg.node_name, "posting node status");
+                }
+            }
+            changed = pressure.changed(), if pressure_open => {
+                if changed.is_err() {
+                    // The eviction manager stopped: keep heartbeating on the last value.
+                    pressure_open = false;
+                    continue;
+                }
+                let p = pressure.borrow_and_update().clone();
+                tracing::info!(node = %cfg.node_name, pressure = ?p, "node pressure changed");
+                if let Err(err) = post_status(&client, &cfg, &p).await {
                     tracing::warn!(%err, node = %cfg.node_name, "posting node status");
                 }
             }
@@ -374,5 +506,42 @@ pub async fn wait_pod_cidr(
             _ = shutdown.cancelled() => return Err(Error::Runtime("shutting down".into())),
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_times_move_only_on_status_changes() {
+        let old = "2020-01-01T00:00:00Z";
+        let existing = vec![
+            json!({"type": "MemoryPressure", "status": "False", "lastTransitionTime": old}),
+            json!({"type": "DiskPressure", "status": "False", "lastTransitionTime": old}),
+            json!({"type": "PIDPressure", "status": "False", "lastTransitionTime": old}),
+            json!({"type": "Ready", "status": "True", "lastTransitionTime": old}),
+        ];
+        let pressure: Pressure = [Condition::MemoryPressure].into_iter().collect();
+        let got = conditions(&pressure, &existing);
+        let by_type = |t: &str| got.iter().find(|c| c["type"] == t).unwrap().clone();
+        let mp = by_type("MemoryPressure");
+        assert_eq!(mp["status"], "True");
+        assert_eq!(mp["reason"], "KubeletHasInsufficientMemory");
+        assert_ne!(mp["lastTransitionTime"], old);
+        for t in ["DiskPressure", "PIDPressure", "Ready"] {
+            assert_eq!(by_type(t)["lastTransitionTime"], old, "{t}");
+            assert_ne!(by_type(t)["lastHeartbeatTime"], old, "{t}");
+        }
+        assert_eq!(by_type("PIDPressure")["reason"], "KubeletHasSufficientPID");
+        assert_eq!(
+            transition_events(&existing, &got),
+            vec!["NodeHasInsufficientMemory"]
+        );
+        assert_eq!(
+            transition_events(&got, &conditions(&Pressure::new(), &got)),
+            vec!["NodeHasSufficientMemory"]
+        );
+        assert!(transition_events(&got, &got).is_empty());
     }
 }

@@ -25,11 +25,10 @@
 
 pub(crate) mod schedule;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, future, stream};
+use futures::stream;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
@@ -37,7 +36,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{self, Action, trigger_self, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +46,7 @@ use super::replicaset::events::{EventType, Recorder};
 use super::replicaset::ownership::controller_ref;
 use super::replicaset::pods::controller_of;
 use super::replicaset::{error_message, is_not_found, namespace_terminating};
+use super::watch::{self, Failures};
 
 /// Annotation with the scheduled time of a Job the controller created.
 pub(crate) const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -70,49 +70,35 @@ struct Ctx {
     client: Client,
     jobs: Store<Job>,
     recorder: Recorder,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 /// Runs the CronJob controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (cj_store, cj_writer) = reflector::store::<CronJob>();
-    let (job_store, job_writer) = reflector::store::<Job>();
-    let cj_events = watcher(
-        Api::<CronJob>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(cj_writer)
-    .applied_objects();
-    let job_events = watcher(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(job_writer)
-        .touched_objects();
+    let (cj_store, cj_events) = watch::reflect_all::<CronJob>(&client, watcher::Config::default());
+    let (job_store, job_events) = watch::reflect_all::<Job>(&client, watcher::Config::default());
     let queue = stream::select(
-        trigger_self(cj_events, ()),
-        trigger_with(job_events, |job: Job| owning_cronjob(&job)),
-    )
-    .take_until(async move { shutdown.cancelled().await });
+        trigger_self(cj_events.applied_objects(), ()),
+        trigger_with(job_events.touched_objects(), |job: Job| {
+            owning_cronjob(&job)
+        }),
+    );
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), COMPONENT),
         client,
         jobs: job_store,
-        failures: Mutex::new(HashMap::new()),
+        failures: Failures::default(),
     });
-    controller::applier(
-        |cj, ctx| Box::pin(reconcile(cj, ctx)),
+    watch::run_applier(
+        "cronjob",
+        reconcile,
         error_policy,
         ctx,
         cj_store,
         queue,
         controller::Config::default(),
+        shutdown,
     )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, "cronjob reconcile");
-        }
-        future::ready(())
-    })
     .await;
 }
 
@@ -125,15 +111,8 @@ fn owning_cronjob(job: &Job) -> Option<ObjectRef<CronJob>> {
 
 fn error_policy(cj: Arc<CronJob>, err: &Error, ctx: Arc<Ctx>) -> Action {
     let key = format!("{}/{}", cj.namespace().unwrap_or_default(), cj.name_any());
-    let n = {
-        let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = failures.entry(key.clone()).or_default();
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = Duration::from_millis(250)
-        .saturating_mul(1u32 << n.min(8))
-        .min(Duration::from_secs(60));
+    let n = ctx.failures.record(&key);
+    let delay = watch::backoff(Duration::from_millis(250), n, 8);
     tracing::warn!(%err, cronjob = %key, retry_in = ?delay, "cronjob sync failed");
     Action::requeue(delay)
 }
@@ -145,10 +124,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .map_err(|_| Error::CacheGone)?;
     let action = sync(&cj, &ctx, Timestamp::now()).await?;
     let key = format!("{}/{}", cj.namespace().unwrap_or_default(), cj.name_any());
-    ctx.failures
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&key);
+    ctx.failures.clear(&key);
     Ok(action)
 }
 

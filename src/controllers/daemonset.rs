@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, future, stream};
+use futures::{future, stream};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
@@ -41,16 +41,18 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{self, Action, trigger_self, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::history::{self, CONTROLLER_REVISION_HASH};
+use super::owners::{claim_pods, label_selector, owners_of};
 use super::replicaset::events::{EventType, Recorder};
-use super::replicaset::ownership::{Claim, adopt, controller_ref, decide, release};
-use super::replicaset::pods::{controller_of, is_available, is_ready, pod_from_template};
+use super::replicaset::ownership::controller_ref;
+use super::replicaset::pods::{is_available, is_ready, pod_from_template};
 use super::replicaset::{error_message, is_not_found, labels_json, namespace_terminating};
+use super::watch;
 use crate::api::selector::LabelSelector;
 
 const COMPONENT: &str = "daemonset-controller";
@@ -92,49 +94,33 @@ struct Ctx {
 
 /// Runs the DaemonSet controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (ds_store, ds_writer) = reflector::store::<DaemonSet>();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let (node_store, node_writer) = reflector::store::<Node>();
-    let (rev_store, rev_writer) = reflector::store::<ControllerRevision>();
     let cfg = watcher::Config::default;
-    let ds_events = watcher(Api::<DaemonSet>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(ds_writer)
-        .applied_objects();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects();
-    let node_events = watcher(Api::<Node>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(node_writer)
-        .touched_objects();
-    let rev_events = watcher(Api::<ControllerRevision>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(rev_writer)
-        .touched_objects();
+    let (ds_store, ds_events) = watch::reflect_all::<DaemonSet>(&client, cfg());
+    let (pod_store, pod_events) = watch::reflect_all::<Pod>(&client, cfg());
+    let (node_store, node_events) = watch::reflect_all::<Node>(&client, cfg());
+    let (rev_store, rev_events) = watch::reflect_all::<ControllerRevision>(&client, cfg());
     let (for_pods, for_nodes, for_revs) = (ds_store.clone(), ds_store.clone(), ds_store.clone());
     let queue = stream::select(
         stream::select(
-            trigger_self(ds_events, ()),
-            trigger_with(pod_events, move |pod: Pod| {
-                owners_of(&for_pods, &pod.metadata, pod.labels())
+            trigger_self(ds_events.applied_objects(), ()),
+            trigger_with(pod_events.touched_objects(), move |pod: Pod| {
+                owners_of(&for_pods, &pod, selector)
             }),
         ),
         stream::select(
-            trigger_with(node_events, move |_node: Node| {
+            trigger_with(node_events.touched_objects(), move |_node: Node| {
                 for_nodes
                     .state()
                     .iter()
                     .map(|d| ObjectRef::from_obj(&**d))
                     .collect::<Vec<_>>()
             }),
-            trigger_with(rev_events, move |rev: ControllerRevision| {
-                owners_of(&for_revs, &rev.metadata, rev.labels())
-            }),
+            trigger_with(
+                rev_events.touched_objects(),
+                move |rev: ControllerRevision| owners_of(&for_revs, &rev, selector),
+            ),
         ),
-    )
-    .take_until(async move { shutdown.cancelled().await });
+    );
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), COMPONENT),
         client,
@@ -143,52 +129,21 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         revisions: rev_store,
         pending: Mutex::new(Pending::default()),
     });
-    controller::applier(
-        |ds, ctx| Box::pin(reconcile(ds, ctx)),
+    watch::run_applier(
+        "daemonset",
+        reconcile,
         error_policy,
         ctx,
         ds_store,
         queue,
         controller::Config::default(),
+        shutdown,
     )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, "daemonset reconcile");
-        }
-        future::ready(())
-    })
     .await;
 }
 
-/// The DaemonSet controlling an object, or for an orphan every DaemonSet selecting it.
-fn owners_of(
-    store: &Store<DaemonSet>,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    labels: &BTreeMap<String, String>,
-) -> Vec<ObjectRef<DaemonSet>> {
-    let ns = meta.namespace.clone().unwrap_or_default();
-    if let Some(r) = controller_of(meta) {
-        if r.kind == "DaemonSet" && r.api_version.starts_with("apps/") {
-            return vec![ObjectRef::new(&r.name).within(&ns)];
-        }
-        return Vec::new();
-    }
-    let labels = labels_json(labels);
-    store
-        .state()
-        .iter()
-        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|d| selector(d).is_ok_and(|s| !s.is_empty() && s.matches(Some(&labels))))
-        .map(|d| ObjectRef::from_obj(&**d))
-        .collect()
-}
-
 fn selector(ds: &DaemonSet) -> Result<LabelSelector, String> {
-    let raw = match &ds.spec {
-        Some(s) => serde_json::to_value(&s.selector).map_err(|e| e.to_string())?,
-        None => serde_json::Value::Null,
-    };
-    LabelSelector::from_label_selector_json(&raw)
+    label_selector(ds.spec.as_ref().map(|s| &s.selector))
 }
 
 fn error_policy(ds: Arc<DaemonSet>, err: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -734,7 +689,10 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, Error> {
     let (current, revisions, collision) = construct_history(ds, ctx).await?;
     let hash = history::hash_of(&current);
 
-    let pods = claim_pods(ds, &selector, ctx).await?;
+    let pods = claim_pods(&ctx.client, ds, &ctx.pods, |p| {
+        selector.matches(Some(&labels_json(p.labels())))
+    })
+    .await?;
     let nodes = ctx.nodes.state();
     let node_names: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
     let mut node_pods: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
@@ -865,49 +823,6 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, Error> {
         || Action::requeue(Duration::from_secs(300)),
         Action::requeue,
     ))
-}
-
-/// Adopts matching orphans and releases owned pods that stopped matching; returns the
-/// DaemonSet's pods (including finished and terminating ones).
-async fn claim_pods(
-    ds: &DaemonSet,
-    selector: &LabelSelector,
-    ctx: &Ctx,
-) -> Result<Vec<Arc<Pod>>, Error> {
-    let ns = ds.namespace().unwrap_or_default();
-    let uid = ds.uid().unwrap_or_default();
-    let being_deleted = ds.meta().deletion_timestamp.is_some();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut out = Vec::new();
-    for pod in ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-    {
-        let matches = selector.matches(Some(&labels_json(pod.labels())));
-        match decide(&uid, being_deleted, matches, &pod.metadata) {
-            Claim::Owned => out.push(pod),
-            Claim::Ignore => {}
-            Claim::Adopt => {
-                let pod_uid = pod.uid().unwrap_or_default();
-                match adopt(&api, &pod.name_any(), &pod_uid, &controller_ref(ds)).await {
-                    Ok(p) => out.push(Arc::new(p)),
-                    Err(err) if is_not_found(&err) => {}
-                    Err(err) => return Err(err.into()),
-                }
-            }
-            Claim::Release => {
-                let pod_uid = pod.uid().unwrap_or_default();
-                if let Err(err) = release(&api, &pod.name_any(), &pod_uid, &uid).await
-                    && !is_not_found(&err)
-                {
-                    tracing::debug!(%err, pod = %pod.name_any(), "releasing pod");
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The pod for `node`.

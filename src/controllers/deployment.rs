@@ -40,11 +40,11 @@
 
 mod util;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, future, stream};
+use futures::stream;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -52,19 +52,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, trigger_self, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use self::util::*;
+use super::owners::{label_selector, owners_of};
 use super::replicaset::events::{EventType, Recorder};
 use super::replicaset::ownership::{Claim, adopt, controller_ref, decide, release};
 use super::replicaset::pods::controller_of;
 use super::replicaset::{
     error_message, is_not_found, labels_json, namespace_terminating, now_seconds,
 };
+use super::watch::{self, Failures};
 use crate::api::selector::LabelSelector;
 
 /// How often a Recreate rollout checks whether the old pods are gone.
@@ -93,84 +95,43 @@ struct Ctx {
     client: Client,
     replicasets: Store<ReplicaSet>,
     recorder: Recorder,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 /// Runs the Deployment controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (d_store, d_writer) = reflector::store::<Deployment>();
-    let (rs_store, rs_writer) = reflector::store::<ReplicaSet>();
-    let d_events = watcher(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(d_writer)
-    .applied_objects();
-    let rs_events = watcher(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(rs_writer)
-    .touched_objects();
+    let (d_store, d_events) = watch::reflect_all::<Deployment>(&client, watcher::Config::default());
+    let (rs_store, rs_events) =
+        watch::reflect_all::<ReplicaSet>(&client, watcher::Config::default());
+    // A ReplicaSet requeues its Deployment, or for an orphan every Deployment selecting it.
     let deployments = d_store.clone();
     let queue = stream::select(
-        trigger_self(d_events, ()),
-        trigger_with(rs_events, move |rs: ReplicaSet| {
-            deployments_for(&deployments, &rs)
+        trigger_self(d_events.applied_objects(), ()),
+        trigger_with(rs_events.touched_objects(), move |rs: ReplicaSet| {
+            owners_of(&deployments, &rs, selector)
         }),
-    )
-    .take_until(async move { shutdown.cancelled().await });
+    );
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), "deployment-controller"),
         client,
         replicasets: rs_store,
-        failures: Mutex::new(HashMap::new()),
+        failures: Failures::default(),
     });
-    controller::applier(
-        |d, ctx| Box::pin(reconcile(d, ctx)),
+    watch::run_applier(
+        "deployment",
+        reconcile,
         error_policy,
         ctx,
         d_store,
         queue,
         controller::Config::default(),
+        shutdown,
     )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, "deployment reconcile");
-        }
-        future::ready(())
-    })
     .await;
 }
 
-/// The Deployment controlling a ReplicaSet, or for an orphan every Deployment that
-/// selects it.
-fn deployments_for(store: &Store<Deployment>, rs: &ReplicaSet) -> Vec<ObjectRef<Deployment>> {
-    let ns = rs.namespace().unwrap_or_default();
-    if let Some(r) = controller_of(&rs.metadata) {
-        if r.kind == "Deployment" && r.api_version.starts_with("apps/") {
-            return vec![ObjectRef::new(&r.name).within(&ns)];
-        }
-        return Vec::new();
-    }
-    let labels = labels_json(rs.labels());
-    store
-        .state()
-        .iter()
-        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|d| selector(d).is_ok_and(|s| !s.is_empty() && s.matches(Some(&labels))))
-        .map(|d| ObjectRef::from_obj(&**d))
-        .collect()
-}
-
 fn selector(d: &Deployment) -> Result<LabelSelector, String> {
-    let raw = match &d.spec {
-        Some(s) => serde_json::to_value(&s.selector).map_err(|e| e.to_string())?,
-        None => serde_json::Value::Null,
-    };
-    LabelSelector::from_label_selector_json(&raw)
+    label_selector(d.spec.as_ref().map(|s| &s.selector))
 }
 
 fn key_of(d: &Deployment) -> String {
@@ -179,19 +140,12 @@ fn key_of(d: &Deployment) -> String {
 
 fn error_policy(d: Arc<Deployment>, err: &Error, ctx: Arc<Ctx>) -> Action {
     let key = key_of(&d);
-    let n = {
-        let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = failures.entry(key.clone()).or_default();
-        *n = n.saturating_add(1);
-        *n
-    };
+    let n = ctx.failures.record(&key);
     if err.is_conflict() && n < 10 {
         tracing::debug!(%err, deployment = %key, "stale cache; retrying");
         return Action::requeue(Duration::from_millis(100));
     }
-    let delay = Duration::from_millis(250)
-        .saturating_mul(1u32 << n.min(8))
-        .min(Duration::from_secs(60));
+    let delay = watch::backoff(Duration::from_millis(250), n, 8);
     tracing::warn!(%err, deployment = %key, retry_in = ?delay, "deployment sync failed");
     Action::requeue(delay)
 }
@@ -203,10 +157,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .map_err(|_| Error::CacheGone)?;
     let mut s = Sync::new(&ctx, (*d).clone());
     s.sync_deployment().await?;
-    ctx.failures
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&key_of(&d));
+    ctx.failures.clear(&key_of(&d));
     Ok(s.requeue.map_or_else(Action::await_change, Action::requeue))
 }
 

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, future, stream};
+use futures::stream;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
@@ -42,11 +42,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{self, Action, trigger_self, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
+use super::owners::label_selector;
+use super::watch;
 use crate::api::RESOURCES;
 use crate::api::resources::split_api_version;
 use crate::api::selector::LabelSelector;
@@ -79,45 +81,30 @@ struct Ctx {
 
 /// Runs the controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (pdb_store, pdb_writer) = reflector::store::<PodDisruptionBudget>();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let pdb_events = watcher(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(pdb_writer)
-    .applied_objects();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects();
+    let (pdb_store, pdb_events) =
+        watch::reflect_all::<PodDisruptionBudget>(&client, watcher::Config::default());
+    let (pod_store, pod_events) = watch::reflect_all::<Pod>(&client, watcher::Config::default());
     let budgets = pdb_store.clone();
     let queue = stream::select(
-        trigger_self(pdb_events, ()),
-        trigger_with(pod_events, move |pod: Pod| {
+        trigger_self(pdb_events.applied_objects(), ()),
+        trigger_with(pod_events.touched_objects(), move |pod: Pod| {
             budgets_selecting(&budgets, &pod)
         }),
-    )
-    .take_until(async move { shutdown.cancelled().await });
+    );
     let ctx = Arc::new(Ctx {
         client,
         pods: pod_store,
     });
-    controller::applier(
-        |pdb, ctx| Box::pin(reconcile(pdb, ctx)),
+    watch::run_applier(
+        "disruption",
+        reconcile,
         error_policy,
         ctx,
         pdb_store,
         queue,
         controller::Config::default(),
+        shutdown,
     )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, "disruption reconcile");
-        }
-        future::ready(())
-    })
     .await;
 }
 
@@ -230,15 +217,7 @@ async fn fail_safe(pdb: &PodDisruptionBudget, ctx: &Ctx, err: &Error) -> Result<
 
 /// The budget's pod selector (`null` selects nothing, `{}` everything).
 fn selector(pdb: &PodDisruptionBudget) -> Result<LabelSelector, Error> {
-    let raw = pdb
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(|e| Error::Selector(e.to_string()))?
-        .unwrap_or(serde_json::Value::Null);
-    LabelSelector::from_label_selector_json(&raw).map_err(Error::Selector)
+    label_selector(pdb.spec.as_ref().and_then(|s| s.selector.as_ref())).map_err(Error::Selector)
 }
 
 fn labels(pod: &Pod) -> Option<serde_json::Map<String, serde_json::Value>> {

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::runtime::controller::{self, Action, trigger_self, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ use super::endpointslice::{
     Error, LABEL_HEADLESS, PodIndex, find_port, headless, hostname_for, managed, pod_ipv4,
     pod_ready, publish_not_ready, selects, should_be_in_endpoints,
 };
+use super::watch;
 
 /// Every Service is reconciled at least this often.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -172,38 +173,32 @@ struct Ctx {
 
 /// Runs the controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (svc_store, svc_writer) = reflector::store::<Service>();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let (svc_store, svc_events) =
+        watch::reflect_all::<Service>(&client, watcher::Config::default());
+    let (pod_store, pod_events) = watch::reflect_all::<Pod>(&client, watcher::Config::default());
     let deleter = client.clone();
     // Deleted Services take their Endpoints with them; everything else is reconciled.
-    let svc_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(svc_writer)
-        .filter_map(move |ev| {
-            let out = match ev {
-                Ok(watcher::Event::Delete(svc)) => {
-                    let api: Api<Endpoints> =
-                        Api::namespaced(deleter.clone(), &svc.namespace().unwrap_or_default());
-                    let name = svc.name_any();
-                    tokio::spawn(async move {
-                        match api.delete(&name, &DeleteParams::default()).await {
-                            Ok(_) => tracing::debug!(service = %name, "deleted endpoints of a deleted service"),
-                            Err(kube::Error::Api(e)) if e.code == 404 => {}
-                            Err(err) => tracing::warn!(service = %name, %err, "deleting endpoints"),
-                        }
-                    });
-                    None
-                }
-                Ok(watcher::Event::Apply(svc) | watcher::Event::InitApply(svc)) => Some(Ok(svc)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            };
-            future::ready(out)
-        });
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects();
+    let svc_events = svc_events.filter_map(move |ev| {
+        let out = match ev {
+            Ok(watcher::Event::Delete(svc)) => {
+                let api: Api<Endpoints> =
+                    Api::namespaced(deleter.clone(), &svc.namespace().unwrap_or_default());
+                let name = svc.name_any();
+                tokio::spawn(async move {
+                    match api.delete(&name, &DeleteParams::default()).await {
+                        Ok(_) => tracing::debug!(service = %name, "deleted endpoints of a deleted service"),
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(err) => tracing::warn!(service = %name, %err, "deleting endpoints"),
+                    }
+                });
+                None
+            }
+            Ok(watcher::Event::Apply(svc) | watcher::Event::InitApply(svc)) => Some(Ok(svc)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        };
+        future::ready(out)
+    });
     let endpoints_events = watcher(
         Api::<Endpoints>::all(client.clone()),
         watcher::Config::default(),
@@ -215,7 +210,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let queue = stream::select(
         stream::select(
             trigger_self(svc_events, ()),
-            trigger_with(pod_events, move |pod: Pod| {
+            trigger_with(pod_events.touched_objects(), move |pod: Pod| {
                 index.services_for(&services, &pod)
             }),
         ),
@@ -223,26 +218,21 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
             let ns = ep.namespace().unwrap_or_default();
             Some(ObjectRef::<Service>::new(&ep.name_any()).within(&ns))
         }),
-    )
-    .take_until(async move { shutdown.cancelled().await });
+    );
     let ctx = Arc::new(Ctx {
         client,
         pods: pod_store,
     });
-    controller::applier(
-        |svc, ctx| Box::pin(reconcile(svc, ctx)),
+    watch::run_applier(
+        "endpoints",
+        reconcile,
         error_policy,
         ctx,
         svc_store,
         queue,
         controller::Config::default().debounce(Duration::from_millis(100)),
+        shutdown,
     )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, "endpoints reconcile");
-        }
-        future::ready(())
-    })
     .await;
 }
 

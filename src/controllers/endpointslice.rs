@@ -19,17 +19,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::{StreamExt, future, stream};
+use futures::stream;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{self, Action, trigger_self, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
+
+use super::watch;
 
 /// `kubernetes.io/service-name`.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -495,19 +497,9 @@ struct Ctx {
 
 /// Runs the controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (svc_store, svc_writer) = reflector::store::<Service>();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let svc_events = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(svc_writer)
-    .applied_objects();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects();
+    let (svc_store, svc_events) =
+        watch::reflect_all::<Service>(&client, watcher::Config::default());
+    let (pod_store, pod_events) = watch::reflect_all::<Pod>(&client, watcher::Config::default());
     let slice_events = watcher(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={CONTROLLER_NAME}")),
@@ -518,8 +510,8 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let index = Arc::new(PodIndex::default());
     let queue = stream::select(
         stream::select(
-            trigger_self(svc_events, ()),
-            trigger_with(pod_events, move |pod: Pod| {
+            trigger_self(svc_events.applied_objects(), ()),
+            trigger_with(pod_events.touched_objects(), move |pod: Pod| {
                 index.services_for(&services, &pod)
             }),
         ),
@@ -530,26 +522,21 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
                 .get(LABEL_SERVICE_NAME)
                 .map(|n| ObjectRef::<Service>::new(n).within(&ns))
         }),
-    )
-    .take_until(async move { shutdown.cancelled().await });
+    );
     let ctx = Arc::new(Ctx {
         client,
         pods: pod_store,
     });
-    controller::applier(
-        |svc, ctx| Box::pin(reconcile(svc, ctx)),
+    watch::run_applier(
+        "endpointslice",
+        reconcile,
         error_policy,
         ctx,
         svc_store,
         queue,
         controller::Config::default().debounce(Duration::from_millis(100)),
+        shutdown,
     )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, "endpointslice reconcile");
-        }
-        future::ready(())
-    })
     .await;
 }
 

@@ -24,69 +24,15 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
+use super::hash;
+
 /// The label carrying a revision's hash, on the revision and on the pods made from it.
 pub(crate) const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
 
-/// Characters the hash is spelled with (upstream's `SafeEncodeString` alphabet).
-const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-
-/// FNV-1a, 32 bits.
-fn fnv32a(chunks: &[&[u8]]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for chunk in chunks {
-        for b in *chunk {
-            h ^= u32::from(*b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    h
-}
-
-/// JSON with object keys sorted, nulls and empty maps/lists dropped (the API treats them
-/// as absent), so equal data always hashes alike.
-fn canonical_json(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().filter(|k| !is_empty(&m[*k])).collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical_json(&m[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical_json(x, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(m) => m.values().all(is_empty),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
-    }
-}
-
+/// The canonical JSON of revision data (nulls and empty maps/lists dropped: the API
+/// treats them as absent), so equal data always hashes alike.
 fn canonical(v: &Value) -> String {
-    let mut s = String::new();
-    canonical_json(v, &mut s);
-    s
+    hash::canonical_json(v, true)
 }
 
 /// The hash of revision data with the owner's collision count (upstream's
@@ -94,11 +40,7 @@ fn canonical(v: &Value) -> String {
 pub(crate) fn hash_data(data: &Value, collision_count: Option<i32>) -> String {
     let text = canonical(data);
     let probe = collision_count.map(|c| c.to_string()).unwrap_or_default();
-    fnv32a(&[text.as_bytes(), probe.as_bytes()])
-        .to_string()
-        .bytes()
-        .map(|b| char::from(SAFE_ALPHABET[usize::from(b) % SAFE_ALPHABET.len()]))
-        .collect()
+    hash::safe_encode(hash::fnv32a(&[text.as_bytes(), probe.as_bytes()]))
 }
 
 /// `<owner>-<hash>`, the owner's name cut to fit (upstream's `ControllerRevisionName`).
@@ -313,7 +255,7 @@ mod tests {
         }
         let h = hash_data(&a, Some(0));
         assert!(
-            !h.is_empty() && h.bytes().all(|c| SAFE_ALPHABET.contains(&c)),
+            !h.is_empty() && h.bytes().all(|c| hash::SAFE_ALPHABET.contains(&c)),
             "{h}"
         );
         // Key order, nulls and empty maps do not change the hash.

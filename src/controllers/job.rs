@@ -50,13 +50,14 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTermina
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, ReconcileRequest, trigger_self};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use self::indexes::{COMPLETION_INDEX, Indexes, completion_index};
+use super::owners::label_selector;
 use super::replicaset::events::{EventType, Recorder};
 use super::replicaset::expectations::Expectations;
 use super::replicaset::ownership::{Claim, controller_ref, decide, release};
@@ -66,6 +67,7 @@ use super::replicaset::pods::{
 use super::replicaset::{
     error_message, is_not_found, labels_json, namespace_terminating, now_seconds,
 };
+use super::watch::{self, Failures};
 use crate::api::selector::LabelSelector;
 
 /// The finalizer that keeps a finished pod until the controller has counted it.
@@ -105,7 +107,7 @@ struct Ctx {
     removals: Arc<FinalizerRemovals>,
     backoff: Mutex<HashMap<String, backoff::Record>>,
     recorder: Recorder,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 /// Finalizer removals in flight, per Job key.
@@ -151,8 +153,8 @@ fn job_key(ns: &str, name: &str) -> String {
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let expectations = Arc::new(Expectations::default());
     let removals = Arc::new(FinalizerRemovals::default());
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let (job_store, job_writer) = reflector::store::<Job>();
+    let (pod_store, pod_events) = watch::reflect_all::<Pod>(&client, watcher::Config::default());
+    let (job_store, job_events) = watch::reflect_all::<Job>(&client, watcher::Config::default());
     let (req_tx, req_rx) = mpsc::unbounded::<ReconcileRequest<Job>>();
     let (orphan_tx, orphan_rx) = mpsc::unbounded::<(String, String)>();
 
@@ -162,9 +164,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         let removals = removals.clone();
         let jobs = job_store.clone();
         let mut tracker = PodTracker::default();
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(pod_writer)
+        pod_events
             .take_until(async move { stop.cancelled().await })
             .for_each(move |event| {
                 match event {
@@ -179,9 +179,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
             })
     };
     let forget = (expectations.clone(), removals.clone());
-    let own = watcher(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(job_writer)
+    let own = job_events
         .inspect_ok(move |event| {
             if let watcher::Event::Delete(job) = event {
                 let key = job_key(&job.namespace().unwrap_or_default(), &job.name_any());
@@ -190,9 +188,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
             }
         })
         .applied_objects();
-    let stop = shutdown.clone();
-    let queue = stream::select(trigger_self(own, ()), req_rx.map(Ok))
-        .take_until(async move { stop.cancelled().await });
+    let queue = stream::select(trigger_self(own, ()), req_rx.map(Ok));
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), COMPONENT),
         client,
@@ -201,23 +197,19 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         expectations,
         removals,
         backoff: Mutex::new(HashMap::new()),
-        failures: Mutex::new(HashMap::new()),
+        failures: Failures::default(),
     });
-    let orphans = orphan_worker(orphan_rx, ctx.clone(), shutdown);
-    let jobs = controller::applier(
-        |job, ctx| Box::pin(reconcile(job, ctx)),
+    let orphans = orphan_worker(orphan_rx, ctx.clone(), shutdown.clone());
+    let jobs = watch::run_applier(
+        "job",
+        reconcile,
         error_policy,
         ctx,
         job_store,
         queue,
         controller::Config::default(),
-    )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, "job reconcile");
-        }
-        future::ready(())
-    });
+        shutdown,
+    );
     futures::join!(pods, jobs, orphans);
 }
 
@@ -486,19 +478,12 @@ async fn remove_finalizer(api: &Api<Pod>, name: &str) -> Result<(), kube::Error>
 
 fn error_policy(job: Arc<Job>, err: &Error, ctx: Arc<Ctx>) -> Action {
     let key = job_key(&job.namespace().unwrap_or_default(), &job.name_any());
-    let n = {
-        let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = failures.entry(key.clone()).or_default();
-        *n = n.saturating_add(1);
-        *n
-    };
+    let n = ctx.failures.record(&key);
     if err.is_conflict() && n < 10 {
         tracing::debug!(%err, job = %key, "conflict; retrying");
         return Action::requeue(Duration::from_millis(100));
     }
-    let delay = Duration::from_millis(250)
-        .saturating_mul(1u32 << n.min(8))
-        .min(Duration::from_secs(60));
+    let delay = watch::backoff(Duration::from_millis(250), n, 8);
     tracing::warn!(%err, job = %key, retry_in = ?delay, "job sync failed");
     Action::requeue(delay)
 }
@@ -510,10 +495,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .map_err(|_| Error::CacheGone)?;
     let action = sync(&job, &ctx).await?;
     let key = job_key(&job.namespace().unwrap_or_default(), &job.name_any());
-    ctx.failures
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&key);
+    ctx.failures.clear(&key);
     Ok(action)
 }
 
@@ -525,9 +507,7 @@ fn spec(job: &Job) -> k8s_openapi::api::batch::v1::JobSpec {
 }
 
 fn selector(job: &Job) -> Result<LabelSelector, String> {
-    let raw = serde_json::to_value(job.spec.as_ref().and_then(|s| s.selector.as_ref()))
-        .map_err(|e| e.to_string())?;
-    LabelSelector::from_label_selector_json(&raw)
+    label_selector(job.spec.as_ref().and_then(|s| s.selector.as_ref()))
 }
 
 fn condition<'a>(job: &'a Job, type_: &str) -> Option<&'a JobCondition> {

@@ -19,6 +19,7 @@
 //! Depends on: [`super::pv_binder`] (annotation names), kube-rs. Never the store or the
 //! API server.
 
+use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +28,8 @@ use futures::{StreamExt, future, stream};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::controller::{self, Action, ReconcileRequest};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -39,6 +40,7 @@ use super::pv_binder::{
 };
 use super::replicaset::events::{EventType, Recorder};
 use super::replicaset::is_not_found;
+use super::watch;
 
 /// The provisioner name (rancher's, as k3s uses it).
 pub const PROVISIONER: &str = "rancher.io/local-path";
@@ -104,22 +106,15 @@ pub async fn run(client: Client, base: PathBuf, shutdown: CancellationToken) {
             }
         }
     }
-    let (pvc_store, pvc_writer) = reflector::store::<PersistentVolumeClaim>();
-    let (pv_store, pv_writer) = reflector::store::<PersistentVolume>();
-    let (sc_store, sc_writer) = reflector::store::<StorageClass>();
     let cfg = watcher::Config::default;
-    let pvc_events = watcher(Api::<PersistentVolumeClaim>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(pvc_writer)
-        .touched_objects();
-    let pv_events = watcher(Api::<PersistentVolume>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(pv_writer)
-        .touched_objects();
-    let sc_events = watcher(Api::<StorageClass>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(sc_writer)
-        .touched_objects();
+    let (pvc_store, pvc_events) = watch::reflect_all::<PersistentVolumeClaim>(&client, cfg());
+    let (pv_store, pv_events) = watch::reflect_all::<PersistentVolume>(&client, cfg());
+    let (sc_store, sc_events) = watch::reflect_all::<StorageClass>(&client, cfg());
+    let (pvc_events, pv_events, sc_events) = (
+        pvc_events.touched_objects(),
+        pv_events.touched_objects(),
+        sc_events.touched_objects(),
+    );
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), PROVISIONER),
         client: client.clone(),
@@ -129,42 +124,36 @@ pub async fn run(client: Client, base: PathBuf, shutdown: CancellationToken) {
     });
     // Claims are reconciled on their own events; released volumes on theirs.
     let claims = pvc_events.filter_map(|e| future::ready(e.ok().map(|c| ObjectRef::from_obj(&c))));
-    let stop = shutdown.clone();
-    let claim_loop = controller::applier(
-        |c, ctx| Box::pin(reconcile_claim(c, ctx)),
+    let claim_loop = watch::run_applier(
+        "local-path claim",
+        reconcile_claim,
         |_c, err: &Error, _ctx| {
             tracing::debug!(%err, "local-path provisioning failed; retrying");
             Action::requeue(Duration::from_secs(2))
         },
         ctx.clone(),
         pvc_store,
-        claims
-            .map(|r| {
-                Ok::<ReconcileRequest<PersistentVolumeClaim>, std::convert::Infallible>(r.into())
-            })
-            .take_until(async move { stop.cancelled().await }),
+        claims.map(Ok::<_, Infallible>),
         controller::Config::default(),
-    )
-    .for_each(|_| future::ready(()));
+        shutdown.clone(),
+    );
     let volumes = stream::select(
         pv_events.filter_map(|e| future::ready(e.ok().map(|v| ObjectRef::from_obj(&v)))),
         sc_events.filter_map(|_| future::ready(None)),
     );
-    let stop = shutdown.clone();
-    let volume_loop = controller::applier(
-        |v, ctx| Box::pin(reconcile_volume(v, ctx)),
+    let volume_loop = watch::run_applier(
+        "local-path volume",
+        reconcile_volume,
         |_v, err: &Error, _ctx| {
             tracing::debug!(%err, "local-path volume deletion failed; retrying");
             Action::requeue(Duration::from_secs(5))
         },
         ctx,
         pv_store,
-        volumes
-            .map(|r| Ok::<ReconcileRequest<PersistentVolume>, std::convert::Infallible>(r.into()))
-            .take_until(async move { stop.cancelled().await }),
+        volumes.map(Ok::<_, Infallible>),
         controller::Config::default(),
-    )
-    .for_each(|_| future::ready(()));
+        shutdown,
+    );
     futures::join!(claim_loop, volume_loop);
 }
 

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -34,15 +33,16 @@ struct Ctx {
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let api: Api<Namespace> = Api::all(client.clone());
     let ctx = Arc::new(Ctx { client });
-    Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                tracing::debug!(%err, "namespace reconcile");
-            }
-        })
-        .await;
+    let controller = Controller::new(api, watcher::Config::default());
+    super::watch::run_controller(
+        "namespace",
+        controller,
+        reconcile,
+        error_policy,
+        ctx,
+        shutdown,
+    )
+    .await;
 }
 
 fn error_policy(_ns: Arc<Namespace>, err: &Error, _ctx: Arc<Ctx>) -> Action {

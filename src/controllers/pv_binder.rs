@@ -24,6 +24,7 @@
 //! Events as `persistentvolume-controller`. Depends on: `api` (quantities, selectors),
 //! [`super::daemonset`] (node affinity terms), kube-rs. Never the store or the API server.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +32,8 @@ use futures::{StreamExt, future, stream};
 use k8s_openapi::api::core::v1::{Node, ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{self, Action, ReconcileRequest};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::daemonset::term_matches;
 use super::replicaset::events::{EventType, Recorder};
 use super::replicaset::{is_not_found, labels_json};
+use super::watch;
 use crate::api::selector::LabelSelector;
 
 const COMPONENT: &str = "persistentvolume-controller";
@@ -78,26 +80,17 @@ struct Ctx {
 
 /// Runs the binder until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (pvc_store, pvc_writer) = reflector::store::<PersistentVolumeClaim>();
-    let (pv_store, pv_writer) = reflector::store::<PersistentVolume>();
-    let (sc_store, sc_writer) = reflector::store::<StorageClass>();
-    let (node_store, node_writer) = reflector::store::<Node>();
     let cfg = watcher::Config::default;
-    let pvc_events = watcher(Api::<PersistentVolumeClaim>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(pvc_writer)
-        .touched_objects();
-    let pv_events = watcher(Api::<PersistentVolume>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(pv_writer)
-        .touched_objects();
-    let sc_events = watcher(Api::<StorageClass>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(sc_writer)
-        .touched_objects();
-    let node_events = watcher(Api::<Node>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(node_writer)
+    let (pvc_store, pvc_events) = watch::reflect_all::<PersistentVolumeClaim>(&client, cfg());
+    let (pv_store, pv_events) = watch::reflect_all::<PersistentVolume>(&client, cfg());
+    let (sc_store, sc_events) = watch::reflect_all::<StorageClass>(&client, cfg());
+    let (node_store, node_events) = watch::reflect_all::<Node>(&client, cfg());
+    let (pvc_events, pv_events, sc_events) = (
+        pvc_events.touched_objects(),
+        pv_events.touched_objects(),
+        sc_events.touched_objects(),
+    );
+    let node_events = node_events
         .touched_objects()
         .filter(|_| future::ready(false));
     // Claim events sync the claim and its volume; volume events the volume and its claim.
@@ -157,38 +150,32 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         classes: sc_store,
         nodes: node_store,
     });
-    let stop = shutdown.clone();
-    let claims = controller::applier(
-        |c, ctx| Box::pin(reconcile_claim(c, ctx)),
+    let claims = watch::run_applier(
+        "pv binder claim",
+        reconcile_claim,
         |_c, err: &Error, _ctx| {
             tracing::debug!(%err, "claim sync failed; retrying");
             Action::requeue(Duration::from_secs(2))
         },
         ctx.clone(),
         pvc_store,
-        pvc_rx
-            .map(|r| {
-                Ok::<ReconcileRequest<PersistentVolumeClaim>, std::convert::Infallible>(r.into())
-            })
-            .take_until(async move { stop.cancelled().await }),
+        pvc_rx.map(Ok::<_, Infallible>),
         controller::Config::default(),
-    )
-    .for_each(|_| future::ready(()));
-    let stop = shutdown.clone();
-    let volumes = controller::applier(
-        |v, ctx| Box::pin(reconcile_volume(v, ctx)),
+        shutdown.clone(),
+    );
+    let volumes = watch::run_applier(
+        "pv binder volume",
+        reconcile_volume,
         |_v, err: &Error, _ctx| {
             tracing::debug!(%err, "volume sync failed; retrying");
             Action::requeue(Duration::from_secs(2))
         },
         ctx,
         pv_store,
-        pv_rx
-            .map(|r| Ok::<ReconcileRequest<PersistentVolume>, std::convert::Infallible>(r.into()))
-            .take_until(async move { stop.cancelled().await }),
+        pv_rx.map(Ok::<_, Infallible>),
         controller::Config::default(),
-    )
-    .for_each(|_| future::ready(()));
+        shutdown.clone(),
+    );
     let feed = feed.take_until_cancelled(shutdown);
     futures::join!(feed, claims, volumes);
     drop((pvc_tx, pv_tx));

@@ -37,11 +37,11 @@ pub(crate) mod pods;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::mpsc;
-use futures::{StreamExt, TryStreamExt, future, stream};
+use futures::{Stream, StreamExt, TryStreamExt, future, stream};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{
     Pod, PodTemplateSpec, ReplicationController, ReplicationControllerCondition,
@@ -51,7 +51,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::{self, Action, ReconcileRequest, trigger_self};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -62,6 +62,7 @@ use self::events::{EventType, Recorder};
 use self::expectations::Expectations;
 use self::ownership::{Claim, adopt, controller_ref, decide, release};
 use self::pods::{available_at, controller_of, is_active, is_available, is_ready};
+use super::watch::{self, Failures};
 use crate::api::selector::LabelSelector;
 
 /// At most this many creations or deletions per sync (upstream's `BurstReplicas`).
@@ -183,11 +184,7 @@ impl Replicated for ReplicaSet {
     }
 
     fn label_selector(&self) -> Result<LabelSelector, String> {
-        let raw = match &self.spec {
-            Some(s) => serde_json::to_value(&s.selector).map_err(|e| e.to_string())?,
-            None => serde_json::Value::Null,
-        };
-        LabelSelector::from_label_selector_json(&raw)
+        super::owners::label_selector(self.spec.as_ref().map(|s| &s.selector))
     }
 
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
@@ -330,15 +327,17 @@ struct Ctx<K: Replicated> {
     owners: Store<K>,
     expectations: Arc<Expectations>,
     recorder: Recorder,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 /// Runs the ReplicaSet and ReplicationController controllers until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let expectations = Arc::new(Expectations::default());
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let (rs_store, rs_writer) = reflector::store::<ReplicaSet>();
-    let (rc_store, rc_writer) = reflector::store::<ReplicationController>();
+    let (pod_store, pod_events) = watch::reflect_all::<Pod>(&client, watcher::Config::default());
+    let (rs_store, rs_events) =
+        watch::reflect_all::<ReplicaSet>(&client, watcher::Config::default());
+    let (rc_store, rc_events) =
+        watch::reflect_all::<ReplicationController>(&client, watcher::Config::default());
     let (rs_tx, rs_rx) = mpsc::unbounded::<ReconcileRequest<ReplicaSet>>();
     let (rc_tx, rc_rx) = mpsc::unbounded::<ReconcileRequest<ReplicationController>>();
 
@@ -347,9 +346,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         let expectations = expectations.clone();
         let (rs_store, rc_store) = (rs_store.clone(), rc_store.clone());
         let mut tracker = PodTracker::default();
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(pod_writer)
+        pod_events
             .take_until(async move { stop.cancelled().await })
             .for_each(move |event| {
                 match event {
@@ -366,7 +363,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let replicasets = controller_loop(
         client.clone(),
         rs_store,
-        rs_writer,
+        rs_events,
         rs_rx,
         pod_store.clone(),
         expectations.clone(),
@@ -375,7 +372,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let replication_controllers = controller_loop(
         client,
         rc_store,
-        rc_writer,
+        rc_events,
         rc_rx,
         pod_store,
         expectations,
@@ -388,16 +385,14 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
 async fn controller_loop<K: Replicated>(
     client: Client,
     store: Store<K>,
-    writer: reflector::store::Writer<K>,
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     requests: mpsc::UnboundedReceiver<ReconcileRequest<K>>,
     pods: Store<Pod>,
     expectations: Arc<Expectations>,
     shutdown: CancellationToken,
 ) {
     let forget = expectations.clone();
-    let own = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
+    let own = events
         .inspect_ok(move |event| {
             if let watcher::Event::Delete(obj) = event {
                 forget.forget(&expectations_key(
@@ -408,30 +403,25 @@ async fn controller_loop<K: Replicated>(
             }
         })
         .applied_objects();
-    let queue = stream::select(trigger_self(own, ()), requests.map(Ok))
-        .take_until(async move { shutdown.cancelled().await });
+    let queue = stream::select(trigger_self(own, ()), requests.map(Ok));
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), K::COMPONENT),
         client,
         pods,
         owners: store.clone(),
         expectations,
-        failures: Mutex::new(HashMap::new()),
+        failures: Failures::default(),
     });
-    controller::applier(
-        |obj, ctx| Box::pin(reconcile(obj, ctx)),
+    watch::run_applier(
+        K::COMPONENT,
+        reconcile,
         error_policy,
         ctx,
         store,
         queue,
         controller::Config::default(),
+        shutdown,
     )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, kind = %K::kind(&()), "reconcile");
-        }
-        future::ready(())
-    })
     .await;
 }
 
@@ -632,19 +622,12 @@ fn error_policy<K: Replicated>(obj: Arc<K>, err: &Error, ctx: Arc<Ctx<K>>) -> Ac
         &obj.namespace().unwrap_or_default(),
         &obj.name_any(),
     );
-    let n = {
-        let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = failures.entry(key.clone()).or_default();
-        *n = n.saturating_add(1);
-        *n
-    };
+    let n = ctx.failures.record(&key);
     if err.is_conflict() && n < 10 {
         tracing::debug!(%err, object = %key, "conflict; retrying");
         return Action::requeue(Duration::from_millis(100));
     }
-    let delay = Duration::from_millis(250)
-        .saturating_mul(1u32 << n.min(8))
-        .min(Duration::from_secs(60));
+    let delay = watch::backoff(Duration::from_millis(250), n, 8);
     tracing::warn!(%err, object = %key, retry_in = ?delay, "sync failed");
     Action::requeue(delay)
 }
@@ -660,10 +643,7 @@ async fn reconcile<K: Replicated>(obj: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Actio
         &obj.namespace().unwrap_or_default(),
         &obj.name_any(),
     );
-    ctx.failures
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&key);
+    ctx.failures.clear(&key);
     Ok(action)
 }
 

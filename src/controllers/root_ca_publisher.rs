@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -47,20 +46,20 @@ pub async fn run(client: Client, ca_pem: String, shutdown: CancellationToken) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let maps: Api<ConfigMap> = Api::all(client.clone());
     let ctx = Arc::new(Ctx { client, ca_pem });
-    Controller::new(namespaces, watcher::Config::default())
-        .watches(
-            maps,
-            watcher::Config::default().fields(&format!("metadata.name={CONFIGMAP}")),
-            |cm| cm.namespace().map(|ns| ObjectRef::new(&ns)),
-        )
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                tracing::debug!(%err, "root CA publisher reconcile");
-            }
-        })
-        .await;
+    let controller = Controller::new(namespaces, watcher::Config::default()).watches(
+        maps,
+        watcher::Config::default().fields(&format!("metadata.name={CONFIGMAP}")),
+        |cm| cm.namespace().map(|ns| ObjectRef::new(&ns)),
+    );
+    super::watch::run_controller(
+        "root CA publisher",
+        controller,
+        reconcile,
+        error_policy,
+        ctx,
+        shutdown,
+    )
+    .await;
 }
 
 fn error_policy(_ns: Arc<Namespace>, err: &Error, _ctx: Arc<Ctx>) -> Action {

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -35,20 +34,20 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let accounts: Api<ServiceAccount> = Api::all(client.clone());
     let ctx = Arc::new(Ctx { client });
-    Controller::new(namespaces, watcher::Config::default())
-        .watches(
-            accounts,
-            watcher::Config::default().fields(&format!("metadata.name={DEFAULT_ACCOUNT}")),
-            |sa| sa.namespace().map(|ns| ObjectRef::new(&ns)),
-        )
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                tracing::debug!(%err, "serviceaccount reconcile");
-            }
-        })
-        .await;
+    let controller = Controller::new(namespaces, watcher::Config::default()).watches(
+        accounts,
+        watcher::Config::default().fields(&format!("metadata.name={DEFAULT_ACCOUNT}")),
+        |sa| sa.namespace().map(|ns| ObjectRef::new(&ns)),
+    );
+    super::watch::run_controller(
+        "serviceaccount",
+        controller,
+        reconcile,
+        error_policy,
+        ctx,
+        shutdown,
+    )
+    .await;
 }
 
 fn error_policy(_ns: Arc<Namespace>, err: &Error, _ctx: Arc<Ctx>) -> Action {

@@ -16,17 +16,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, future, stream};
+use futures::stream;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::replicaset::events::{EventType, Recorder};
+use super::watch;
 
 /// The `loadBalancerClass` ServiceLB answers to besides none.
 pub const LOAD_BALANCER_CLASS: &str = "kaji.io/servicelb";
@@ -189,19 +190,9 @@ struct Ctx {
 
 /// Runs ServiceLB until `shutdown`.
 pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) {
-    let (svc_store, svc_writer) = reflector::store::<Service>();
-    let (node_store, node_writer) = reflector::store::<Node>();
-    let svc_events = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(svc_writer)
-    .touched_objects();
-    let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(node_writer)
-        .touched_objects();
+    let (svc_store, svc_events) =
+        watch::reflect_all::<Service>(&client, watcher::Config::default());
+    let (node_store, node_events) = watch::reflect_all::<Node>(&client, watcher::Config::default());
     let all_lbs = {
         let services = svc_store.clone();
         move || -> Vec<ObjectRef<Service>> {
@@ -219,7 +210,7 @@ pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken
     // A Service change may free or take a port another LoadBalancer waits for: requeue
     // every LoadBalancer Service (and the changed one) when one changes.
     let queue = stream::select(
-        trigger_with(svc_events, move |s: Service| {
+        trigger_with(svc_events.touched_objects(), move |s: Service| {
             let mut refs = all_lbs();
             let me = ObjectRef::from_obj(&s);
             if !refs.contains(&me) {
@@ -227,9 +218,8 @@ pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken
             }
             refs
         }),
-        trigger_with(node_events, move |_n: Node| for_nodes()),
-    )
-    .take_until(async move { shutdown.cancelled().await });
+        trigger_with(node_events.touched_objects(), move |_n: Node| for_nodes()),
+    );
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), "service-lb-controller"),
         client,
@@ -237,20 +227,16 @@ pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken
         services: svc_store.clone(),
         settings,
     });
-    controller::applier(
-        |svc, ctx| Box::pin(reconcile(svc, ctx)),
+    watch::run_applier(
+        "servicelb",
+        reconcile,
         error_policy,
         ctx,
         svc_store,
         queue,
         controller::Config::default().debounce(Duration::from_millis(200)),
+        shutdown,
     )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, "servicelb reconcile");
-        }
-        future::ready(())
-    })
     .await;
 }
 

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, future, stream};
+use futures::stream;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, StatefulSet, StatefulSetSpec, StatefulSetStatus,
 };
@@ -45,7 +45,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action, trigger_self, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -53,12 +53,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::daemonset::scaled_value;
 use super::history::{self, CONTROLLER_REVISION_HASH};
+use super::owners::{claim_pods, label_selector, owners_of};
 use super::replicaset::events::{EventType, Recorder};
-use super::replicaset::ownership::{Claim, adopt, controller_ref, decide, release};
-use super::replicaset::pods::{
-    available_at, controller_of, is_available, is_ready, pod_from_template,
-};
+use super::replicaset::ownership::controller_ref;
+use super::replicaset::pods::{available_at, is_available, is_ready, pod_from_template};
 use super::replicaset::{error_message, is_not_found, labels_json};
+use super::watch;
 use crate::api::selector::LabelSelector;
 
 const COMPONENT: &str = "statefulset-controller";
@@ -87,45 +87,29 @@ struct Ctx {
 
 /// Runs the StatefulSet controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (set_store, set_writer) = reflector::store::<StatefulSet>();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let (pvc_store, pvc_writer) = reflector::store::<PersistentVolumeClaim>();
-    let (rev_store, rev_writer) = reflector::store::<ControllerRevision>();
     let cfg = watcher::Config::default;
-    let set_events = watcher(Api::<StatefulSet>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(set_writer)
-        .applied_objects();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects();
-    let pvc_events = watcher(Api::<PersistentVolumeClaim>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(pvc_writer)
-        .touched_objects();
-    let rev_events = watcher(Api::<ControllerRevision>::all(client.clone()), cfg())
-        .default_backoff()
-        .reflect(rev_writer)
-        .touched_objects();
+    let (set_store, set_events) = watch::reflect_all::<StatefulSet>(&client, cfg());
+    let (pod_store, pod_events) = watch::reflect_all::<Pod>(&client, cfg());
+    let (pvc_store, pvc_events) = watch::reflect_all::<PersistentVolumeClaim>(&client, cfg());
+    let (rev_store, rev_events) = watch::reflect_all::<ControllerRevision>(&client, cfg());
     let (for_pods, for_revs) = (set_store.clone(), set_store.clone());
     let queue = stream::select(
         stream::select(
-            trigger_self(set_events, ()),
-            trigger_with(pod_events, move |pod: Pod| {
-                owners_of(&for_pods, &pod.metadata, pod.labels())
+            trigger_self(set_events.applied_objects(), ()),
+            trigger_with(pod_events.touched_objects(), move |pod: Pod| {
+                owners_of(&for_pods, &pod, selector)
             }),
         ),
         stream::select(
-            trigger_with(rev_events, move |rev: ControllerRevision| {
-                owners_of(&for_revs, &rev.metadata, rev.labels())
-            }),
-            trigger_with(pvc_events, |_: PersistentVolumeClaim| {
+            trigger_with(
+                rev_events.touched_objects(),
+                move |rev: ControllerRevision| owners_of(&for_revs, &rev, selector),
+            ),
+            trigger_with(pvc_events.touched_objects(), |_: PersistentVolumeClaim| {
                 Vec::<ObjectRef<StatefulSet>>::new()
             }),
         ),
-    )
-    .take_until(async move { shutdown.cancelled().await });
+    );
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), COMPONENT),
         client,
@@ -133,51 +117,21 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         claims: pvc_store,
         revisions: rev_store,
     });
-    controller::applier(
-        |set, ctx| Box::pin(reconcile(set, ctx)),
+    watch::run_applier(
+        "statefulset",
+        reconcile,
         error_policy,
         ctx,
         set_store,
         queue,
         controller::Config::default(),
+        shutdown,
     )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, "statefulset reconcile");
-        }
-        future::ready(())
-    })
     .await;
 }
 
-fn owners_of(
-    store: &Store<StatefulSet>,
-    meta: &ObjectMeta,
-    labels: &BTreeMap<String, String>,
-) -> Vec<ObjectRef<StatefulSet>> {
-    let ns = meta.namespace.clone().unwrap_or_default();
-    if let Some(r) = controller_of(meta) {
-        if r.kind == "StatefulSet" && r.api_version.starts_with("apps/") {
-            return vec![ObjectRef::new(&r.name).within(&ns)];
-        }
-        return Vec::new();
-    }
-    let labels = labels_json(labels);
-    store
-        .state()
-        .iter()
-        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|s| selector(s).is_ok_and(|sel| !sel.is_empty() && sel.matches(Some(&labels))))
-        .map(|s| ObjectRef::from_obj(&**s))
-        .collect()
-}
-
 fn selector(set: &StatefulSet) -> Result<LabelSelector, String> {
-    let raw = match &set.spec {
-        Some(s) => serde_json::to_value(&s.selector).map_err(|e| e.to_string())?,
-        None => serde_json::Value::Null,
-    };
-    LabelSelector::from_label_selector_json(&raw)
+    label_selector(set.spec.as_ref().map(|s| &s.selector))
 }
 
 fn error_policy(set: Arc<StatefulSet>, err: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -464,7 +418,12 @@ async fn sync(set: &StatefulSet, ctx: &Ctx) -> Result<Action, Error> {
         }
     };
     let (current, update, revs, collision) = revisions(set, ctx).await?;
-    let pods = claim_pods(set, &selector, ctx).await?;
+    // Only pods named like the set's are its to adopt (upstream's `isMemberOf`).
+    let pods = claim_pods(&ctx.client, set, &ctx.pods, |p| {
+        selector.matches(Some(&labels_json(p.labels())))
+            && ordinal_of(&name, &p.name_any()).is_some()
+    })
+    .await?;
     let replicas = usize::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
     let start = spec
         .ordinals
@@ -633,50 +592,6 @@ async fn sync(set: &StatefulSet, ctx: &Ctx) -> Result<Action, Error> {
         ));
     }
     Ok(Action::requeue(Duration::from_secs(300)))
-}
-
-async fn claim_pods(
-    set: &StatefulSet,
-    selector: &LabelSelector,
-    ctx: &Ctx,
-) -> Result<Vec<Arc<Pod>>, Error> {
-    let ns = set.namespace().unwrap_or_default();
-    let uid = set.uid().unwrap_or_default();
-    let name = set.name_any();
-    let being_deleted = set.meta().deletion_timestamp.is_some();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut out = Vec::new();
-    for pod in ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-    {
-        // Only pods named like the set's are its to adopt (upstream's `isMemberOf`).
-        let matches = selector.matches(Some(&labels_json(pod.labels())))
-            && ordinal_of(&name, &pod.name_any()).is_some();
-        match decide(&uid, being_deleted, matches, &pod.metadata) {
-            Claim::Owned => out.push(pod),
-            Claim::Ignore => {}
-            Claim::Adopt => {
-                let pod_uid = pod.uid().unwrap_or_default();
-                match adopt(&api, &pod.name_any(), &pod_uid, &controller_ref(set)).await {
-                    Ok(p) => out.push(Arc::new(p)),
-                    Err(err) if is_not_found(&err) => {}
-                    Err(err) => return Err(err.into()),
-                }
-            }
-            Claim::Release => {
-                let pod_uid = pod.uid().unwrap_or_default();
-                if let Err(err) = release(&api, &pod.name_any(), &pod_uid, &uid).await
-                    && !is_not_found(&err)
-                {
-                    tracing::debug!(%err, pod = %pod.name_any(), "releasing pod");
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The claims of `ordinal`: template name → claim.

@@ -7,21 +7,19 @@
 //!
 //! Depends on kube-rs. Never the store or the API server.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, future};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::{self, Action, trigger_self};
-use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::replicaset::is_not_found;
+use super::watch::{self, Failures};
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
@@ -31,48 +29,31 @@ enum Error {
 
 struct Ctx {
     client: Client,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 /// Runs the controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (store, writer) = reflector::store::<Job>();
-    let events = watcher(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
-    let queue = trigger_self(events, ()).take_until(async move { shutdown.cancelled().await });
+    let (store, events) = watch::reflect_all::<Job>(&client, watcher::Config::default());
     let ctx = Arc::new(Ctx {
         client,
-        failures: Mutex::new(HashMap::new()),
+        failures: Failures::default(),
     });
-    controller::applier(
-        |job, ctx| Box::pin(reconcile(job, ctx)),
+    watch::run_applier(
+        "ttl-after-finished",
+        reconcile,
         |job: Arc<Job>, err: &Error, ctx: Arc<Ctx>| {
             let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
-            let n = {
-                let mut f = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
-                let n = f.entry(key.clone()).or_default();
-                *n = n.saturating_add(1);
-                *n
-            };
-            let delay = Duration::from_millis(500)
-                .saturating_mul(1u32 << n.min(7))
-                .min(Duration::from_secs(60));
+            let delay = watch::backoff(Duration::from_millis(500), ctx.failures.record(&key), 7);
             tracing::warn!(%err, job = %key, retry_in = ?delay, "ttl-after-finished");
             Action::requeue(delay)
         },
         ctx,
         store,
-        queue,
+        trigger_self(events.applied_objects(), ()),
         controller::Config::default(),
+        shutdown,
     )
-    .for_each(|res| {
-        if let Err(err) = res {
-            tracing::debug!(%err, "ttl-after-finished reconcile");
-        }
-        future::ready(())
-    })
     .await;
 }
 
@@ -109,10 +90,7 @@ fn time_left(job: &Job, now: Timestamp) -> Option<Duration> {
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let key = format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any());
     let action = process(&job, &ctx).await?;
-    ctx.failures
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&key);
+    ctx.failures.clear(&key);
     Ok(action)
 }
 

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use serde_json::Value;
 
+use crate::controllers::hash;
 use crate::controllers::replicaset::REPLICA_FAILURE;
 
 /// Label (and selector term) that keeps each template's ReplicaSet apart.
@@ -110,24 +111,7 @@ pub(crate) fn rs_available(rs: &ReplicaSet) -> i32 {
 // Surge and unavailability.
 
 /// An int or a percentage of `total` (percentages round up or down as asked).
-pub(crate) fn scaled_value(v: &IntOrString, total: i32, round_up: bool) -> Result<i32, String> {
-    match v {
-        IntOrString::Int(n) => Ok(*n),
-        IntOrString::String(s) => {
-            let pct: i64 = s
-                .strip_suffix('%')
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| format!("invalid value for IntOrString: invalid value {s:?}"))?;
-            let product = pct * i64::from(total);
-            let scaled = if round_up {
-                product.div_euclid(100) + i64::from(product.rem_euclid(100) != 0)
-            } else {
-                product.div_euclid(100)
-            };
-            Ok(i32::try_from(scaled).unwrap_or(i32::MAX))
-        }
-    }
-}
+pub(crate) use crate::controllers::daemonset::scaled_value;
 
 fn rolling_params(d: &Deployment) -> (IntOrString, IntOrString) {
     let ru = d
@@ -201,77 +185,22 @@ pub(crate) fn new_rs_new_replicas(
 // ---------------------------------------------------------------------------------------
 // Templates and hashes.
 
-/// FNV-1a, 32 bits.
-struct Fnv32a(u32);
-
-impl Fnv32a {
-    fn new() -> Fnv32a {
-        Fnv32a(0x811c_9dc5)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u32::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0193);
-        }
-    }
-}
-
-/// JSON with object keys sorted, so equal templates always hash alike.
-fn canonical_json(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical_json(&m[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical_json(x, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-/// Characters the hash is spelled with (no vowels, no look-alikes), as upstream's
-/// `SafeEncodeString`.
-const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-
 /// The `pod-template-hash` of a template (and the Deployment's collision count).
 pub(crate) fn pod_template_hash(
     template: &PodTemplateSpec,
     collision_count: Option<i32>,
 ) -> String {
-    let mut h = Fnv32a::new();
-    let mut text = String::new();
-    canonical_json(
+    let text = hash::canonical_json(
         &serde_json::to_value(template).unwrap_or(Value::Null),
-        &mut text,
+        false,
     );
-    h.write(text.as_bytes());
+    // The collision count as the 8 bytes upstream's hasher writes for it.
+    let mut count = Vec::new();
     if let Some(c) = collision_count {
-        let mut bytes = [0u8; 8];
-        bytes[..4].copy_from_slice(&c.to_le_bytes());
-        h.write(&bytes);
+        count.extend_from_slice(&c.to_le_bytes());
+        count.extend_from_slice(&[0; 4]);
     }
-    h.0.to_string()
-        .bytes()
-        .map(|b| char::from(SAFE_ALPHABET[usize::from(b) % SAFE_ALPHABET.len()]))
-        .collect()
+    hash::safe_encode(hash::fnv32a(&[text.as_bytes(), &count]))
 }
 
 /// Drops nulls and empty maps and lists, which the API treats as absent.
