@@ -7,6 +7,8 @@
 //! Every figure that depends on the machine is reported with a baseline from the same run
 //! (raw sled flushed writes), because these machines are noisy.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +19,8 @@ use kube::api::{
     Api, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use serde_json::json;
+
+use common::{cpu_ticks, free_port, pct, rss_kib};
 
 const PHASE: Duration = Duration::from_secs(3);
 
@@ -29,17 +33,11 @@ struct Stats {
 
 impl Stats {
     fn from(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
-        lat.sort();
-        let pick = |q: f64| {
-            lat.get(((lat.len() as f64 - 1.0) * q) as usize)
-                .copied()
-                .unwrap_or_default()
-        };
         Stats {
             ops: lat.len(),
             elapsed,
-            p50: pick(0.5),
-            p99: pick(0.99),
+            p50: pct(&mut lat, 0.5),
+            p99: pct(&mut lat, 0.99),
         }
     }
     fn rate(&self) -> f64 {
@@ -69,32 +67,6 @@ fn raw_sled(threads: usize) -> f64 {
         }
     });
     count.into_inner() as f64 / start.elapsed().as_secs_f64()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn cm(name: String) -> ConfigMap {

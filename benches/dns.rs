@@ -4,6 +4,8 @@
 //! with a fixed record, on the same host in the same run. Everything runs on loopback;
 //! no root needed.
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,15 +19,10 @@ use kaji::dns::index::{Endpoint, Index, Kind, Port, Service};
 use kaji::dns::{Dns, server};
 use tokio_util::sync::CancellationToken;
 
+use common::pct;
+
 const QUERIES: usize = 20_000;
 const CLIENTS: usize = 4;
-
-fn pct(v: &mut [Duration], q: f64) -> Duration {
-    v.sort();
-    v.get(((v.len() as f64 - 1.0) * q) as usize)
-        .copied()
-        .unwrap_or_default()
-}
 
 /// The trivial responder: parses nothing, flips the QR bit and appends one A record.
 fn start_trivial() -> SocketAddr {

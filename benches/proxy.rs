@@ -10,6 +10,8 @@
 //!
 //! Needs root, containerd, runc, the CNI plugins, nft and curl.
 
+#[path = "common/mod.rs"]
+mod bench;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -21,16 +23,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-fn pct(v: &mut [Duration], q: f64) -> Duration {
-    v.sort();
-    v.get(((v.len() as f64 - 1.0) * q) as usize)
-        .copied()
-        .unwrap_or_default()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+use bench::{ms, pct};
 
 /// `n` requests, a new connection each, in one curl run inside the node: per-request
 /// total times and the wall time.

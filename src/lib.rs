@@ -5,7 +5,7 @@
 //! | layer | modules | role |
 //! |---|---|---|
 //! | L0 | [`config`], [`api`] | flags and config file; Kubernetes vocabulary without IO |
-//! | L1 | [`store`], [`pki`], [`client`] | versioned KV store; certificates; API clients |
+//! | L1 | [`store`], [`pki`], [`client`], [`netfilter`], [`httprelay`], [`reflect`] | versioned KV store; certificates; API clients; running `nft`; HTTP upgrade relay; watch-and-wake reflectors |
 //! | L2 | [`apiserver`] | the only user of the store |
 //! | L2 | [`controllers`], [`scheduler`], [`agent`], [`proxy`], [`netpol`], [`dns`], [`ingress`] | API clients only |
 //! | L3 | [`cmd`] | wires the roles together |
@@ -20,9 +20,12 @@ pub mod cmd;
 pub mod config;
 pub mod controllers;
 pub mod dns;
+pub mod httprelay;
 pub mod ingress;
+pub mod netfilter;
 pub mod netpol;
 pub mod pki;
 pub mod proxy;
+pub mod reflect;
 pub mod scheduler;
 pub mod store;

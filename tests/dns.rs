@@ -3,10 +3,13 @@
 //! ExternalName, PTR, negative and forwarded names (forwarded to a tiny fake upstream
 //! resolver the test runs on 127.0.0.1:53 inside the namespace, named by --resolv-conf),
 //! truncation with TCP fallback, and a short name resolved from inside a busybox pod
-//! through the search path.
+//! through the search path. A second test runs the same node with the service proxy on
+//! (its rules drop traffic to cluster IPs no Service holds, but the node-local cluster DNS
+//! address is exempt) and resolves names from the node and from a pod.
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,6 +72,16 @@ metadata: {name: ext}
 spec:
   type: ExternalName
   externalName: www.example.test
+"#;
+
+/// A Service `api` at 10.43.100.11, without endpoints (names resolve all the same).
+const API_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec:
+  clusterIP: 10.43.100.11
+  ports: [{port: 80}]
 "#;
 
 struct Upstream(Child);
@@ -136,20 +149,18 @@ fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> Result<(), String>) 
     }
 }
 
-#[test]
-fn cluster_dns() {
+/// A node in its own network namespace whose upstream resolver (`--resolv-conf`) is the
+/// fake one on 127.0.0.1:53, logging to the returned path; `extra` are more server flags.
+fn start_with_upstream(extra: &[&str]) -> (Server, Upstream, tempfile::TempDir, PathBuf) {
     let conf_dir = tempfile::tempdir().unwrap();
     let resolv = conf_dir.path().join("resolv.conf");
     std::fs::write(&resolv, "nameserver 127.0.0.1\nsearch example.test\n").unwrap();
     let upstream_log = conf_dir.path().join("upstream.log");
-    // Cluster DNS involves no service proxy rules (the address is local to the node), so
-    // the proxy is off here: `dig` runs on the node itself, whose output path the proxy's
-    // "drop unallocated cluster IPs" rule would cover.
-    let server = Server::start_in_netns(&[
-        &format!("--resolv-conf={}", resolv.display()),
-        "--disable-kube-proxy",
-    ]);
-    let _upstream = Upstream(
+    let resolv_flag = format!("--resolv-conf={}", resolv.display());
+    let mut flags = vec![resolv_flag.as_str()];
+    flags.extend_from_slice(extra);
+    let server = Server::start_in_netns(&flags);
+    let upstream = Upstream(
         server
             .netns_command("python3")
             .args(["-c", FAKE_UPSTREAM])
@@ -158,15 +169,51 @@ fn cluster_dns() {
             .spawn()
             .expect("python3"),
     );
+    (server, upstream, conf_dir, upstream_log)
+}
 
-    // The server creates kube-system/kube-dns at the cluster DNS address, and the node's
-    // DNS server answers for it.
+/// Waits until the server's kube-dns Service resolves at the cluster DNS address.
+fn wait_kube_dns(server: &Server) {
     eventually("kube-dns Service resolves", 60, || {
-        let got = short(&server, &["kube-dns.kube-system.svc.cluster.local"]);
+        let got = short(server, &["kube-dns.kube-system.svc.cluster.local"]);
         (got == ["10.43.0.10"])
             .then_some(())
             .ok_or_else(|| format!("{got:?}\n{}", server.log()))
     });
+}
+
+/// A busybox pod `client` that sleeps, Running.
+fn start_client_pod(server: &Server) {
+    import_busybox(server);
+    apply(
+        server,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: sh
+    image: docker.io/library/busybox:1.36
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+"#,
+    );
+    common::wait_pod(server, "client", 120, "Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+}
+
+#[test]
+fn cluster_dns() {
+    // The service proxy is off here; `cluster_dns_with_service_proxy` covers it on.
+    let (server, _upstream, _conf_dir, upstream_log) =
+        start_with_upstream(&["--disable-kube-proxy"]);
+
+    // The server creates kube-system/kube-dns at the cluster DNS address, and the node's
+    // DNS server answers for it.
+    wait_kube_dns(&server);
     let svc: serde_json::Value = serde_json::from_str(&ok(server.kubectl(&[
         "get",
         "service",
@@ -316,32 +363,8 @@ fn cluster_dns() {
     });
 
     // From inside a pod: the short name of a Service through the search path.
-    import_busybox(&server);
-    apply(
-        &server,
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {name: api}
-spec:
-  clusterIP: 10.43.100.11
-  ports: [{port: 80}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client}
-spec:
-  terminationGracePeriodSeconds: 0
-  containers:
-  - name: sh
-    image: docker.io/library/busybox:1.36
-    imagePullPolicy: Never
-    command: ["sleep", "3600"]
-"#,
-    );
-    common::wait_pod(&server, "client", 120, "Running", |p| {
-        p["status"]["phase"] == "Running"
-    });
+    apply(&server, API_SERVICE);
+    start_client_pod(&server);
     let resolv_conf = ok(server.kubectl(&["exec", "client", "--", "cat", "/etc/resolv.conf"]));
     assert!(
         resolv_conf.contains("nameserver 10.43.0.10")
@@ -362,4 +385,64 @@ spec:
     let out =
         common::stdout(&server.kubectl(&["exec", "client", "--", "nslookup", "pod.example.test."]));
     assert!(out.contains("192.0.2.10"), "nslookup from a pod: {out}");
+}
+
+/// With the service proxy on, its rules drop traffic to cluster IPs that no Service holds;
+/// the cluster DNS address is served by the node itself and exempt, so the node and its
+/// pods still resolve names (over UDP and TCP).
+#[test]
+fn cluster_dns_with_service_proxy() {
+    let (server, _upstream, _conf_dir, _log) = start_with_upstream(&[]);
+    // The proxy is on: it has programmed its table, with the `kubernetes` Service in it.
+    eventually("service proxy rules", 60, || {
+        let out = server
+            .netns_command("nft")
+            .args(["list", "table", "ip", "kaji"])
+            .output()
+            .map_err(|e| format!("nft: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        (out.status.success() && text.contains("10.43.0.1 "))
+            .then_some(())
+            .ok_or_else(|| format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+    });
+
+    // From the node itself (its output path crosses the proxy's rules).
+    wait_kube_dns(&server);
+    assert_eq!(
+        short(&server, &["+tcp", "kube-dns.kube-system.svc.cluster.local"]),
+        ["10.43.0.10"]
+    );
+    assert_eq!(
+        short(&server, &["kubernetes.default.svc.cluster.local"]),
+        ["10.43.0.1"]
+    );
+    apply(&server, API_SERVICE);
+    eventually("api resolves on the node", 10, || {
+        let got = short(&server, &["api.default.svc.cluster.local"]);
+        (got == ["10.43.100.11"])
+            .then_some(())
+            .ok_or_else(|| format!("{got:?}"))
+    });
+    let out = server
+        .netns_command("nslookup")
+        .args(["api.default.svc.cluster.local", "10.43.0.10"])
+        .output()
+        .expect("nslookup (Debian bind9-dnsutils)");
+    let text = common::stdout(&out);
+    assert!(
+        out.status.success() && text.contains("Address: 10.43.100.11"),
+        "nslookup on the node: {text}"
+    );
+
+    // From a pod, through the search path.
+    start_client_pod(&server);
+    for (name, ip) in [("api", "10.43.100.11"), ("kubernetes", "10.43.0.1")] {
+        let out = common::stdout(&server.kubectl(&["exec", "client", "--", "nslookup", name]));
+        assert!(
+            out.contains(&format!(
+                "Name:\t{name}.default.svc.cluster.local\nAddress: {ip}"
+            )),
+            "nslookup {name} from a pod: {out}"
+        );
+    }
 }

@@ -751,22 +751,6 @@ async fn port_forward_url(ctx: &Ctx, ns: &str, pod: &str, q: &Query) -> Result<S
         .url)
 }
 
-/// Headers that belong to one hop and are not forwarded (the upgrade headers are kept:
-/// they are the point of forwarding).
-fn hop_by_hop(name: &header::HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "authorization"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-    )
-}
-
 /// Forwards `req` to containerd's streaming server at `url` and relays the answer: a
 /// `101 Switching Protocols` joins the two upgraded connections, anything else is passed
 /// through as it came.
@@ -822,7 +806,7 @@ async fn forward(url: &str, req: &mut Request<Incoming>) -> Result<Response<Body
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     for (name, value) in req.headers() {
-        if !hop_by_hop(name) {
+        if !crate::httprelay::hop_by_hop(name) {
             out.headers_mut().append(name.clone(), value.clone());
         }
     }
@@ -836,47 +820,9 @@ async fn forward(url: &str, req: &mut Request<Incoming>) -> Result<Response<Body
         .map_err(|e| format!("request to {authority}: {e}"))?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let backend_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::join!(client_upgrade, backend_upgrade) {
-                (Ok(client), Ok(backend)) => {
-                    let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-                    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await
-                    {
-                        tracing::debug!(%err, "stream ended with an error");
-                    }
-                }
-                (c, b) => {
-                    tracing::warn!(client = ?c.err(), backend = ?b.err(), "upgrading the stream failed")
-                }
-            }
-        });
+        crate::httprelay::join_upgraded(client_upgrade, backend_upgrade, "streaming server");
     }
-    Ok(relay(resp))
-}
-
-/// A backend answer as our answer: status and headers as they came, body streamed.
-fn relay(resp: Response<Incoming>) -> Response<Body> {
-    let (parts, body) = resp.into_parts();
-    let stream = futures::stream::unfold(body, |mut b| async move {
-        match b.frame().await {
-            Some(Ok(f)) => Some((Ok::<_, Infallible>(f), b)),
-            _ => None,
-        }
-    });
-    let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
-    *r.status_mut() = parts.status;
-    for (name, value) in &parts.headers {
-        if !matches!(
-            name.as_str(),
-            "content-length" | "transfer-encoding" | "keep-alive"
-        ) {
-            r.headers_mut().append(name.clone(), value.clone());
-        }
-    }
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        *r.body_mut() = Empty::new().boxed_unsync();
-    }
-    r
+    Ok(crate::httprelay::relay(resp))
 }
 
 #[cfg(test)]

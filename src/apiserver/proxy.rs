@@ -14,14 +14,13 @@
 //!
 //! Depends on: `api`, the registry (pod and node lookups). Must not depend on: `agent`.
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
@@ -33,6 +32,7 @@ use super::request::RequestInfo;
 use crate::api::ResourceInfo;
 use crate::api::resources::lookup;
 use crate::api::status::{Cause, Status};
+use crate::httprelay::relay;
 
 /// The default kubelet port when a Node does not report one.
 const DEFAULT_KUBELET_PORT: u16 = 10250;
@@ -498,20 +498,7 @@ pub async fn serve(
         })?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let backend_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::join!(client_upgrade, backend_upgrade) {
-                (Ok(client), Ok(backend)) => {
-                    let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-                    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await
-                    {
-                        tracing::debug!(%err, "proxied stream ended with an error");
-                    }
-                }
-                (c, b) => {
-                    tracing::warn!(client = ?c.err(), kubelet = ?b.err(), "upgrading the proxied stream failed")
-                }
-            }
-        });
+        crate::httprelay::join_upgraded(client_upgrade, backend_upgrade, "kubelet");
         return Ok(relay(resp));
     }
     if upgrade || resp.status().is_success() {
@@ -550,18 +537,7 @@ async fn error_status(resp: Response<Incoming>) -> Status {
 /// Headers not forwarded to the kubelet: per-hop ones (the upgrade headers are kept: they
 /// are the point), and the caller's own credentials.
 fn dropped(name: &header::HeaderName) -> bool {
-    let n = name.as_str();
-    matches!(
-        n,
-        "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "authorization"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-    ) || n.starts_with("impersonate-")
+    crate::httprelay::hop_by_hop(name) || name.as_str().starts_with("impersonate-")
 }
 
 pub(crate) async fn send(
@@ -635,32 +611,6 @@ pub(crate) async fn send(
         .await
         .map_err(|_| fail(&"no answer in 30s"))?
         .map_err(|e| fail(&e))
-}
-
-/// The kubelet's answer as ours: status and headers as they came, body streamed.
-fn relay(resp: Response<Incoming>) -> Response<Body> {
-    let (parts, body) = resp.into_parts();
-    let mut r = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        Response::new(Empty::new().boxed_unsync())
-    } else {
-        let stream = futures::stream::unfold(body, |mut b| async move {
-            match b.frame().await {
-                Some(Ok(f)) => Some((Ok::<_, Infallible>(f), b)),
-                _ => None,
-            }
-        });
-        Response::new(StreamBody::new(stream).boxed_unsync())
-    };
-    *r.status_mut() = parts.status;
-    for (name, value) in &parts.headers {
-        if !matches!(
-            name.as_str(),
-            "content-length" | "transfer-encoding" | "keep-alive"
-        ) {
-            r.headers_mut().append(name.clone(), value.clone());
-        }
-    }
-    r
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ pub const KUBELET_VERSION: &str = concat!("v1.33.0+kaji.", env!("CARGO_PKG_VERSI
 /// Default config file.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/kaji/config.yaml";
 
+/// The default `--data-dir` of every command that keeps node or cluster state.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/kaji";
+
 /// Errors reading configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -86,7 +89,7 @@ pub struct ImageImportArgs {
         short = 'd',
         long,
         env = "KAJI_DATA_DIR",
-        default_value = "/var/lib/kaji",
+        default_value = DEFAULT_DATA_DIR,
         value_name = "DIR"
     )]
     pub data_dir: PathBuf,
@@ -166,7 +169,7 @@ pub struct AgentCommandArgs {
         short = 'd',
         long,
         env = "KAJI_DATA_DIR",
-        default_value = "/var/lib/kaji",
+        default_value = DEFAULT_DATA_DIR,
         value_name = "DIR"
     )]
     pub data_dir: PathBuf,
@@ -217,7 +220,7 @@ pub struct ServerArgs {
         short = 'd',
         long,
         env = "KAJI_DATA_DIR",
-        default_value = "/var/lib/kaji",
+        default_value = DEFAULT_DATA_DIR,
         value_name = "DIR"
     )]
     pub data_dir: PathBuf,

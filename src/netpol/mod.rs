@@ -26,24 +26,22 @@
 //! transaction ([`compile::script`]), only when the rules changed. Without any
 //! isolated local pod the table is deleted. A restart replaces the table.
 //!
-//! Depends on: `api` (selectors), `client` (through `kube`). Must not depend on:
-//! `store`, `apiserver`.
+//! Depends on: `api` (selectors), `client` (through `kube`), `reflect` (watches),
+//! `netfilter` (running `nft`). Must not depend on: `store`, `apiserver`.
 
 pub mod compile;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::runtime::watcher;
-use kube::runtime::{WatchStreamExt, reflector};
-use tokio::io::AsyncWriteExt;
+use kube::runtime::{reflector, watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::reflect;
 
 /// Errors of the policy controller.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +56,18 @@ pub enum Error {
     Nft(String),
     /// Running `nft` failed.
     #[error("running nft: {0}")]
-    Command(#[from] std::io::Error),
+    Command(std::io::Error),
+}
+
+impl From<crate::netfilter::Error> for Error {
+    fn from(e: crate::netfilter::Error) -> Self {
+        use crate::netfilter::Error as E;
+        match e {
+            E::NotFound => Error::MissingBinary,
+            E::Rejected(msg) => Error::Nft(msg),
+            E::Io(e) => Error::Command(e),
+        }
+    }
 }
 
 /// Settings of the policy controller on one node.
@@ -88,15 +97,8 @@ pub async fn start(
     cfg: Config,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
-    match tokio::process::Command::new("nft")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-    {
-        Ok(st) if st.success() => {}
-        _ => return Err(Error::MissingBinary),
+    if !crate::netfilter::available().await {
+        return Err(Error::MissingBinary);
     }
     prepare_node().await;
     Ok(tokio::spawn(run(client, cfg, shutdown)))
@@ -129,59 +131,7 @@ async fn prepare_node() {
 
 /// Runs one `nft -f -` transaction.
 async fn apply(script: &str) -> Result<(), Error> {
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::MissingBinary,
-            _ => Error::Command(e),
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await?;
-    }
-    let out = child.wait_with_output().await?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    }
-}
-
-fn spawn_reflector<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                ev = stream.next() => match ev {
-                    Some(Ok(_)) => wake.notify_one(),
-                    Some(Err(e)) => tracing::debug!("network policy watch: {e}"),
-                    None => return,
-                },
-            }
-        }
-    })
+    Ok(crate::netfilter::apply(script).await?)
 }
 
 async fn run(client: kube::Client, cfg: Config, shutdown: CancellationToken) {
@@ -190,20 +140,26 @@ async fn run(client: kube::Client, cfg: Config, shutdown: CancellationToken) {
     let (namespaces, ns_w) = reflector::store::<Namespace>();
     let wake = Arc::new(Notify::new());
     let watches = [
-        spawn_reflector(
+        reflect::spawn(
+            "network policy",
             Api::<NetworkPolicy>::all(client.clone()),
+            watcher::Config::default(),
             pol_w,
             wake.clone(),
             shutdown.clone(),
         ),
-        spawn_reflector(
+        reflect::spawn(
+            "network policy",
             Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
             pod_w,
             wake.clone(),
             shutdown.clone(),
         ),
-        spawn_reflector(
+        reflect::spawn(
+            "network policy",
             Api::<Namespace>::all(client),
+            watcher::Config::default(),
             ns_w,
             wake.clone(),
             shutdown.clone(),

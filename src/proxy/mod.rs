@@ -20,8 +20,9 @@
 //! `service.kubernetes.io/service-proxy-name`, and the cluster DNS address when kaji's DNS
 //! serves it node-locally.
 //!
-//! Depends on: `client` (through `kube`), `api`, `config`, and the node agent's
-//! `AgentConfig` (plain data). Must not depend on: `store`, `apiserver`.
+//! Depends on: `client` (through `kube`), `api`, `config`, `reflect` (watches),
+//! `netfilter` (running `nft`), and the node agent's `AgentConfig` (plain data). Must not
+//! depend on: `store`, `apiserver`.
 
 pub mod conntrack;
 pub mod model;
@@ -31,14 +32,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::watcher;
-use kube::runtime::{WatchStreamExt, reflector};
+use kube::runtime::{reflector, watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::reflect;
 
 /// Errors of the service proxy.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,17 @@ pub enum Error {
     /// A setting is invalid.
     #[error("invalid setting: {0}")]
     Config(String),
+}
+
+impl From<crate::netfilter::Error> for Error {
+    fn from(e: crate::netfilter::Error) -> Self {
+        use crate::netfilter::Error as E;
+        match e {
+            E::NotFound => Error::MissingBinary("nft"),
+            E::Rejected(msg) => Error::Nft(msg),
+            E::Io(e) => Error::Command(format!("nft: {e}")),
+        }
+    }
 }
 
 /// Settings of the proxy on one node.
@@ -266,50 +278,22 @@ async fn prepare_node(cfg: &Config) {
 /// The device routing the service network on nodes without a default route.
 pub const SERVICE_LINK: &str = "kaji-svc";
 
-/// Spawns a reflector task that keeps `writer` current and pokes `wake` on every event.
-fn spawn_reflector<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                ev = stream.next() => match ev {
-                    Some(Ok(_)) => wake.notify_one(),
-                    Some(Err(e)) => tracing::debug!("service proxy watch: {e}"),
-                    None => return,
-                },
-            }
-        }
-    })
-}
-
 async fn run(client: kube::Client, cfg: Config, proxy: Proxy, shutdown: CancellationToken) {
     let (services, svc_writer) = reflector::store::<Service>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     let wake = Arc::new(Notify::new());
-    let w1 = spawn_reflector(
+    let w1 = reflect::spawn(
+        "service proxy",
         Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
         svc_writer,
         wake.clone(),
         shutdown.clone(),
     );
-    let w2 = spawn_reflector(
+    let w2 = reflect::spawn(
+        "service proxy",
         Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
         slice_writer,
         wake.clone(),
         shutdown.clone(),

@@ -27,10 +27,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::process::Stdio;
 
 use sha2::Digest;
-use tokio::io::AsyncWriteExt;
 
 use super::Error;
 use super::model::{Endpoint, ServicePort};
@@ -576,70 +574,25 @@ pub fn script(rs: &Ruleset, installed: &Installed) -> (String, Installed) {
 
 /// Fails with [`Error::MissingBinary`] unless `nft` runs.
 pub async fn check_binary() -> Result<(), Error> {
-    match tokio::process::Command::new("nft")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-    {
-        Ok(st) if st.success() => Ok(()),
-        _ => Err(Error::MissingBinary("nft")),
+    if crate::netfilter::available().await {
+        Ok(())
+    } else {
+        Err(Error::MissingBinary("nft"))
     }
 }
 
 /// Runs one transaction.
 pub async fn apply(script: &str) -> Result<(), Error> {
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::MissingBinary("nft"),
-            _ => Error::Command(format!("nft: {e}")),
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(|e| Error::Command(format!("writing to nft: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| Error::Command(format!("nft: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    }
+    Ok(crate::netfilter::apply(script).await?)
 }
 
 /// The chains (with hash 0: unknown content) and affinity sets currently in the table;
 /// empty if there is no table.
 pub async fn list_objects() -> Result<Installed, Error> {
-    let out = tokio::process::Command::new("nft")
-        .args(["-j", "-t", "list", "table", "ip", TABLE])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::MissingBinary("nft"),
-            _ => Error::Command(format!("nft: {e}")),
-        })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") {
-            return Ok(Installed::default());
-        }
-        return Err(Error::Nft(err.trim().to_string()));
+    match crate::netfilter::list_table("ip", TABLE).await? {
+        Some(json) => parse_objects(&json),
+        None => Ok(Installed::default()),
     }
-    parse_objects(&out.stdout)
 }
 
 fn parse_objects(json: &[u8]) -> Result<Installed, Error> {
@@ -941,25 +894,9 @@ mod tests {
         c.node_port = Some(30081);
         let rs = render(&[a, b, c], &settings());
         let (s, _) = script(&rs, &Installed::default());
-        let mut child = tokio::process::Command::new("nft")
-            .args(["-c", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(s.as_bytes())
-            .await
-            .unwrap();
-        let out = child.wait_with_output().await.unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{s}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = crate::netfilter::check(&s).await {
+            panic!("{e}\n{s}");
+        }
     }
 
     #[test]

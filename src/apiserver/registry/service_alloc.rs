@@ -81,6 +81,48 @@ struct State {
     ports: HashMap<u16, String>,
 }
 
+impl State {
+    /// Frees the IPs (offsets) and ports among `ips` and `ports` that `owner` holds;
+    /// those held by others stay.
+    fn release_owned<'a>(
+        &mut self,
+        ips: impl IntoIterator<Item = &'a u32>,
+        ports: impl IntoIterator<Item = &'a u16>,
+        owner: &str,
+    ) {
+        release_owned(&mut self.ips, ips, owner);
+        release_owned(&mut self.ports, ports, owner);
+    }
+}
+
+fn release_owned<'a, K: std::hash::Hash + Eq + 'a>(
+    held: &mut HashMap<K, String>,
+    keys: impl IntoIterator<Item = &'a K>,
+    owner: &str,
+) {
+    for k in keys {
+        if held.get(k).is_some_and(|o| o == owner) {
+            held.remove(k);
+        }
+    }
+}
+
+/// A free offset, at random, from the first of `bands` (inclusive `lo..=hi`; empty when
+/// `lo > hi`) that has one.
+fn pick_free(bands: &[(u32, u32)], free: impl Fn(u32) -> bool) -> Option<u32> {
+    for &(lo, hi) in bands {
+        if lo > hi {
+            continue;
+        }
+        let n = hi - lo + 1;
+        let start = random_below(n);
+        if let Some(off) = (0..n).map(|k| lo + (start + k) % n).find(|off| free(*off)) {
+            return Some(off);
+        }
+    }
+    None
+}
+
 /// The ClusterIP and NodePort allocator of one API server.
 #[derive(Debug)]
 pub struct Allocator {
@@ -239,21 +281,7 @@ impl Allocator {
         let usable = self.size - 2; // offsets 1..=size-2
         let static_band = (usable / 16).clamp(16, 256).min(usable);
         let free = |off: u32| !st.ips.contains_key(&off) && !self.reserved.contains(&off);
-        let bands = [(static_band + 1, usable), (1, usable)];
-        for (lo, hi) in bands {
-            if lo > hi {
-                continue;
-            }
-            let n = hi - lo + 1;
-            let start = random_below(n);
-            for k in 0..n {
-                let off = lo + (start + k) % n;
-                if free(off) {
-                    return Ok(off);
-                }
-            }
-        }
-        Err(AllocError::Full)
+        pick_free(&[(static_band + 1, usable), (1, usable)], free).ok_or(AllocError::Full)
     }
 
     fn allocate_port(
@@ -285,41 +313,27 @@ impl Allocator {
     fn pick_port(&self, st: &State) -> Result<u16, AllocError> {
         let size = u32::from(self.port_high - self.port_low) + 1;
         let static_band = (size / 32).clamp(16, 128).min(size);
-        for (lo, hi) in [(static_band, size - 1), (0, size - 1)] {
-            if lo > hi {
-                continue;
-            }
-            let n = hi - lo + 1;
-            let start = random_below(n);
-            for k in 0..n {
-                let off = lo + (start + k) % n;
-                let p = self.port_low + off as u16;
-                if !st.ports.contains_key(&p) {
-                    return Ok(p);
-                }
-            }
-        }
-        Err(AllocError::Full)
+        // Offsets are below `size`, so the ports fit in the range.
+        let port = |off: u32| self.port_low + off as u16;
+        pick_free(&[(static_band, size - 1), (0, size - 1)], |off| {
+            !st.ports.contains_key(&port(off))
+        })
+        .map(port)
+        .ok_or(AllocError::Full)
     }
 
     /// Releases everything a deleted Service held.
     pub fn release_service(&self, svc: &Value) {
         let uid = svc["metadata"]["uid"].as_str().unwrap_or("");
-        let mut st = self.lock();
-        for ip in service_ips(svc) {
-            if let Ok(off) = self.offset(&ip)
-                && st.ips.get(&off).is_some_and(|o| o == uid)
-            {
-                st.ips.remove(&off);
-            }
-        }
-        for p in service_node_ports(svc) {
-            if let Ok(p) = u16::try_from(p)
-                && st.ports.get(&p).is_some_and(|o| o == uid)
-            {
-                st.ports.remove(&p);
-            }
-        }
+        let ips: Vec<u32> = service_ips(svc)
+            .iter()
+            .filter_map(|ip| self.offset(ip).ok())
+            .collect();
+        let ports: Vec<u16> = service_node_ports(svc)
+            .into_iter()
+            .filter_map(|p| u16::try_from(p).ok())
+            .collect();
+        self.lock().release_owned(&ips, &ports, uid);
     }
 
     /// Whether `ip` is currently allocated (for tests and diagnostics).
@@ -358,17 +372,8 @@ impl Txn {
     pub fn commit(mut self) {
         self.done = true;
         let Some(a) = &self.alloc else { return };
-        let mut st = a.lock();
-        for off in &self.release_ips {
-            if st.ips.get(off).is_some_and(|o| *o == self.owner) {
-                st.ips.remove(off);
-            }
-        }
-        for p in &self.release_ports {
-            if st.ports.get(p).is_some_and(|o| *o == self.owner) {
-                st.ports.remove(p);
-            }
-        }
+        a.lock()
+            .release_owned(&self.release_ips, &self.release_ports, &self.owner);
     }
 }
 
@@ -378,17 +383,8 @@ impl Drop for Txn {
             return;
         }
         let Some(a) = &self.alloc else { return };
-        let mut st = a.lock();
-        for off in &self.new_ips {
-            if st.ips.get(off).is_some_and(|o| *o == self.owner) {
-                st.ips.remove(off);
-            }
-        }
-        for p in &self.new_ports {
-            if st.ports.get(p).is_some_and(|o| *o == self.owner) {
-                st.ports.remove(p);
-            }
-        }
+        a.lock()
+            .release_owned(&self.new_ips, &self.new_ports, &self.owner);
     }
 }
 
