@@ -54,6 +54,15 @@ struct Ctx {
     pleg: Arc<Pleg>,
 }
 
+/// Runs one step of a sync and logs how long it took at debug level, so that
+/// `KAJI_LOG=kaji::agent::pod_workers=debug` shows where a pod's start waits.
+async fn timed<T>(pod: &str, step: &'static str, f: impl std::future::Future<Output = T>) -> T {
+    let t = Instant::now();
+    let out = f.await;
+    tracing::debug!(pod, step, ms = t.elapsed().as_secs_f64() * 1e3, "sync step");
+    out
+}
+
 /// Per-pod memory of a worker.
 #[derive(Default)]
 struct PodState {
@@ -195,10 +204,15 @@ async fn worker(
     shutdown: CancellationToken,
 ) {
     let mut state = PodState::default();
+    let spawned = Instant::now();
+    let mut first = true;
     let probed = ctx.probes.changes(&uid);
     let relisted = ctx.pleg.changes(&uid);
+    // The pod as of the last sync.
+    let mut synced: Option<Value> = None;
     loop {
         let pod = rx.borrow_and_update().clone();
+        synced.clone_from(&pod);
         let next = match pod {
             None => {
                 teardown(&ctx, &uid, None, 0).await;
@@ -206,27 +220,68 @@ async fn worker(
                 ctx.pleg.forget(&uid);
                 return;
             }
-            Some(pod) => match sync_pod(&ctx, &pod, &mut state).await {
-                Ok(Some(d)) => d,
-                Ok(None) => {
-                    ctx.probes.forget_pod(&uid);
-                    ctx.pleg.forget(&uid);
-                    return;
+            Some(pod) => {
+                let name = pod_name(&pod);
+                if first {
+                    first = false;
+                    let waited = spawned.elapsed().as_secs_f64() * 1e3;
+                    tracing::debug!(pod = %name, step = "worker_start", ms = waited, "sync step");
                 }
-                Err(err) => {
-                    tracing::warn!(pod = %pod_name(&pod), %err, "sync_pod failed");
-                    RETRY
+                let synced_result = timed(&name, "sync", sync_pod(&ctx, &pod, &mut state)).await;
+                match synced_result {
+                    Ok(Some(d)) => d,
+                    Ok(None) => {
+                        ctx.probes.forget_pod(&uid);
+                        ctx.pleg.forget(&uid);
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(pod = %name, %err, "sync_pod failed");
+                        RETRY
+                    }
                 }
-            },
+            }
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = rx.changed() => if changed.is_err() { return },
-            _ = probed.notified() => {}
-            _ = relisted.notified() => {}
-            _ = tokio::time::sleep(next) => {}
+        let deadline = tokio::time::Instant::now() + next;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // The echo of our own status patch (only the phase we posted differs
+                    // from the pod we synced) needs no sync.
+                    if let (Some(old), Some(new)) = (synced.as_ref(), rx.borrow().as_ref()) {
+                        if own_echo(old, new, &state) {
+                            continue;
+                        }
+                    }
+                }
+                _ = probed.notified() => {}
+                _ = relisted.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            break;
         }
     }
+}
+
+/// Whether `new` differs from `old` (the pod of the last sync) only by what the worker
+/// posted itself: the phase of its last status (pods with readiness gates always sync).
+fn own_echo(old: &Value, new: &Value, st: &PodState) -> bool {
+    let Some(posted) = st.last_status.as_ref().and_then(|s| s["phase"].as_str()) else {
+        return false;
+    };
+    let gated = old["spec"]["readinessGates"]
+        .as_array()
+        .is_some_and(|g| !g.is_empty());
+    if gated || new["status"]["phase"] != posted {
+        return false;
+    }
+    let mut old = old.clone();
+    old["status"]["phase"] = json!(posted);
+    !significant_change(&old, new)
 }
 
 /// Whether a newer copy of a pod differs from the old one in anything a sync acts on:
@@ -362,13 +417,20 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
     }
 
     // The sandbox.
+    let pname = pod_name(pod);
     let mut c = ctx.cri.clone();
-    let sandboxes = c.sandboxes(Some(&uid)).await?;
+    let sandboxes = timed(&pname, "list_sandboxes", c.sandboxes(Some(&uid))).await?;
     let ready = sandboxes
         .iter()
         .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
         .cloned();
-    let vols = match volumes::prepare(&ctx.client, &ctx.cfg.data_dir, pod).await {
+    let vols = match timed(
+        &pname,
+        "volumes",
+        volumes::prepare(&ctx.client, &ctx.cfg.data_dir, pod),
+    )
+    .await
+    {
         Ok(v) => v,
         Err(err) => {
             events::record(
@@ -414,7 +476,7 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
             for old in &sandboxes {
                 let _ = c.stop_sandbox(&old.id).await;
             }
-            match c.run_sandbox(sandbox_config.clone()).await {
+            match timed(&pname, "run_sandbox", c.run_sandbox(sandbox_config.clone())).await {
                 Ok(id) => id,
                 Err(err) => {
                     events::record(
@@ -440,7 +502,7 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
             }
         }
     };
-    let sandbox = c.sandbox_status(&sandbox_id).await?;
+    let sandbox = timed(&pname, "sandbox_status", c.sandbox_status(&sandbox_id)).await?;
     let pod_ip = sandbox
         .network
         .as_ref()
@@ -455,10 +517,12 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
         );
     }
 
-    let mut observed = observe(ctx, &uid, Some(&sandbox_id)).await?;
+    let mut observed = timed(&pname, "observe", observe(ctx, &uid, Some(&sandbox_id))).await?;
     // Runtime changes wake the worker through the PLEG; this is only the safety net.
     let mut next = resync();
     let mut pod_failed = false;
+    // Whether this sync started or stopped anything (then the runtime is observed again).
+    let mut acted = false;
 
     // Init containers, in order; each must succeed before the next starts.
     let mut initialized = true;
@@ -492,6 +556,7 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
                     break;
                 }
                 initialized = false;
+                acted = true;
                 if let Some(wait) = restart_after_backoff(
                     ctx,
                     pod,
@@ -511,6 +576,7 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
             }
             _ => {
                 initialized = false;
+                acted = true;
                 start_container(
                     ctx,
                     pod,
@@ -538,6 +604,7 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
             let name = ctr["name"].as_str().unwrap_or_default().to_string();
             match observed.latest.get(&name).map(|(_, s)| s.clone()) {
                 None => {
+                    acted = true;
                     start_container(
                         ctx,
                         pod,
@@ -571,6 +638,7 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
                                 ),
                                 Some(&name),
                             );
+                            acted = true;
                             kill_container(
                                 ctx,
                                 pod,
@@ -583,12 +651,14 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
                         }
                     }
                     cri::ContainerState::ContainerCreated => {
+                        acted = true;
                         let mut c = ctx.cri.clone();
                         let _ = c.start_container(&s.id).await;
                     }
                     cri::ContainerState::ContainerExited => {
                         let restart = restarts_after_exit(restart_policy, s.exit_code);
                         if restart {
+                            acted = true;
                             if let Some(wait) = restart_after_backoff(
                                 ctx,
                                 pod,
@@ -616,22 +686,28 @@ async fn sync_pod(ctx: &Ctx, pod: &Value, st: &mut PodState) -> Result<Option<Du
     if !st.overrides.is_empty() {
         next = next.min(RETRY);
     }
-    observed = observe(ctx, &uid, Some(&sandbox_id))
-        .await
-        .unwrap_or(observed);
+    if acted {
+        observed = timed(&pname, "observe", observe(ctx, &uid, Some(&sandbox_id)))
+            .await
+            .unwrap_or(observed);
+    }
     let failed = if pod_failed {
         Some(("Failed", "an init container failed"))
     } else {
         None
     };
-    post_status_observed(
-        ctx,
-        pod,
-        st,
-        &observed,
-        pod_ip.as_deref(),
-        initialized,
-        failed,
+    timed(
+        &pname,
+        "post_status",
+        post_status_observed(
+            ctx,
+            pod,
+            st,
+            &observed,
+            pod_ip.as_deref(),
+            initialized,
+            failed,
+        ),
     )
     .await?;
     Ok(Some(next))
@@ -990,7 +1066,8 @@ async fn start_container(
     pod_ip: Option<&str>,
 ) -> Result<(), Error> {
     let name = ctr["name"].as_str().unwrap_or_default().to_string();
-    if let Err((reason, msg)) = ensure_image(ctx, pod, st, ctr).await {
+    let pname = pod_name(pod);
+    if let Err((reason, msg)) = timed(&pname, "image", ensure_image(ctx, pod, st, ctr)).await {
         st.last_status = None;
         waiting_override(st, &name, &reason, &msg);
         return Ok(());
@@ -1001,7 +1078,13 @@ async fn start_container(
         pod_with_ip["status"]["podIPs"] = json!([{"ip": ip}]);
     }
     pod_with_ip["status"]["hostIP"] = json!(ctx.cfg.node_ip.to_string());
-    let envs = match env::resolve(&ctx.client, &pod_with_ip, ctr, &[]).await {
+    let envs = match timed(
+        &pname,
+        "env",
+        env::resolve(&ctx.client, &pod_with_ip, ctr, &[]),
+    )
+    .await
+    {
         Ok(e) => e,
         Err(err) => {
             let msg = err.to_string();
@@ -1141,9 +1224,12 @@ async fn start_container(
     };
     let _ = std::fs::create_dir_all(log_dir(&ctx.cfg, pod).join(&name));
     let mut c = ctx.cri.clone();
-    let id = match c
-        .create_container(sandbox_id, config, sandbox_config.clone())
-        .await
+    let id = match timed(
+        &pname,
+        "create_container",
+        c.create_container(sandbox_id, config, sandbox_config.clone()),
+    )
+    .await
     {
         Ok(id) => id,
         Err(err) => {
@@ -1169,7 +1255,7 @@ async fn start_container(
         format!("Created container {name}"),
         Some(&name),
     );
-    if let Err(err) = c.start_container(&id).await {
+    if let Err(err) = timed(&pname, "start_container", c.start_container(&id)).await {
         events::record(
             &ctx.client,
             &ctx.cfg.node_name,
@@ -1706,5 +1792,70 @@ async fn patch_status(
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_status_echo_does_not_resync() {
+        let pod = |phase: &str, image: &str, gated: bool| {
+            let mut p = json!({
+                "metadata": {"name": "p", "uid": "u", "resourceVersion": "1"},
+                "spec": {"containers": [{"name": "c", "image": image}]},
+                "status": {"phase": phase},
+            });
+            if gated {
+                p["spec"]["readinessGates"] = json!([{"conditionType": "x"}]);
+            }
+            p
+        };
+        let posted = |phase: Option<&str>| PodState {
+            last_status: phase.map(|p| json!({"phase": p})),
+            ..Default::default()
+        };
+        let cases = [
+            (
+                "echo of the phase we posted",
+                pod("Pending", "a", false),
+                pod("Running", "a", false),
+                Some("Running"),
+                true,
+            ),
+            (
+                "nothing posted yet",
+                pod("Pending", "a", false),
+                pod("Running", "a", false),
+                None,
+                false,
+            ),
+            (
+                "phase set by someone else",
+                pod("Running", "a", false),
+                pod("Failed", "a", false),
+                Some("Running"),
+                false,
+            ),
+            (
+                "spec changed too",
+                pod("Pending", "a", false),
+                pod("Running", "b", false),
+                Some("Running"),
+                false,
+            ),
+            (
+                "readiness gates always sync",
+                pod("Pending", "a", true),
+                pod("Running", "a", true),
+                Some("Running"),
+                false,
+            ),
+        ];
+        for (name, old, mut new, phase, want) in cases {
+            new["metadata"]["resourceVersion"] = json!("2");
+            assert_eq!(own_echo(&old, &new, &posted(phase)), want, "{name}");
+        }
     }
 }

@@ -308,6 +308,7 @@ fn is_mountpoint(path: &Path) -> bool {
 
 /// Unmounts tmpfs volumes and removes the pod's directory.
 pub async fn cleanup(data_dir: &Path, uid: &str) {
+    forget_tokens(uid);
     let dir = pod_dir(data_dir, uid);
     let prefix = dir.display().to_string();
     let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
@@ -562,7 +563,24 @@ async fn projected_files(
     Ok(files)
 }
 
-/// Requests a token for the pod's service account, bound to the pod.
+/// Service account tokens already issued, by (pod uid, service account, audience,
+/// requested lifetime): the token and when it must be renewed.
+type TokenCache = std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>;
+
+fn tokens() -> &'static TokenCache {
+    static TOKENS: std::sync::OnceLock<TokenCache> = std::sync::OnceLock::new();
+    TOKENS.get_or_init(Default::default)
+}
+
+/// When a token issued now that lives `ttl` must be renewed: after 80 % of its life or
+/// 24 h, whichever comes first (as the kubelet's token manager does).
+fn renew_after(ttl: std::time::Duration) -> std::time::Duration {
+    (ttl * 4 / 5).min(std::time::Duration::from_secs(24 * 3600))
+}
+
+/// A token for the pod's service account, bound to the pod: the cached one while it is
+/// fresh, else a new one from the TokenRequest API. Without the cache every sync of every
+/// pod asked the API server to sign a new token and rewrote the volume.
 async fn service_account_token(
     client: &kube::Client,
     ns: &str,
@@ -572,6 +590,21 @@ async fn service_account_token(
     let sa = pod["spec"]["serviceAccountName"]
         .as_str()
         .unwrap_or("default");
+    let key = format!(
+        "{}/{sa}/{}/{}",
+        pod["metadata"]["uid"].as_str().unwrap_or_default(),
+        src["audience"].as_str().unwrap_or_default(),
+        src["expirationSeconds"].as_i64().unwrap_or(3607)
+    );
+    let now = std::time::Instant::now();
+    if let Some((token, _)) = tokens()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+        .filter(|(_, renew)| now < *renew)
+    {
+        return Ok(token.clone());
+    }
     let mut spec = json!({
         "expirationSeconds": src["expirationSeconds"].as_i64().unwrap_or(3607),
         "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
@@ -588,10 +621,33 @@ async fn service_account_token(
     .body(serde_json::to_vec(&body).unwrap_or_default())
     .map_err(|e| Error::Runtime(e.to_string()))?;
     let resp: Value = client.request(req).await?;
-    resp["status"]["token"]
+    let token = resp["status"]["token"]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| Error::Runtime("TokenRequest returned no token".into()))
+        .ok_or_else(|| Error::Runtime("TokenRequest returned no token".into()))?;
+    // The lifetime the server granted (it may shorten the request).
+    let ttl = resp["status"]["expirationTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|exp| exp.duration_since(jiff::Timestamp::now()))
+        .and_then(|d| std::time::Duration::try_from(d).ok())
+        .unwrap_or_else(|| {
+            std::time::Duration::from_secs(src["expirationSeconds"].as_u64().unwrap_or(3607))
+        });
+    tokens()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key, (token.clone(), now + renew_after(ttl)));
+    Ok(token)
+}
+
+/// Forgets the cached tokens of pod `uid`.
+fn forget_tokens(uid: &str) {
+    let prefix = format!("{uid}/");
+    tokens()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|k, _| !k.starts_with(&prefix));
 }
 
 /// Writes a content volume the way the kubelet's atomic writer does: files go into a new
@@ -696,6 +752,20 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(local_path_uid(name), want, "{name}");
         }
+    }
+
+    #[test]
+    fn tokens_renew_at_80_percent_or_a_day() {
+        use std::time::Duration;
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        for (ttl, want) in [
+            (Duration::from_secs(3607), Duration::from_millis(2_885_600)),
+            (Duration::from_secs(600), Duration::from_secs(480)),
+            (h(48), h(24)),
+        ] {
+            assert_eq!(renew_after(ttl), want, "{ttl:?}");
+        }
+        forget_tokens("none");
     }
 
     #[test]

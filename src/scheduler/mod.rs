@@ -30,6 +30,8 @@ use self::plugins::NodeInfo;
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 const LEASE_NAME: &str = "kube-scheduler";
 const LEASE_SECONDS: i32 = 15;
+/// How many binds (each a binding, a status patch and an event) run at once.
+const BIND_PARALLELISM: usize = 16;
 
 /// Runs the scheduler until `shutdown`.
 pub async fn run(client: kube::Client, identity: String, shutdown: CancellationToken) {
@@ -256,6 +258,7 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
             )
         });
         let node_list: Vec<NodeInfo> = infos.values().cloned().collect();
+        let mut binds: Vec<(String, Value, String)> = Vec::new();
         for pod in queue {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
             if let Some((_, until, _)) = backoff.get(&uid) {
@@ -273,20 +276,18 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
                 volume_binding::select_node(&client, &pod, v, node).await;
             }
             match placed {
-                Ok(node) => match bind(&client, &pod, &node).await {
-                    Ok(()) => {
-                        backoff.remove(&uid);
-                        let mut bound = pod.clone();
-                        bound["spec"]["nodeName"] = json!(node);
-                        if let Some(info) = infos.get_mut(&node) {
-                            info.pods.push(bound.clone());
-                        }
-                        assumed.insert(uid, (node, bound, Instant::now()));
+                Ok(node) => {
+                    // Assume the pod on its node now (later pods of this cycle see it),
+                    // bind after the cycle: binds run concurrently, as upstream's binding
+                    // cycles do, instead of one pod's three API writes after another's.
+                    let mut bound = pod.clone();
+                    bound["spec"]["nodeName"] = json!(node);
+                    if let Some(info) = infos.get_mut(&node) {
+                        info.pods.push(bound.clone());
                     }
-                    Err(err) => {
-                        tracing::warn!(%err, pod = %pod["metadata"]["name"], "binding failed")
-                    }
-                },
+                    assumed.insert(uid.clone(), (node.clone(), bound, Instant::now()));
+                    binds.push((uid, pod, node));
+                }
                 Err(message) => {
                     let (delay, _, last) = backoff.get(&uid).cloned().unwrap_or((
                         Duration::from_millis(500),
@@ -299,6 +300,30 @@ async fn schedule_loop(client: kube::Client, stop: CancellationToken) {
                     let delay = (delay * 2).min(Duration::from_secs(10));
                     backoff.insert(uid, (delay, Instant::now() + delay, message));
                     next = next.min(delay);
+                }
+            }
+        }
+        let results = futures::stream::iter(binds)
+            .map(|(uid, pod, node)| {
+                let client = client.clone();
+                async move {
+                    let res = bind(&client, &pod, &node).await;
+                    (uid, pod, res)
+                }
+            })
+            .buffer_unordered(BIND_PARALLELISM)
+            .collect::<Vec<_>>()
+            .await;
+        for (uid, pod, res) in results {
+            match res {
+                Ok(()) => {
+                    backoff.remove(&uid);
+                }
+                Err(err) => {
+                    // Forget the assumption: the pod is retried in the next cycle.
+                    assumed.remove(&uid);
+                    next = next.min(Duration::from_millis(500));
+                    tracing::warn!(%err, pod = %pod["metadata"]["name"], "binding failed")
                 }
             }
         }
