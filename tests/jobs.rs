@@ -331,15 +331,19 @@ async fn suspended_then_ttl(client: &kube::Client) {
     // The pod runs `true` and the TTL of 0 removes the job and its pod moments later, so
     // the job controller's events are the lasting record that the resumed job ran.
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    wait_for("the resumed job to create a pod and complete", 60, || async {
-        let seen = events_for(&events, "ttl").await;
-        let has = |reason: &str| seen.iter().any(|(r, _)| r == reason);
-        if has("Resumed") && has("SuccessfulCreate") && has("Completed") {
-            Ok(())
-        } else {
-            Err(format!("events {seen:?}"))
-        }
-    })
+    wait_for(
+        "the resumed job to create a pod and complete",
+        60,
+        || async {
+            let seen = events_for(&events, "ttl").await;
+            let has = |reason: &str| seen.iter().any(|(r, _)| r == reason);
+            if has("Resumed") && has("SuccessfulCreate") && has("Completed") {
+                Ok(())
+            } else {
+                Err(format!("events {seen:?}"))
+            }
+        },
+    )
     .await;
     wait_for(
         "the finished job and its pods to be deleted",
