@@ -233,7 +233,7 @@ fn memory_pressure_taints_the_node_and_evicts_besteffort_pods_first() {
     assert_eq!(sched["reason"], "Unschedulable");
     let why = sched["message"].as_str().unwrap();
     assert!(
-        why.contains("untolerated taint {node.kubernetes.io/memory-pressure"),
+        why.contains("untolerated taint {node.kubernetes.io/memory-pressure: }"),
         "{why}"
     );
     let name = pending["metadata"]["name"].as_str().unwrap().to_string();

@@ -196,13 +196,11 @@ pub fn filter(pod: &Value, info: &NodeInfo, all: &[NodeInfo]) -> Result<(), Vec<
                 effect,
             )
         {
-            let v = t["value"]
-                .as_str()
-                .map(|v| format!(": {v}"))
-                .unwrap_or_default();
+            // Upstream prints `{key: value}`, also with an empty value.
             reasons.push(format!(
-                "node(s) had untolerated taint {{{}{v}}}",
-                t["key"].as_str().unwrap_or("")
+                "node(s) had untolerated taint {{{}: {}}}",
+                t["key"].as_str().unwrap_or(""),
+                t["value"].as_str().unwrap_or("")
             ));
             break;
         }
@@ -444,6 +442,17 @@ mod tests {
         let p = pod(json!({"containers": [{"name": "c"}], "nodeSelector": {"disk": "ssd"}}));
         let err = filter(&p, &n, std::slice::from_ref(&n)).unwrap_err();
         assert_eq!(err, vec!["node(s) had untolerated taint {dedicated: gpu}"]);
+        let pressured = node(
+            "n2",
+            "2",
+            json!({"disk": "ssd"}),
+            json!([{"key": "node.kubernetes.io/memory-pressure", "effect": "NoSchedule"}]),
+        );
+        let err = filter(&p, &pressured, std::slice::from_ref(&pressured)).unwrap_err();
+        assert_eq!(
+            err,
+            vec!["node(s) had untolerated taint {node.kubernetes.io/memory-pressure: }"]
+        );
         let tolerated = pod(
             json!({"containers": [{"name": "c"}], "nodeSelector": {"disk": "ssd"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}),
