@@ -1,4 +1,4 @@
-//! The watch side of the node's sync loops (service proxy, network policies): a
+//! The watch side of the node's sync loops (service proxy, network policies, ingress): a
 //! kube-runtime reflector that keeps a local cache of one kind current and pokes a
 //! [`Notify`] on every change, so one loop can coalesce the changes of several kinds into
 //! one sync.

@@ -10,7 +10,7 @@
 //! addresses (every node serves every Ingress), written only when it differs, so agents on
 //! several nodes agree instead of fighting.
 //!
-//! Depends on: `client` (through `kube`), `api`. Must not depend on: `store`, `apiserver`.
+//! Depends on: `client` (through `kube`), `api`, `reflect`. Must not depend on: `store`, `apiserver`.
 
 pub mod routes;
 pub mod tls;
@@ -23,7 +23,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
@@ -36,7 +35,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -127,52 +126,58 @@ pub async fn run(client: kube::Client, listen: Listen, shutdown: CancellationTok
     let resolver = Arc::new(SniResolver::new(default_cert));
     let wake = Arc::new(Notify::new());
     let (ingresses, w) = reflector::store::<Ingress>();
-    spawn_reflector(
-        w,
+    crate::reflect::spawn(
+        "ingress: ingresses",
         Api::all(client.clone()),
         watcher::Config::default(),
-        &wake,
-        &shutdown,
+        w,
+        wake.clone(),
+        shutdown.clone(),
     );
     let (classes, w) = reflector::store::<IngressClass>();
-    spawn_reflector(
-        w,
+    crate::reflect::spawn(
+        "ingress: ingress classes",
         Api::all(client.clone()),
         watcher::Config::default(),
-        &wake,
-        &shutdown,
+        w,
+        wake.clone(),
+        shutdown.clone(),
     );
     let (services, w) = reflector::store::<Service>();
-    spawn_reflector(
-        w,
+    crate::reflect::spawn(
+        "ingress: services",
         Api::all(client.clone()),
         watcher::Config::default(),
-        &wake,
-        &shutdown,
+        w,
+        wake.clone(),
+        shutdown.clone(),
     );
     let (slices, w) = reflector::store::<EndpointSlice>();
-    spawn_reflector(
-        w,
+    crate::reflect::spawn(
+        "ingress: endpoint slices",
         Api::all(client.clone()),
         watcher::Config::default(),
-        &wake,
-        &shutdown,
+        w,
+        wake.clone(),
+        shutdown.clone(),
     );
     let (secrets, w) = reflector::store::<Secret>();
-    spawn_reflector(
-        w,
+    crate::reflect::spawn(
+        "ingress: TLS secrets",
         Api::all(client.clone()),
         watcher::Config::default().fields("type=kubernetes.io/tls"),
-        &wake,
-        &shutdown,
+        w,
+        wake.clone(),
+        shutdown.clone(),
     );
     let (nodes, w) = reflector::store::<Node>();
-    spawn_reflector(
-        w,
+    crate::reflect::spawn(
+        "ingress: nodes",
         Api::all(client.clone()),
         watcher::Config::default(),
-        &wake,
-        &shutdown,
+        w,
+        wake.clone(),
+        shutdown.clone(),
     );
 
     let mut connector = HttpConnector::new();
@@ -229,39 +234,6 @@ pub async fn run(client: kube::Client, listen: Listen, shutdown: CancellationTok
     let _ = http.await;
     let _ = https.await;
     tracing::info!("ingress controller stopped");
-}
-
-fn spawn_reflector<K>(
-    writer: reflector::store::Writer<K>,
-    api: Api<K>,
-    config: watcher::Config,
-    wake: &Arc<Notify>,
-    shutdown: &CancellationToken,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let wake = wake.clone();
-    let shutdown = shutdown.clone();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-    tokio::spawn(async move {
-        let mut stream = stream.boxed();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                event = stream.next() => match event {
-                    Some(Ok(_)) => wake.notify_one(),
-                    Some(Err(err)) => tracing::debug!(%err, "ingress watch error"),
-                    None => return,
-                },
-            }
-        }
-    });
 }
 
 /// Whether this controller serves the Ingress: its class is one of ours, or it names no
