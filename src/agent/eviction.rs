@@ -34,12 +34,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::events;
 use super::stats::{self, Stats, Summary};
 
 /// How often signals are observed and at most one pod is evicted.
@@ -902,71 +903,27 @@ impl Manager {
     }
 
     fn pod_event(&self, pod: &Value, message: &str, annotations: BTreeMap<String, String>) {
-        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-        let involved = json!({
-            "apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name,
-            "uid": pod["metadata"]["uid"], "resourceVersion": pod["metadata"]["resourceVersion"],
-        });
-        self.create_event(
-            ns,
-            name,
-            involved,
-            "Warning",
+        events::record_about(
+            &self.client,
+            &self.node_name,
+            events::pod_reference(pod, None),
+            events::Kind::Warning,
             REASON_EVICTED,
-            message,
+            message.to_string(),
             annotations,
         );
     }
 
     fn node_event(&self, reason: &str, message: String) {
-        let involved = json!({"apiVersion": "v1", "kind": "Node", "name": self.node_name,
-                              "uid": self.node_name});
-        self.create_event(
-            "default",
+        events::record_about(
+            &self.client,
             &self.node_name,
-            involved,
-            "Warning",
+            events::node_reference(&self.node_name),
+            events::Kind::Warning,
             reason,
-            &message,
+            message,
             BTreeMap::new(),
         );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn create_event(
-        &self,
-        ns: &str,
-        name: &str,
-        involved: Value,
-        kind: &str,
-        reason: &str,
-        message: &str,
-        annotations: BTreeMap<String, String>,
-    ) {
-        let now = jiff::Timestamp::now();
-        let ts = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let event = json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": format!("{name}.{:x}", now.as_nanosecond()), "namespace": ns,
-                         "annotations": annotations},
-            "involvedObject": involved,
-            "reason": reason, "message": message, "type": kind,
-            "source": {"component": "kubelet", "host": self.node_name},
-            "reportingComponent": "kubelet", "reportingInstance": self.node_name,
-            "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
-        });
-        let client = self.client.clone();
-        let ns = ns.to_string();
-        tokio::spawn(async move {
-            let Ok(event) = serde_json::from_value::<Event>(event) else {
-                return;
-            };
-            let api: Api<Event> = Api::namespaced(client, &ns);
-            if let Err(err) = api.create(&PostParams::default(), &event).await {
-                tracing::debug!(%err, "recording eviction event");
-            }
-        });
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -374,28 +374,15 @@ const KUBELET_CONDITIONS: &[&str] = &["MemoryPressure", "DiskPressure", "PIDPres
 
 /// Records `Node <name> status is now: <reason>`, without waiting.
 fn node_event(client: &kube::Client, node: &str, reason: &str) {
-    let now = jiff::Timestamp::now();
-    let ts = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("{node}.{:x}", now.as_nanosecond()), "namespace": "default"},
-        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node},
-        "reason": reason, "message": format!("Node {node} status is now: {reason}"),
-        "type": "Normal",
-        "source": {"component": "kubelet", "host": node},
-        "reportingComponent": "kubelet", "reportingInstance": node,
-        "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
-    });
-    let client = client.clone();
-    tokio::spawn(async move {
-        let Ok(event) = serde_json::from_value::<Event>(event) else {
-            return;
-        };
-        let api: Api<Event> = Api::namespaced(client, "default");
-        if let Err(err) = api.create(&PostParams::default(), &event).await {
-            tracing::debug!(%err, "recording node event");
-        }
-    });
+    super::events::record_about(
+        client,
+        node,
+        super::events::node_reference(node),
+        super::events::Kind::Normal,
+        reason,
+        format!("Node {node} status is now: {reason}"),
+        Default::default(),
+    );
 }
 
 /// Renews (or creates) the node's Lease in `kube-node-lease`.
