@@ -826,7 +826,7 @@ impl Manager {
     async fn evict(&mut self, threshold: &Threshold, obs: &Observation, c: &Candidate) {
         let (message, annotations) = eviction_message(threshold, obs, &c.pod, c.usage.as_ref());
         let grace = grace_period(&self.cfg, threshold, &c.pod);
-        let now = now_rfc3339();
+        let now = super::now();
         let patch = json!({"status": {
             "phase": "Failed",
             "reason": REASON_EVICTED,
@@ -881,7 +881,7 @@ impl Manager {
                     let patch = if pod["status"]["phase"] != "Failed" {
                         Some(patch.clone())
                     } else {
-                        let killed = killed_statuses(&pod, &now_rfc3339());
+                        let killed = killed_statuses(&pod, &super::now());
                         if killed.is_none() {
                             gone.push(uid.clone());
                         }
@@ -925,12 +925,6 @@ impl Manager {
             BTreeMap::new(),
         );
     }
-}
-
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 /// The status patch that reports an evicted pod's still-running containers as killed

@@ -225,6 +225,13 @@ impl AgentConfig {
     }
 }
 
+/// The current time as the API's RFC 3339 timestamps (`metav1.Time`, whole seconds).
+pub(crate) fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 /// The volatile runtime dir of an agent: `/run/kaji` for the default data dir, else
 /// `<data-dir>/run`.
 pub fn default_run_dir(data_dir: &std::path::Path) -> PathBuf {

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::eviction::{Condition, Pressure, Signal};
-use super::{AgentConfig, Error};
+use super::{AgentConfig, Error, now};
 
 /// How often the Lease is renewed (upstream kubelet: every 10 s of a 40 s lease).
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
@@ -44,12 +44,6 @@ pub fn default_ip() -> Option<IpAddr> {
         }
     }
     Some(IpAddr::from([127, 0, 0, 1]))
-}
-
-fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 fn micro_now() -> String {

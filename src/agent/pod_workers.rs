@@ -28,7 +28,7 @@ use super::cri::{self as crilib, Cri};
 use super::events::{self, Kind};
 use super::pleg::Pleg;
 use super::probes::Probes;
-use super::{AgentConfig, Error, env, resources, volumes};
+use super::{AgentConfig, Error, env, now, resources, volumes};
 
 /// The safety-net resync of a pod nobody woke: 60 s plus up to 30 s of jitter (so that
 /// pods created together do not resync together). Runtime changes arrive through the PLEG.
@@ -313,12 +313,6 @@ fn pod_name(pod: &Value) -> String {
         pod["metadata"]["namespace"].as_str().unwrap_or(""),
         pod["metadata"]["name"].as_str().unwrap_or("")
     )
-}
-
-fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 fn ns_to_rfc3339(ns: i64) -> Option<String> {
