@@ -199,8 +199,6 @@ fn load_stored(
 
 /// The node's password: read from `path`, or made and stored there (0600) on first use.
 fn node_password(path: &Path) -> anyhow::Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Ok(text) = std::fs::read_to_string(path) {
         let text = text.trim();
         if !text.is_empty() {
@@ -208,38 +206,18 @@ fn node_password(path: &Path) -> anyhow::Result<String> {
         }
     }
     let password = proto::new_node_password();
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(password.as_bytes())?;
-    f.sync_all()?;
+    crate::pki::write_atomic(path, password.as_bytes(), 0o600)?;
     tracing::info!(path = %path.display(), "made this node's password");
     Ok(password)
 }
 
 fn store(path: &Path, server: &str, creds: &NodeCredentials) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let stored = Stored {
         server: server.to_string(),
         credentials: creds.clone(),
     };
     let text = serde_json::to_vec_pretty(&stored)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(&text)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    crate::pki::write_atomic(path, &text, 0o600)?;
     Ok(())
 }
 
