@@ -351,6 +351,7 @@ pub async fn run(
     network::write_conflist(
         &containerd::Paths::new(&cfg.data_dir, &cfg.run_dir).cni_conf_dir,
         &pod_cidr,
+        &network::ipam_dir(&cfg.data_dir),
     )?;
     let cfg = std::sync::Arc::new(cfg);
     let heartbeat = tokio::spawn(node::heartbeat(
